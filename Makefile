@@ -1,0 +1,43 @@
+# FunnelSync: `make demo` runs the service with embedded defaults; `make test` runs the whole suite.
+# Both create or refresh .venv themselves.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo serve test test-sqlite lint format bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FunnelSync needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/funnelsync demo
+
+serve: install
+	$(BIN)/funnelsync serve
+
+test: install
+	$(BIN)/pytest
+
+# Fast local loop: SQLite only (CI always runs both databases).
+test-sqlite: install
+	FUNNELSYNC_TEST_BACKENDS=sqlite $(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

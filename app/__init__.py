@@ -1,0 +1,3 @@
+"""FunnelSync service."""
+
+__version__ = "0.1.0"

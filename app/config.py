@@ -1,0 +1,51 @@
+"""Settings from the environment (prefix FUNNELSYNC_) with embedded defaults for `make demo`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FUNNELSYNC_", env_file=".env", extra="ignore")
+
+    # Folder for the embedded defaults: the SQLite file and the generated key file.
+    data_dir: Path = Path("var")
+    # Default: a SQLite file under data_dir. Production: postgresql+asyncpg://user:pass@host/db
+    database_url: str | None = None
+    # Required for /api and the dashboard; when unset the service refuses admin requests.
+    api_token: SecretStr | None = None
+    # Fernet key for credentials at rest; when unset a key file is generated once under data_dir.
+    secret_key: SecretStr | None = None
+    # Public base URL of this service, used for webhook registration in the CRMs.
+    public_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    # Run migrations on start; on by default for the embedded SQLite, off for PostgreSQL.
+    auto_migrate: bool | None = None
+    scheduler_enabled: bool = True
+    # Largest webhook body accepted (the CRMs send a few KiB).
+    max_webhook_body: int = Field(default=1024 * 1024, ge=1024)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'funnelsync.db').as_posix()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,29 @@
+"""A connection is one CRM account (a Bitrix24 portal or an amoCRM account) FunnelSync talks to."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+
+class Connection(Base):
+    __tablename__ = "connections"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    crm: Mapped[str] = mapped_column(String(16))  # bitrix24 | amocrm
+    base_url: Mapped[str] = mapped_column(String(512))
+    # Fernet token of the JSON credentials (webhook URL, OAuth tokens, app token); never logged.
+    credentials_encrypted: Mapped[str] = mapped_column(Text)
+    # Non-secret settings: rate plan, supervisor user id, account identity (member_id, account id).
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # active | paused (auth failed, account blocked) ; paused_reason says why in plain words.
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    paused_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

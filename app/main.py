@@ -1,0 +1,55 @@
+"""create_app(): the FastAPI application with its routers and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app import __version__, migrate
+from app.api.router import api_router
+from app.config import Settings, get_settings
+from app.db import create_engine, session_factory
+from app.security import api_token
+
+log = logging.getLogger("funnelsync")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.should_auto_migrate:
+            # Alembic runs its own event loop for the async engine: keep it off ours.
+            await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="FunnelSync",
+        version=__version__,
+        summary="Ready-made niche sales funnels for Bitrix24 and amoCRM, kept in sync and enforced.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.api_token = api_token(settings)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Liveness plus a database round trip, for load balancers and the Docker HEALTHCHECK."""
+        async with app.state.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,19 @@
+"""Import every domain's tables so Base.metadata is complete (Alembic, tests)."""
+
+from app.connections.models import Connection
+from app.db import Base
+from app.deals.models import Deal, StageTransition
+from app.funnels.models import Funnel, FunnelStage
+from app.outbox.models import OutboxCommand
+from app.webhooks.models import InboxEvent
+
+__all__ = [
+    "Base",
+    "Connection",
+    "Deal",
+    "Funnel",
+    "FunnelStage",
+    "InboxEvent",
+    "OutboxCommand",
+    "StageTransition",
+]

@@ -1,0 +1,1 @@
+"""CRM connectors: the only code that knows a CRM's wire format."""

@@ -1,0 +1,1 @@
+"""The library of ready-made niche sales funnels (data) with its schema and loader."""

@@ -1,0 +1,354 @@
+"""Pydantic schema of a funnel template (one YAML file per funnel).
+
+The schema is the single source of truth for what a template may say. Validators here enforce the
+constraints that the CRMs impose (Bitrix24 STATUS_ID rules, amoCRM's colour palette and status
+limit) so that a template that validates can be provisioned into either CRM.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+# amoCRM accepts only these 21 status colours (amocrm-api-php StatusModel::COLORS). Bitrix24 accepts
+# any hex colour, so the amoCRM palette is the common denominator.
+AMOCRM_COLORS: tuple[str, ...] = (
+    "#fffeb2", "#fffd7f", "#fff000", "#ffeab2", "#ffdc7f", "#ffce5a", "#ffdbdb",
+    "#ffc8c8", "#ff8f92", "#d6eaff", "#c1e0ff", "#98cbff", "#ebffb1", "#deff81",
+    "#87f2c0", "#f9deff", "#f3beff", "#ccc8f9", "#eb93ff", "#f2f3f4", "#e6e8ea",
+)  # fmt: skip
+
+# Bitrix24 stores a pipeline's stage as STATUS_ID "C{category}:{code}", at most 22 characters.
+# Reserving room for the widest prefix we expect ("C9999:") leaves 16 for the code.
+BITRIX24_STATUS_ID_MAX = 22
+BITRIX24_WIDEST_PREFIX = "C9999:"
+STAGE_CODE_MAX = BITRIX24_STATUS_ID_MAX - len(BITRIX24_WIDEST_PREFIX)
+STAGE_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+# amoCRM counts every status of a pipeline, the system "unsorted" one included, against 100.
+AMOCRM_MAX_STATUSES = 100
+AMOCRM_SYSTEM_STATUSES_BESIDE_TEMPLATE = 1  # "Неразобранное" (unsorted); 142/143 map to our stages
+MAX_STAGES = AMOCRM_MAX_STATUSES - AMOCRM_SYSTEM_STATUSES_BESIDE_TEMPLATE
+
+TEMPLATE_KEY_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+FIELD_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+
+# Deal properties every CRM has natively; templates may require them without declaring them.
+BUILTIN_FIELDS: frozenset[str] = frozenset({"amount", "contact", "company", "responsible"})
+# Pseudo-field: the CRM's loss reason (amoCRM loss_reason_id, Bitrix24 enumeration field).
+LOSS_REASON_FIELD = "loss_reason"
+# Roles every template may assign tasks to without declaring them: the deal's responsible user and
+# the connection's configured supervisor.
+BUILTIN_ROLES: frozenset[str] = frozenset({"responsible", "supervisor"})
+
+Goal = Literal[
+    "qualification",
+    "pre_sales",
+    "new_sales",
+    "active_base",
+    "win_back",
+    "cold",
+    "delivery",
+    "feedback",
+    "post_sales",
+    "full_cycle",
+]
+Semantics = Literal["process", "success", "failure"]
+Temperature = Literal["cold", "warm", "hot"]
+FieldType = Literal["string", "text", "number", "money", "date", "datetime", "enum", "boolean", "url"]
+MissingFieldAction = Literal["task", "comment", "revert"]
+
+_DURATION_RE = re.compile(r"^(\d+)\s*([smhdw])$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: object) -> object:
+    """Accept compact durations ("90s", "2m", "4h", "3d", "1w") besides what pydantic parses."""
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value.strip())
+        if match:
+            return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    """Inverse of parse_duration for display and JSON: the largest unit that divides exactly."""
+    seconds = int(value.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        size = _DURATION_UNITS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# Serialised back to the compact form so JSON output can be fed to the loader again.
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, when_used="json")
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalizedText(_Strict):
+    ru: str = Field(min_length=1)
+    en: str = Field(min_length=1)
+
+
+class RequiredField(_Strict):
+    field: str
+    derived: bool = False  # True when the seed only implies the requirement
+
+
+def _required_field_shorthand(value: object) -> object:
+    return {"field": value} if isinstance(value, str) else value
+
+
+class TaskSpec(_Strict):
+    """A CRM task created when a deal enters the stage."""
+
+    title: LocalizedText
+    due_in: Duration = timedelta(days=1)
+    assignee: str = "responsible"
+    derived: bool = False
+
+
+class SlaSpec(_Strict):
+    """How long a deal may stay in the stage before one escalation task is created."""
+
+    within: Duration
+    escalate_to: str = "supervisor"
+    derived: bool = False
+
+
+class FollowUpSpec(_Strict):
+    """A datetime field whose value becomes a task due at that moment (e.g. next-contact date)."""
+
+    field: str
+    title: LocalizedText
+    assignee: str = "responsible"
+
+
+class StageSpec(_Strict):
+    code: str
+    name: LocalizedText
+    description: LocalizedText | None = None
+    semantics: Semantics = "process"
+    temperature: Temperature
+    color: str
+    required_fields: list[Annotated[RequiredField, BeforeValidator(_required_field_shorthand)]] = []
+    on_missing_fields: MissingFieldAction = "task"
+    tasks: list[TaskSpec] = []
+    sla: SlaSpec | None = None
+    follow_up: FollowUpSpec | None = None
+    derived: bool = False  # True when the stage itself is derived from the text, not listed
+
+    @field_validator("code")
+    @classmethod
+    def _code_is_bitrix24_status_id(cls, code: str) -> str:
+        if not STAGE_CODE_RE.match(code):
+            raise ValueError(
+                f"stage code {code!r} must be usable as a Bitrix24 STATUS_ID: "
+                "uppercase Latin letters, digits and underscore, starting with a letter"
+            )
+        if len(code) > STAGE_CODE_MAX:
+            raise ValueError(
+                f"stage code {code!r} is {len(code)} characters; at most {STAGE_CODE_MAX} fit in a "
+                f"{BITRIX24_STATUS_ID_MAX}-character Bitrix24 STATUS_ID with a "
+                f"{BITRIX24_WIDEST_PREFIX!r} prefix"
+            )
+        return code
+
+    @field_validator("color")
+    @classmethod
+    def _color_in_amocrm_palette(cls, color: str) -> str:
+        if color.lower() not in AMOCRM_COLORS:
+            raise ValueError(
+                f"colour {color!r} is not in amoCRM's 21-colour palette: {', '.join(AMOCRM_COLORS)}"
+            )
+        return color.lower()
+
+
+class FieldOption(_Strict):
+    code: str
+    name: LocalizedText
+
+
+class FieldSpec(_Strict):
+    """A custom deal field the funnel needs."""
+
+    code: str
+    name: LocalizedText
+    type: FieldType
+    options: list[FieldOption] = []
+    derived: bool = False
+
+    @field_validator("code")
+    @classmethod
+    def _code_shape(cls, code: str) -> str:
+        if not FIELD_CODE_RE.match(code):
+            raise ValueError(
+                f"field code {code!r} must be lowercase Latin letters, digits and underscore, "
+                "starting with a letter, at most 30 characters"
+            )
+        if code in BUILTIN_FIELDS or code == LOSS_REASON_FIELD:
+            raise ValueError(f"field code {code!r} is built in and cannot be redeclared")
+        return code
+
+    @model_validator(mode="after")
+    def _options_match_type(self) -> FieldSpec:
+        if self.type == "enum" and not self.options:
+            raise ValueError(f"enum field {self.code!r} needs at least one option")
+        if self.type != "enum" and self.options:
+            raise ValueError(f"field {self.code!r} of type {self.type!r} cannot have options")
+        return self
+
+
+class LossReason(_Strict):
+    code: str
+    name: LocalizedText
+    derived: bool = False
+
+
+class RoleSpec(_Strict):
+    code: str
+    name: LocalizedText
+
+
+class FunnelTemplate(_Strict):
+    key: str
+    niche: str
+    name: LocalizedText
+    goal: Goal
+    source: str
+    stages: list[StageSpec]
+    fields: list[FieldSpec] = []
+    loss_reasons: list[LossReason] = []
+    roles: list[RoleSpec] = []
+    automation: list[LocalizedText] = []  # seed automations that do not belong to one stage
+    notes: list[str] = []
+
+    @field_validator("key")
+    @classmethod
+    def _key_shape(cls, key: str) -> str:
+        if not TEMPLATE_KEY_RE.match(key):
+            raise ValueError(f"template key {key!r} must look like 'niche.funnel' (lowercase, digits, _)")
+        return key
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FunnelTemplate:
+        if self.key.split(".", 1)[0] != self.niche:
+            raise TemplateRuleError(
+                "niche", f"template key {self.key!r} must start with its niche {self.niche!r}"
+            )
+        self._check_stages()
+        self._check_references()
+        return self
+
+    def _check_stages(self) -> None:
+        if len(self.stages) > MAX_STAGES:
+            raise TemplateRuleError(
+                "stages",
+                f"{len(self.stages)} stages; amoCRM allows {AMOCRM_MAX_STATUSES} statuses per "
+                f"pipeline including its system 'unsorted' status, so at most {MAX_STAGES}",
+            )
+        _unique("stages", "stage code", [s.code for s in self.stages])
+        successes = [s for s in self.stages if s.semantics == "success"]
+        failures = [s for s in self.stages if s.semantics == "failure"]
+        if len(successes) != 1:
+            raise TemplateRuleError(
+                "stages", f"exactly one success stage is required, found {len(successes)}"
+            )
+        if not failures:
+            raise TemplateRuleError("stages", "at least one failure stage is required")
+        seen_final = False
+        for stage in self.stages:
+            if stage.semantics != "process":
+                seen_final = True
+            elif seen_final:
+                raise TemplateRuleError(
+                    f"stages.{stage.code}.semantics",
+                    f"process stage {stage.code!r} comes after a success or failure stage; "
+                    "final stages must come last (Bitrix24 SORT rule: process < success < failure)",
+                )
+        if self.stages.index(successes[0]) > self.stages.index(failures[0]):
+            raise TemplateRuleError(
+                f"stages.{successes[0].code}.semantics",
+                "the success stage must come before the failure stages",
+            )
+
+    def _check_references(self) -> None:
+        _unique("fields", "field code", [f.code for f in self.fields])
+        _unique("loss_reasons", "loss reason code", [r.code for r in self.loss_reasons])
+        _unique("roles", "role code", [r.code for r in self.roles])
+        fields = {f.code: f for f in self.fields}
+        known_fields = set(fields) | BUILTIN_FIELDS
+        if self.loss_reasons:
+            known_fields.add(LOSS_REASON_FIELD)
+        roles = {r.code for r in self.roles} | BUILTIN_ROLES
+        for stage in self.stages:
+            where = f"stages.{stage.code}"
+            for required in stage.required_fields:
+                if required.field not in known_fields:
+                    raise TemplateRuleError(
+                        f"{where}.required_fields",
+                        f"requires undeclared field {required.field!r} (declare it under 'fields'"
+                        f" or use one of {sorted(BUILTIN_FIELDS)}"
+                        f" or {LOSS_REASON_FIELD!r} with loss_reasons)",
+                    )
+            for task in stage.tasks:
+                if task.assignee not in roles:
+                    raise TemplateRuleError(
+                        f"{where}.tasks", f"assigns a task to undeclared role {task.assignee!r}"
+                    )
+            if stage.sla and stage.sla.escalate_to not in roles:
+                raise TemplateRuleError(
+                    f"{where}.sla", f"escalates to undeclared role {stage.sla.escalate_to!r}"
+                )
+            if stage.follow_up:
+                follow = fields.get(stage.follow_up.field)
+                if follow is None or follow.type not in ("date", "datetime"):
+                    raise TemplateRuleError(
+                        f"{where}.follow_up",
+                        f"follow-up field {stage.follow_up.field!r} must be a declared "
+                        "date or datetime field",
+                    )
+                if stage.follow_up.assignee not in roles:
+                    raise TemplateRuleError(
+                        f"{where}.follow_up",
+                        f"assigns to undeclared role {stage.follow_up.assignee!r}",
+                    )
+
+    def stage(self, code: str) -> StageSpec:
+        for stage in self.stages:
+            if stage.code == code:
+                return stage
+        raise KeyError(code)
+
+
+class TemplateRuleError(ValueError):
+    """A cross-field rule failed; `field` is the dotted path to the offending part of the template."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _unique(field: str, what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise TemplateRuleError(field, f"duplicate {what} {value!r}")
+        seen.add(value)

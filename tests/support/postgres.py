@@ -1,0 +1,104 @@
+"""A throwaway PostgreSQL server for the test session, started from the machine's binaries.
+
+initdb refuses to run as root, so as root the data folder is handed to the `postgres` user and
+initdb/pg_ctl run through `runuser`. When the binaries are missing they are installed with apt.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.server import free_port
+
+
+class PostgresUnavailable(RuntimeError):
+    pass
+
+
+def _find_bin_dir() -> Path | None:
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    return Path(candidates[0]).parent if candidates else None
+
+
+def _install_with_apt() -> None:
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise PostgresUnavailable("PostgreSQL binaries are missing and cannot be installed (need root + apt)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env=env, capture_output=True)
+
+
+@dataclass
+class PostgresServer:
+    bin_dir: Path
+    data_dir: Path
+    port: int
+    as_user: str | None
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = list(args)
+        if self.as_user:
+            command = ["runuser", "-u", self.as_user, "--", *command]
+        return subprocess.run(command, check=True, capture_output=True, text=True)
+
+    def psql(self, sql: str, database: str = "postgres") -> None:
+        psql = self.bin_dir / "psql"
+        self._run(
+            str(psql if psql.exists() else "psql"),
+            "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
+            "-v", "ON_ERROR_STOP=1", "-q", "-c", sql,
+        )  # fmt: skip
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    bin_dir = _find_bin_dir()
+    if bin_dir is None:
+        _install_with_apt()
+        bin_dir = _find_bin_dir()
+    if bin_dir is None:
+        raise PostgresUnavailable("initdb not found even after installing postgresql")
+    as_user = "postgres" if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="funnelsync-pg-"))
+    data_dir = root / "data"
+    data_dir.mkdir()
+    if as_user:
+        shutil.chown(root, as_user)
+        shutil.chown(data_dir, as_user)
+    server = PostgresServer(bin_dir, data_dir, free_port(), as_user)
+    server._run(
+        str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "trust",
+        "--no-sync", "-E", "UTF8", "--locale=C",
+    )  # fmt: skip
+    options = (
+        f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    server._run(
+        str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(root / "log"), "-w", "start"
+    )
+    try:
+        yield server
+    finally:
+        try:
+            server._run(str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import os
 import pkgutil
 from pathlib import Path
@@ -141,3 +142,18 @@ def test_every_template_states_its_seed() -> None:
         assert template.source.endswith(".txt")
         if seeds is not None:
             assert template.source in seeds, template.key
+
+
+MIXED_SCRIPT = re.compile(r"[\u0400-\u04ff][A-Za-z]|[A-Za-z][\u0400-\u04ff]")
+
+
+def test_no_word_mixes_cyrillic_and_latin_letters() -> None:
+    """Catches look-alike typos (a Latin 'a' in a Russian word) that break search and matching."""
+    for template in library().values():
+        texts = (
+            [template.name.ru]
+            + [s.name.ru for s in template.stages]
+            + [r.name.ru for r in template.loss_reasons]
+        )
+        for text in texts:
+            assert not MIXED_SCRIPT.search(text), (template.key, text)

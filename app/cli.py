@@ -6,8 +6,12 @@ import typer
 
 from app import migrate
 from app.config import get_settings
+from app.connections.cli import connections_cli
 from app.console import out
+from app.deals.cli import sync_command
+from app.funnels.cli import provision_command
 from app.library.cli import templates_cli
+from app.sandbox_cli import sandbox_cli
 
 cli = typer.Typer(
     help="FunnelSync: ready-made sales funnels for Bitrix24 and amoCRM, kept in sync.",
@@ -17,6 +21,10 @@ cli = typer.Typer(
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(templates_cli, name="templates")
 cli.add_typer(db_cli, name="db")
+cli.add_typer(connections_cli, name="connections")
+cli.command("provision")(provision_command)
+cli.command("sync")(sync_command)
+cli.add_typer(sandbox_cli, name="sandbox")
 
 
 @db_cli.command("upgrade")

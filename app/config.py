@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     # Run migrations on start; on by default for the embedded SQLite, off for PostgreSQL.
     auto_migrate: bool | None = None
     scheduler_enabled: bool = True
+    # How often the scheduler jobs run; a webhook also wakes the inbox job at once.
+    inbox_interval_seconds: float = Field(default=5, gt=0)
+    reconcile_interval_seconds: float = Field(default=300, gt=0)
+    # Incremental reconciles re-read this far behind the cursor (coarse CRM clocks, skew).
+    reconcile_overlap_seconds: float = Field(default=600, ge=0)
     # Largest webhook body accepted (the CRMs send a few KiB).
     max_webhook_body: int = Field(default=1024 * 1024, ge=1024)
 

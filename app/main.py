@@ -13,7 +13,9 @@ from sqlalchemy import text
 from app import __version__, migrate
 from app.api.router import api_router
 from app.config import Settings, get_settings
+from app.connections.registry import ConnectorRegistry
 from app.db import create_engine, session_factory
+from app.scheduler import Runtime, build_scheduler
 from app.security import api_token
 
 log = logging.getLogger("funnelsync")
@@ -30,9 +32,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.resolved_database_url)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        app.state.connectors = ConnectorRegistry(app.state.sessions, settings)
+        app.state.scheduler = None
+        if settings.scheduler_enabled:
+            runtime = Runtime(app.state.sessions, settings, app.state.connectors)
+            app.state.scheduler = build_scheduler(runtime)
+            app.state.scheduler.start()
         try:
             yield
         finally:
+            if app.state.scheduler is not None:
+                app.state.scheduler.shutdown(wait=False)
+            await app.state.connectors.aclose()
             await engine.dispose()
 
     app = FastAPI(

@@ -2,8 +2,9 @@
 
 from app.connections.models import Connection
 from app.db import Base
-from app.deals.models import Deal, StageTransition
-from app.funnels.models import Funnel, FunnelStage
+from app.deals.models import Deal, StageTransition, SyncState
+from app.funnels.models import Funnel, FunnelMapping, FunnelStage
+from app.leases import Lease
 from app.outbox.models import OutboxCommand
 from app.webhooks.models import InboxEvent
 
@@ -12,8 +13,11 @@ __all__ = [
     "Connection",
     "Deal",
     "Funnel",
+    "FunnelMapping",
     "FunnelStage",
     "InboxEvent",
+    "Lease",
     "OutboxCommand",
     "StageTransition",
+    "SyncState",
 ]

@@ -79,6 +79,10 @@ class NotSupported(PermanentError):
     """The CRM has no API for this operation (e.g. loss reasons in Bitrix24)."""
 
 
+class WebhookParseError(ValueError):
+    """A webhook body is not one we can read; the message says why. Parsers raise nothing else."""
+
+
 # --- DTOs -----------------------------------------------------------------------------------------
 
 
@@ -95,6 +99,8 @@ class Stage:
     color: str | None = None
     system: bool = False
     row_id: str | None = None
+    # False for stages the CRM does not let anyone use as a normal stage (amoCRM "unsorted").
+    editable: bool = True
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,9 @@ class CustomField:
     name: str
     type: str
     options: tuple[FieldOption, ...] = ()
-    required_stage_ids: tuple[str, ...] = ()
+    # (pipeline id, stage id) pairs where the CRM itself requires the field. Pairs, because amoCRM's
+    # won/lost ids (142/143) are the same in every pipeline.
+    required_stages: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -272,6 +280,13 @@ class Capabilities:
     required_fields_by_stage: bool
     webhook_registration_api: bool
     fixed_final_stages: bool  # the CRM creates its own won/lost stages that must be reused
+    # Whether the CRM's own won/lost stages accept a new colour and sort (Bitrix24 yes, amoCRM no).
+    final_stages_styleable: bool = True
+    max_pipelines: int | None = None
+    max_stages_per_pipeline: int | None = None
+    # Stage ids the CRM derives from our stage code, e.g. Bitrix24 "C{pipeline_id}:{code}".
+    stage_id_format: str | None = None
+    stage_id_max_length: int | None = None
 
 
 @dataclass
@@ -328,7 +343,10 @@ class CRMConnector(Protocol):
 
     def list_deals_modified_since(self, since: datetime) -> AsyncIterator[list[DealSnapshot]]: ...
 
-    def list_all_deals(self) -> AsyncIterator[list[DealSnapshot]]: ...
+    def list_all_deals(self) -> AsyncIterator[list[DealSnapshot]]:
+        """Every deal, in pages, in ascending numeric id order (the reconciler detects deletions
+        by id range, page by page)."""
+        ...
 
     async def move_deals(self, moves: Sequence[StageMove]) -> list[ItemResult]: ...
 

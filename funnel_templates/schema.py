@@ -134,11 +134,14 @@ class SlaSpec(_Strict):
 
 
 class FollowUpSpec(_Strict):
-    """A datetime field whose value becomes a task due at that moment (e.g. next-contact date)."""
+    """A date/datetime field whose value becomes a task due at that moment, or `lead_time` before it
+    (e.g. next-contact date; a reminder the day before a visit). Changing the field moves the task."""
 
     field: str
     title: LocalizedText
     assignee: str = "responsible"
+    lead_time: Duration = timedelta(0)
+    derived: bool = False
 
 
 class StageSpec(_Strict):

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Numeric, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, Numeric, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -55,3 +55,18 @@ class StageTransition(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime())  # the CRM's modify time
     source: Mapped[str] = mapped_column(String(16))  # webhook | reconcile | funnelsync
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SyncState(Base):
+    """Per-connection reconciliation cursor: the newest CRM modify time fully committed locally."""
+
+    __tablename__ = "sync_state"
+
+    connection_id: Mapped[int] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    cursor: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_full_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    deals_seen: Mapped[int] = mapped_column(Integer, default=0)

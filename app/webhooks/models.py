@@ -25,5 +25,7 @@ class InboxEvent(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|processed|failed
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Events whose deals we already fetched and mirrored in this body (several per amoCRM POST).
+    deals: Mapped[int] = mapped_column(Integer, default=0)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

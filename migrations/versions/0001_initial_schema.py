@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 12:21:32.838744
+Create Date: 2026-11-23 13:04:52.916501
 """
 
 from collections.abc import Sequence
@@ -33,12 +33,20 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_connections_name")),
     )
     op.create_table(
+        "leases",
+        sa.Column("key", sa.String(length=128), nullable=False),
+        sa.Column("holder", sa.String(length=128), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("key", name=op.f("pk_leases")),
+    )
+    op.create_table(
         "funnels",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("connection_id", sa.Integer(), nullable=False),
         sa.Column("template_key", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("crm_pipeline_id", sa.String(length=64), nullable=True),
+        sa.Column("created_pipeline", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("provisioned_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -65,6 +73,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("deals", sa.Integer(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
@@ -81,6 +90,38 @@ def upgrade() -> None:
     with op.batch_alter_table("inbox_events", schema=None) as batch_op:
         batch_op.create_index("ix_inbox_events_status_id", ["status", "id"], unique=False)
 
+    op.create_table(
+        "sync_state",
+        sa.Column("connection_id", sa.Integer(), nullable=False),
+        sa.Column("cursor", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_full_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("deals_seen", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["connection_id"],
+            ["connections.id"],
+            name=op.f("fk_sync_state_connection_id_connections"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("connection_id", name=op.f("pk_sync_state")),
+    )
+    op.create_table(
+        "funnel_mappings",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("funnel_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("code", sa.String(length=255), nullable=False),
+        sa.Column("crm_id", sa.String(length=64), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["funnel_id"],
+            ["funnels.id"],
+            name=op.f("fk_funnel_mappings_funnel_id_funnels"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_funnel_mappings")),
+        sa.UniqueConstraint("funnel_id", "kind", "code", name=op.f("uq_funnel_mappings_funnel_id_kind_code")),
+    )
     op.create_table(
         "stages",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -219,6 +260,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_stages_crm_stage_id"))
 
     op.drop_table("stages")
+    op.drop_table("funnel_mappings")
+    op.drop_table("sync_state")
     with op.batch_alter_table("inbox_events", schema=None) as batch_op:
         batch_op.drop_index("ix_inbox_events_status_id")
 
@@ -227,4 +270,5 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_funnels_crm_pipeline_id"))
 
     op.drop_table("funnels")
+    op.drop_table("leases")
     op.drop_table("connections")

@@ -1,0 +1,173 @@
+"""`funnelsync connections add|list|check`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from pydantic import TypeAdapter, ValidationError
+from rich.table import Table
+
+from app.config import Settings
+from app.connections import service
+from app.connections.connector import exchange_amocrm_code, open_connector
+from app.connections.schemas import AmoCRMConnectionCreate, CheckResult, ConnectionCreate
+from app.console import fail, out, print_json
+from app.runtime import Sessions, run_with_database
+
+connections_cli = typer.Typer(help="CRM accounts FunnelSync talks to.", no_args_is_help=True)
+
+_adapter: TypeAdapter[Any] = TypeAdapter(ConnectionCreate)
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"][1:] if p not in ("bitrix24", "amocrm")) or "input"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+@connections_cli.command("add")
+def add_command(
+    name: Annotated[str, typer.Argument(help="Connection name (used in the webhook URL).")],
+    crm: Annotated[str, typer.Option(help="bitrix24 or amocrm")],
+    webhook_url: Annotated[str | None, typer.Option(help="Bitrix24 inbound webhook URL.")] = None,
+    app_token: Annotated[
+        str | None, typer.Option(help="Bitrix24 outgoing webhook application token.")
+    ] = None,
+    portal_url: Annotated[str | None, typer.Option(help="Bitrix24 portal URL (OAuth app).")] = None,
+    refresh_token: Annotated[str | None, typer.Option(help="Bitrix24 OAuth refresh token.")] = None,
+    oauth_server_url: Annotated[str | None, typer.Option(help="Bitrix24 OAuth server.")] = None,
+    plan: Annotated[str | None, typer.Option(help="Bitrix24 plan: standard or enterprise.")] = None,
+    subdomain: Annotated[str | None, typer.Option(help="amoCRM subdomain.")] = None,
+    token: Annotated[str | None, typer.Option(help="amoCRM long-lived token.")] = None,
+    client_id: Annotated[str | None, typer.Option(help="OAuth client id.")] = None,
+    client_secret: Annotated[str | None, typer.Option(help="OAuth client secret.")] = None,
+    redirect_uri: Annotated[str | None, typer.Option(help="amoCRM OAuth redirect URI.")] = None,
+    auth_code: Annotated[str | None, typer.Option(help="amoCRM OAuth authorization code.")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="amoCRM base URL override (sandbox, kommo.com).")
+    ] = None,
+    supervisor_id: Annotated[str | None, typer.Option(help="CRM user id for SLA escalations.")] = None,
+) -> None:
+    """Add a connection; credentials are stored encrypted and never printed."""
+    raw: dict[str, Any] = {
+        "name": name,
+        "crm": crm,
+        "webhook_url": webhook_url,
+        "app_token": app_token,
+        "portal_url": portal_url,
+        "refresh_token": refresh_token,
+        "oauth_server_url": oauth_server_url,
+        "plan": plan,
+        "subdomain": subdomain,
+        "token": token,
+        "client_id": client_id,
+        "client_secret": client_secret,
+        "redirect_uri": redirect_uri,
+        "auth_code": auth_code,
+        "base_url": base_url,
+        "supervisor_id": supervisor_id,
+    }
+    if crm not in ("bitrix24", "amocrm"):
+        fail(f"--crm must be bitrix24 or amocrm, got {crm!r}")
+    unused = [k for k, v in raw.items() if v is not None and k not in _fields_of(crm)]
+    if unused:
+        fail(f"options not used by {crm}: " + ", ".join("--" + k.replace("_", "-") for k in unused))
+    try:
+        data = _adapter.validate_python({k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        fail(validation_message(exc))
+
+    async def work(settings: Settings, sessions: Sessions) -> None:
+        async with sessions() as session:
+            # Checked before an amoCRM authorization code is spent on the exchange.
+            if await _exists(session, data.name):
+                fail(f"a connection named {data.name!r} already exists")
+        tokens = None
+        if isinstance(data, AmoCRMConnectionCreate) and data.auth_code is not None:
+            tokens = await exchange_amocrm_code(data)
+        record = service.build_record(settings, data, tokens)
+        async with sessions.begin() as session:
+            try:
+                await service.add_connection(session, record)
+            except service.ConnectionExists as exc:
+                fail(str(exc))
+        out.print(
+            f"connection [bold]{record.name}[/] added ({record.crm}, {service.to_out(settings, record).base_url})"
+        )
+
+    run_with_database(work)
+
+
+def _fields_of(crm: str) -> set[str]:
+    from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
+
+    model = Bitrix24ConnectionCreate if crm == "bitrix24" else AmoCRMConnectionCreate
+    return set(model.model_fields)
+
+
+async def _exists(session: Any, name: str) -> bool:
+    try:
+        await service.get_connection(session, name)
+    except service.ConnectionNotFound:
+        return False
+    return True
+
+
+@connections_cli.command("list")
+def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List connections (never their credentials)."""
+
+    async def work(settings: Settings, sessions: Sessions) -> list[dict[str, Any]]:
+        async with sessions() as session:
+            return [
+                service.to_out(settings, r).model_dump(mode="json")
+                for r in await service.list_connections(session)
+            ]
+
+    rows = run_with_database(work)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"{len(rows)} connection(s)")
+    for column in ("name", "crm", "base url", "auth", "status", "webhook url"):
+        table.add_column(column)
+    for row in rows:
+        status = row["status"] + (f" ({row['paused_reason']})" if row["paused_reason"] else "")
+        table.add_row(row["name"], row["crm"], row["base_url"], row["auth"], status, row["webhook_url"])
+    out.print(table)
+
+
+@connections_cli.command("check")
+def check_command(
+    name: str, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
+    """Call the CRM and report the account, missing rights or a bad token in plain words."""
+
+    async def work(settings: Settings, sessions: Sessions) -> CheckResult:
+        from app.connections.check import check_connection
+
+        async with sessions() as session:
+            try:
+                record = await service.get_connection(session, name)
+            except service.ConnectionNotFound as exc:
+                fail(str(exc))
+        connector = await open_connector(sessions, settings, record)
+        try:
+            return await check_connection(record, connector)
+        finally:
+            await connector.aclose()
+
+    result = run_with_database(work)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+    elif result.ok:
+        out.print(f"[green]ok[/] {result.name}: account {result.account_name} ({result.account_id})")
+        if result.scopes:
+            out.print("rights: " + ", ".join(result.scopes))
+    else:
+        out.print(f"[red]problem[/] {result.name}: {result.problem}")
+    if not result.ok:
+        raise typer.Exit(1)

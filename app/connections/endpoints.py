@@ -1,0 +1,84 @@
+"""/api/connections: add, list, show, check."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, status
+
+from app.api.deps import SessionsDep, SettingsDep
+from app.connections import service
+from app.connections.check import check_connection
+from app.connections.connector import exchange_amocrm_code, open_connector
+from app.connections.schemas import AmoCRMConnectionCreate, CheckResult, ConnectionCreate, ConnectionOut
+from app.connections.status import ConnectionStatus, connection_status
+from connectors.base import CRMError
+
+router = APIRouter(prefix="/connections", tags=["connections"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def add_connection(
+    data: Annotated[ConnectionCreate, Body()], sessions: SessionsDep, settings: SettingsDep
+) -> ConnectionOut:
+    async with sessions() as session:
+        try:
+            await service.get_connection(session, data.name)
+        except service.ConnectionNotFound:
+            pass
+        else:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"a connection named {data.name!r} already exists")
+    tokens = None
+    if isinstance(data, AmoCRMConnectionCreate) and data.auth_code is not None:
+        try:
+            tokens = await exchange_amocrm_code(data)
+        except CRMError as exc:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST, f"amoCRM refused the authorization code: {exc.crm_text}"
+            ) from exc
+    record = service.build_record(settings, data, tokens)
+    async with sessions.begin() as session:
+        try:
+            await service.add_connection(session, record)
+        except service.ConnectionExists as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return service.to_out(settings, record)
+
+
+@router.get("")
+async def list_connections(sessions: SessionsDep, settings: SettingsDep) -> list[ConnectionOut]:
+    async with sessions() as session:
+        return [service.to_out(settings, r) for r in await service.list_connections(session)]
+
+
+@router.get("/{name}")
+async def get_connection(name: str, sessions: SessionsDep, settings: SettingsDep) -> ConnectionOut:
+    async with sessions() as session:
+        try:
+            return service.to_out(settings, await service.get_connection(session, name))
+        except service.ConnectionNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+
+
+@router.post("/{name}/check")
+async def check(name: str, sessions: SessionsDep, settings: SettingsDep) -> CheckResult:
+    async with sessions() as session:
+        try:
+            record = await service.get_connection(session, name)
+        except service.ConnectionNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    connector = await open_connector(sessions, settings, record)
+    try:
+        return await check_connection(record, connector)
+    finally:
+        await connector.aclose()
+
+
+@router.get("/{name}/status")
+async def status_of(name: str, sessions: SessionsDep) -> ConnectionStatus:
+    async with sessions() as session:
+        try:
+            record = await service.get_connection(session, name)
+        except service.ConnectionNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        return await connection_status(session, record)

@@ -1,0 +1,152 @@
+"""Connections: create, read, decrypt credentials, persist refreshed tokens.
+
+Credentials are one JSON document per connection, encrypted with Fernet before they reach the
+database. Nothing in this module logs or returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.connections.models import Connection
+from app.connections.schemas import (
+    AmoCRMConnectionCreate,
+    Bitrix24ConnectionCreate,
+    ConnectionCreate,
+    ConnectionOut,
+)
+from app.security import decrypt, encrypt
+
+
+class ConnectionExists(ValueError):
+    pass
+
+
+class ConnectionNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no connection named {name!r}; `funnelsync connections list` shows them")
+        self.name = name
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def build_record(
+    settings: Settings, data: ConnectionCreate, oauth_tokens: dict[str, Any] | None
+) -> Connection:
+    """A new Connection row (not yet added) from validated input. `oauth_tokens` holds the tokens an
+    amoCRM authorization code was exchanged for."""
+    record_settings: dict[str, Any] = {}
+    if data.supervisor_id:
+        record_settings["supervisor_id"] = data.supervisor_id
+    credentials: dict[str, Any]
+    if isinstance(data, Bitrix24ConnectionCreate):
+        record_settings["plan"] = data.plan
+        if data.webhook_url:
+            base_url = data.webhook_url.rstrip("/") + "/"
+            credentials = {"auth": "webhook", "webhook_url": base_url}
+        else:
+            base_url = (data.portal_url or "").rstrip("/")
+            credentials = {
+                "auth": "oauth",
+                "client_id": data.client_id,
+                "client_secret": _secret(data.client_secret),
+                "access_token": _secret(data.access_token),
+                "refresh_token": _secret(data.refresh_token),
+                "oauth_server_url": data.oauth_server_url.rstrip("/"),
+            }
+        record_settings["domain"] = urlsplit(base_url).netloc
+        if data.app_token is not None:
+            credentials["app_token"] = data.app_token.get_secret_value()
+    else:
+        assert isinstance(data, AmoCRMConnectionCreate)
+        base_url = data.resolved_base_url
+        record_settings.update(subdomain=data.subdomain, requests_per_second=data.requests_per_second)
+        if data.token is not None:
+            credentials = {"auth": "token", "token": data.token.get_secret_value()}
+        else:
+            credentials = {
+                "auth": "oauth",
+                "client_id": data.client_id,
+                "client_secret": _secret(data.client_secret),
+                "redirect_uri": data.redirect_uri,
+                **(oauth_tokens or {}),
+            }
+        # The webhook URL carries this secret: amoCRM webhooks are not signed.
+        credentials["webhook_secret"] = secrets.token_urlsafe(24)
+    return Connection(
+        name=data.name,
+        crm=data.crm,
+        base_url=base_url,
+        credentials_encrypted=encrypt(settings, json.dumps(credentials)),
+        settings=record_settings,
+    )
+
+
+async def add_connection(session: AsyncSession, record: Connection) -> Connection:
+    if await session.scalar(select(Connection.id).where(Connection.name == record.name)) is not None:
+        raise ConnectionExists(f"a connection named {record.name!r} already exists")
+    session.add(record)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent add of the same name
+        raise ConnectionExists(f"a connection named {record.name!r} already exists") from exc
+    return record
+
+
+async def list_connections(session: AsyncSession) -> list[Connection]:
+    return list(await session.scalars(select(Connection).order_by(Connection.name)))
+
+
+async def get_connection(session: AsyncSession, name: str) -> Connection:
+    record = await session.scalar(select(Connection).where(Connection.name == name))
+    if record is None:
+        raise ConnectionNotFound(name)
+    return record
+
+
+def credentials(settings: Settings, record: Connection) -> dict[str, Any]:
+    return dict(json.loads(decrypt(settings, record.credentials_encrypted)))
+
+
+def store_credentials(settings: Settings, record: Connection, values: dict[str, Any]) -> None:
+    record.credentials_encrypted = encrypt(settings, json.dumps(values))
+
+
+def webhook_url(settings: Settings, record: Connection, *, reveal_secret: bool) -> str:
+    base = settings.public_url.rstrip("/")
+    if record.crm == "bitrix24":
+        return f"{base}/webhooks/bitrix24/{record.name}"
+    secret = credentials(settings, record)["webhook_secret"] if reveal_secret else "***"
+    return f"{base}/webhooks/amocrm/{record.name}/{secret}"
+
+
+def to_out(settings: Settings, record: Connection) -> ConnectionOut:
+    return ConnectionOut(
+        name=record.name,
+        crm=record.crm,
+        base_url=_without_secret_path(record),
+        status=record.status,
+        paused_reason=record.paused_reason,
+        auth=credentials(settings, record)["auth"],
+        settings=dict(record.settings),
+        webhook_url=webhook_url(settings, record, reveal_secret=False),
+        created_at=record.created_at,
+    )
+
+
+def _without_secret_path(record: Connection) -> str:
+    """A Bitrix24 inbound webhook URL is itself a credential: show only its portal."""
+    if record.crm == "bitrix24":
+        parts = urlsplit(record.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+    return record.base_url

@@ -1,0 +1,85 @@
+"""A connection's sync health in one read: webhooks, inbox lag, reconcile cursor, unknown stages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.connections.models import Connection
+from app.db import utcnow
+from app.deals.models import Deal, SyncState
+from app.webhooks.models import InboxEvent
+from app.webhooks.service import counts_by_status
+
+
+class UnknownStage(BaseModel):
+    crm_pipeline_id: str
+    crm_stage_id: str
+    deals: int
+
+
+class ConnectionStatus(BaseModel):
+    name: str
+    crm: str
+    status: str
+    paused_reason: str | None
+    last_webhook_at: datetime | None
+    inbox_lag_seconds: float
+    events: dict[str, int]
+    last_reconcile_at: datetime | None
+    last_full_reconcile_at: datetime | None
+    reconcile_cursor: datetime | None
+    reconcile_error: str | None
+    deals: int
+    unknown_stages: list[UnknownStage]
+
+
+async def connection_status(session: AsyncSession, record: Connection) -> ConnectionStatus:
+    last_webhook = await session.scalar(
+        select(func.max(InboxEvent.received_at)).where(InboxEvent.connection_id == record.id)
+    )
+    oldest_pending = await session.scalar(
+        select(func.min(InboxEvent.received_at)).where(
+            InboxEvent.connection_id == record.id, InboxEvent.status == "pending"
+        )
+    )
+    sync = await session.get(SyncState, record.id)
+    unknown = await session.execute(
+        select(Deal.crm_pipeline_id, Deal.crm_stage_id, func.count())
+        .where(
+            Deal.connection_id == record.id,
+            Deal.managed.is_(True),
+            Deal.stage_id.is_(None),
+            Deal.deleted_at.is_(None),
+        )
+        .group_by(Deal.crm_pipeline_id, Deal.crm_stage_id)
+    )
+    deals = await session.scalar(
+        select(func.count()).where(Deal.connection_id == record.id, Deal.deleted_at.is_(None))
+    )
+    lag = (utcnow() - _aware(oldest_pending)).total_seconds() if oldest_pending else 0.0
+    return ConnectionStatus(
+        name=record.name,
+        crm=record.crm,
+        status=record.status,
+        paused_reason=record.paused_reason,
+        last_webhook_at=_aware(last_webhook) if last_webhook else None,
+        inbox_lag_seconds=max(lag, 0.0),
+        events=await counts_by_status(session, record.id),
+        last_reconcile_at=sync.last_run_at if sync else None,
+        last_full_reconcile_at=sync.last_full_at if sync else None,
+        reconcile_cursor=sync.cursor if sync else None,
+        reconcile_error=sync.last_error if sync else None,
+        deals=deals or 0,
+        unknown_stages=[
+            UnknownStage(crm_pipeline_id=p, crm_stage_id=s, deals=n) for p, s, n in unknown.tuples()
+        ],
+    )
+
+
+def _aware(value: datetime) -> datetime:
+    """Aggregates bypass the column type on SQLite and come back naive (they are UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,74 @@
+"""`funnelsync sync CONNECTION [--full]`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from app.config import Settings
+from app.connections import service as connections
+from app.connections.connector import open_connector
+from app.console import err, fail, out, print_json
+from app.deals.reconcile import ReconcileResult, reconcile
+from app.runtime import Sessions, run_with_database
+from connectors.base import CRMError
+
+
+def sync_command(
+    connection: Annotated[str, typer.Argument(help="Connection name.")],
+    full: Annotated[bool, typer.Option("--full", help="Walk every deal and detect deletions.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Reconcile the mirror with the CRM now (incremental from the cursor, or --full)."""
+
+    async def work(settings: Settings, sessions: Sessions) -> ReconcileResult:
+        async with sessions() as session:
+            try:
+                record = await connections.get_connection(session, connection)
+            except connections.ConnectionNotFound as exc:
+                fail(str(exc))
+        connector = await open_connector(sessions, settings, record)
+        overlap = timedelta(seconds=settings.reconcile_overlap_seconds)
+        try:
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=err,
+                disable=as_json,
+            ) as progress:
+                task = progress.add_task("deals: 0", total=None)
+                seen = 0
+
+                def advance(count: int) -> None:
+                    nonlocal seen
+                    seen += count
+                    progress.update(task, description=f"deals: {seen}")
+
+                return await reconcile(
+                    sessions, record.id, connector, full=full, overlap=overlap, progress=advance
+                )
+        except CRMError as exc:
+            fail(f"the CRM failed during sync ({type(exc).__name__}): {exc.crm_text}", code=1)
+        finally:
+            await connector.aclose()
+
+    result = run_with_database(work)
+    summary = {
+        "full": result.full,
+        "deals_seen": result.deals_seen,
+        "created": result.created,
+        "updated": result.updated,
+        "deleted": result.deleted,
+        "cursor": result.cursor.isoformat() if result.cursor else None,
+    }
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(
+            f"{'full' if result.full else 'incremental'} sync: {result.deals_seen} deals seen, "
+            f"{result.created} new, {result.updated} updated, {result.deleted} deleted; cursor {summary['cursor']}"
+        )

@@ -1,0 +1,133 @@
+"""Reconciliation: catch up on changes the CRM never sent (or we never got) by listing deals.
+
+Incremental runs list deals modified since the cursor minus an overlap window (the CRMs' modify
+times are coarse and clocks differ; the mirror ignores what it already has). A full run walks every
+deal in ascending id order and, page by page, tombstones local deals in the same id range that the
+CRM no longer has — so deletions are found without holding every id in memory. The cursor moves only
+after the page that justifies it is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import BigInteger, cast, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db import utcnow
+from app.deals.mirror import MirrorResult, load_stage_index, mirror_snapshots
+from app.deals.models import Deal, SyncState
+from connectors.base import CRMConnector, DealSnapshot
+
+DEFAULT_OVERLAP = timedelta(minutes=10)
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class ReconcileResult:
+    full: bool
+    deals_seen: int = 0
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    cursor: datetime | None = None
+    entered: int = 0
+
+
+async def get_sync_state(session: AsyncSession, connection_id: int) -> SyncState:
+    state = await session.get(SyncState, connection_id)
+    if state is None:
+        state = SyncState(connection_id=connection_id, deals_seen=0)
+        session.add(state)
+        await session.flush()
+    return state
+
+
+async def reconcile(
+    sessions: async_sessionmaker[AsyncSession],
+    connection_id: int,
+    connector: CRMConnector,
+    *,
+    full: bool = False,
+    overlap: timedelta = DEFAULT_OVERLAP,
+    progress: Progress | None = None,
+    on_mirrored: Callable[[AsyncSession, MirrorResult], object] | None = None,
+) -> ReconcileResult:
+    async with sessions.begin() as session:
+        state = await get_sync_state(session, connection_id)
+        cursor = state.cursor
+    full = full or cursor is None
+    result = ReconcileResult(full=full, cursor=cursor)
+    pages: AsyncIterator[list[DealSnapshot]]
+    if full:
+        pages = connector.list_all_deals()
+    else:
+        assert cursor is not None
+        pages = connector.list_deals_modified_since(cursor - overlap)
+
+    previous_max_id = -1
+    async for page in pages:
+        if not page:
+            continue
+        async with sessions.begin() as session:
+            index = await load_stage_index(session, connection_id)
+            mirrored = await mirror_snapshots(session, connection_id, page, index, "reconcile")
+            if on_mirrored is not None:
+                on_mirrored(session, mirrored)
+            if full:
+                ids = sorted(int(s.id) for s in page)
+                result.deleted += await _tombstone_missing_in_range(
+                    session, connection_id, previous_max_id, ids[-1], {str(i) for i in ids}
+                )
+                previous_max_id = ids[-1]
+            newest = max(s.updated_at for s in page)
+            if not full:
+                state = await get_sync_state(session, connection_id)
+                if state.cursor is None or newest > state.cursor:
+                    state.cursor = newest
+            result.cursor = max(result.cursor, newest) if result.cursor else newest
+        result.deals_seen += len(page)
+        result.created += mirrored.created
+        result.updated += mirrored.updated
+        result.entered += len(mirrored.entered)
+        if progress is not None:
+            progress(len(page))
+
+    async with sessions.begin() as session:
+        if full:
+            # Everything above the last id seen is gone from the CRM too.
+            result.deleted += await _tombstone_missing_in_range(
+                session, connection_id, previous_max_id, None, set()
+            )
+        state = await get_sync_state(session, connection_id)
+        if full and result.cursor is not None and (state.cursor is None or result.cursor > state.cursor):
+            state.cursor = result.cursor
+        state.last_run_at = utcnow()
+        if full:
+            state.last_full_at = state.last_run_at
+        state.deals_seen = result.deals_seen
+        state.last_error = None
+        result.cursor = state.cursor
+    return result
+
+
+async def _tombstone_missing_in_range(
+    session: AsyncSession, connection_id: int, after_id: int, up_to_id: int | None, present: set[str]
+) -> int:
+    """Tombstone live local deals with after_id < id <= up_to_id that the CRM page did not contain."""
+    numeric_id = cast(Deal.crm_deal_id, BigInteger)
+    query = select(Deal).where(
+        Deal.connection_id == connection_id, Deal.deleted_at.is_(None), numeric_id > after_id
+    )
+    if up_to_id is not None:
+        query = query.where(numeric_id <= up_to_id)
+    now = utcnow()
+    count = 0
+    for deal in await session.scalars(query):
+        if deal.crm_deal_id not in present:
+            deal.deleted_at = now
+            count += 1
+    return count

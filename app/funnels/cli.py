@@ -1,0 +1,89 @@
+"""`funnelsync provision CONNECTION TEMPLATE [--dry-run] [--json]`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from app.config import Settings
+from app.connections import service as connections
+from app.connections.connector import open_connector
+from app.console import EXIT_BAD_INPUT, err, fail, out, print_json
+from app.funnels.plan import Plan, PlanLimitError
+from app.funnels.service import ProvisionOutcome, provision
+from app.library import service as library
+from app.runtime import Sessions, run_with_database
+
+_STYLE = {"+": "green", "~": "yellow", "-": "red", "!": "bold red", "?": "cyan", "=": "dim"}
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    """A terraform-like rendering: one line an item, reasons and attribute changes beneath."""
+    lines = []
+    for item in plan.items:
+        style = _STYLE[item.symbol]
+        lines.append(f"  [{style}]{item.symbol}[/] {item.kind:<11} {escape(item.summary)}")
+        for attribute, (before, after) in item.changes.items():
+            lines.append(f"        {attribute}: {escape(repr(before))} → {escape(repr(after))}")
+        if item.reason:
+            lines.append(f"        [dim]{escape(item.reason)}[/]")
+    counts = plan.counts()
+    lines.append(
+        f"Plan: {counts.get('create', 0)} to create, {counts.get('change', 0)} to change, "
+        f"{counts.get('delete', 0)} to delete, {counts.get('unchanged', 0)} unchanged, "
+        f"{counts.get('blocked', 0) + counts.get('manual', 0)} cannot apply, "
+        f"{counts.get('unmanaged', 0)} left alone."
+    )
+    return lines
+
+
+def provision_command(
+    connection: Annotated[str, typer.Argument(help="Connection name.")],
+    template: Annotated[str, typer.Argument(help="Template key, e.g. auto_service.repair.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; write nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Create or update a template's pipeline, stages, fields, loss reasons and webhook in the CRM."""
+    try:
+        spec = library.get_template(template)
+    except library.TemplateNotFound as exc:
+        fail(str(exc))
+
+    async def work(settings: Settings, sessions: Sessions) -> ProvisionOutcome:
+        async with sessions() as session:
+            try:
+                record = await connections.get_connection(session, connection)
+            except connections.ConnectionNotFound as exc:
+                fail(str(exc))
+        connector = await open_connector(sessions, settings, record)
+        try:
+            return await provision(sessions, settings, record, connector, spec, dry_run=dry_run)
+        except PlanLimitError as exc:
+            fail(f"cannot provision {template} into {connection}: {exc}. Nothing was written.")
+        finally:
+            await connector.aclose()
+
+    outcome = run_with_database(work)
+    if as_json:
+        print_json(outcome.as_json())
+    else:
+        out.print(
+            f"[bold]{spec.key}[/] → connection [bold]{connection}[/]" + (" (dry run)" if dry_run else "")
+        )
+        for line in plan_lines(outcome.plan):
+            out.print(line, highlight=False)
+        if outcome.applied:
+            out.print("[green]Applied.[/]" if outcome.plan.has_writes else "[green]Nothing to change.[/]")
+        elif outcome.error:
+            err.print(
+                f"[bold red]Failed[/] ({outcome.error_class}): {escape(outcome.error)}\n"
+                "What was created before the failure is recorded; run the same command again to complete.",
+                highlight=False,
+            )
+    if outcome.error:
+        raise typer.Exit(1)
+
+
+__all__ = ["EXIT_BAD_INPUT", "plan_lines", "provision_command"]

@@ -1,0 +1,618 @@
+"""Provisioning plan: what must change in a CRM so a pipeline matches a funnel template.
+
+Pure functions over DTOs: the current CRM state and the mapping FunnelSync stored on earlier runs
+go in, an ordered list of plan items comes out. Nothing here talks to a CRM or the database, which
+is what lets `--dry-run` show exactly what a real run would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any, ClassVar, Literal
+
+from connectors.base import (
+    Capabilities,
+    CustomField,
+    FieldRequirement,
+    LossReason,
+    NewField,
+    NewStage,
+    Pipeline,
+    Stage,
+    StageChange,
+    WebhookSubscription,
+)
+from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate, StageSpec
+
+Action = Literal["create", "change", "unchanged", "delete", "blocked", "unmanaged", "manual"]
+ItemKind = Literal["pipeline", "stage", "field", "requirement", "loss_reason", "webhook"]
+
+SYMBOLS: dict[Action, str] = {
+    "create": "+",
+    "change": "~",
+    "unchanged": "=",
+    "delete": "-",
+    "blocked": "!",
+    "unmanaged": "?",
+    "manual": "!",
+}
+
+SORT_STEP = 10
+# Bitrix24 deal events FunnelSync needs; amoCRM webhook settings for the same.
+BITRIX24_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE", "ONCRMDEALMOVETOCATEGORY")
+# An outgoing webhook set up in the portal UI cannot subscribe to ONCRMDEALMOVETOCATEGORY (app only);
+# moves between pipelines are caught by the reconciler instead.
+BITRIX24_OUTGOING_WEBHOOK_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE")
+AMOCRM_EVENTS = ("add_lead", "update_lead", "status_lead", "delete_lead", "restore_lead", "responsible_lead")
+
+
+class PlanLimitError(ValueError):
+    """The plan would break a CRM limit; raised before anything is written."""
+
+
+@dataclass(frozen=True)
+class CRMState:
+    """What the CRM has now, read before planning."""
+
+    pipelines: Sequence[Pipeline]
+    fields: Sequence[CustomField]
+    loss_reasons: Sequence[LossReason] | None  # None: the CRM has no loss-reason API
+    webhooks: Sequence[WebhookSubscription] | None  # None: no registration API for this auth
+    deal_counts: dict[str, int] = field(default_factory=dict)  # stage id -> deals in it
+
+
+@dataclass(frozen=True)
+class StoredMapping:
+    """What earlier runs recorded for this funnel in this connection."""
+
+    pipeline_id: str | None = None
+    stages: dict[str, str] = field(default_factory=dict)  # stage code -> CRM stage id
+    fields: dict[str, str] = field(default_factory=dict)  # field code -> CRM field id
+    loss_reasons: dict[str, str] = field(default_factory=dict)  # reason code -> CRM id
+    # FunnelSync created the pipeline and has not finished provisioning it yet: the CRM's default
+    # stages in it are ours to reuse or remove.
+    setting_up_own_pipeline: bool = False
+    other_funnels_pipeline_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    crm: str
+    capabilities: Capabilities
+    webhook_url: str
+    webhook_events: tuple[str, ...]
+    webhook_auto: bool  # False: the user must register the webhook in the CRM's UI
+    # The URL as shown to people: amoCRM's carries a secret, masked here (plans are printed).
+    webhook_display_url: str = ""
+
+    @property
+    def shown_url(self) -> str:
+        return self.webhook_display_url or self.webhook_url
+
+
+@dataclass
+class PlanItem:
+    action: Action
+    kind: ItemKind
+    code: str
+    summary: str
+    reason: str | None = None
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # attribute -> (now, wanted)
+    # What the applier needs; not part of the JSON view.
+    payload: Any = None
+
+    @property
+    def symbol(self) -> str:
+        return SYMBOLS[self.action]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "symbol": self.symbol,
+            "kind": self.kind,
+            "code": self.code,
+            "summary": self.summary,
+            "reason": self.reason,
+            "changes": {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()},
+        }
+
+
+@dataclass
+class Plan:
+    template_key: str
+    pipeline_id: str | None
+    items: list[PlanItem]
+
+    WRITES: ClassVar[frozenset[Action]] = frozenset({"create", "change", "delete"})
+
+    @property
+    def writes(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action in self.WRITES]
+
+    @property
+    def has_writes(self) -> bool:
+        return bool(self.writes)
+
+    def of(self, kind: ItemKind, *actions: Action) -> list[PlanItem]:
+        return [i for i in self.items if i.kind == kind and (not actions or i.action in actions)]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item.action] = counts.get(item.action, 0) + 1
+        return counts
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "template": self.template_key,
+            "pipeline_id": self.pipeline_id,
+            "counts": self.counts(),
+            "items": [i.as_json() for i in self.items],
+        }
+
+
+def desired_sort(index: int) -> int:
+    return (index + 1) * SORT_STEP
+
+
+def plan_provisioning(
+    template: FunnelTemplate, state: CRMState, mapping: StoredMapping, ctx: PlanContext
+) -> Plan:
+    caps = ctx.capabilities
+    items: list[PlanItem] = []
+    pipeline = _find_pipeline(template, state, mapping)
+
+    if pipeline is None:
+        _check_new_pipeline_limits(template, state, caps)
+        items.append(
+            PlanItem(
+                "create",
+                "pipeline",
+                template.key,
+                f"pipeline «{template.name.ru}»",
+                payload={"name": template.name.ru, "sort": _next_pipeline_sort(state)},
+            )
+        )
+        items.extend(_plan_stages_for_new_pipeline(template, caps))
+    else:
+        if pipeline.name != template.name.ru:
+            items.append(
+                PlanItem(
+                    "change",
+                    "pipeline",
+                    template.key,
+                    f"pipeline {pipeline.id}",
+                    changes={"name": (pipeline.name, template.name.ru)},
+                    payload={"name": template.name.ru},
+                )
+            )
+        else:
+            reason = None if mapping.pipeline_id else "found by name and adopted"
+            items.append(
+                PlanItem("unchanged", "pipeline", template.key, f"pipeline {pipeline.id}", reason=reason)
+            )
+        items.extend(_plan_stages(template, pipeline, state, mapping, ctx))
+
+    items.extend(_plan_fields(template, state, mapping, caps))
+    items.extend(_plan_requirements(template, state, mapping, caps, pipeline))
+    items.extend(_plan_loss_reasons(template, state, caps))
+    items.append(_plan_webhook(state, ctx))
+    return Plan(template.key, pipeline.id if pipeline else None, items)
+
+
+# --- pipeline -------------------------------------------------------------------------------------
+
+
+def _find_pipeline(template: FunnelTemplate, state: CRMState, mapping: StoredMapping) -> Pipeline | None:
+    by_id = {p.id: p for p in state.pipelines}
+    if mapping.pipeline_id is not None:
+        return by_id.get(mapping.pipeline_id)
+    # Neither CRM rejects duplicate pipeline names, and a create whose response was lost leaves a
+    # pipeline we never recorded: adopt an unmapped one with exactly the template's name.
+    for pipeline in state.pipelines:
+        if pipeline.name == template.name.ru and pipeline.id not in mapping.other_funnels_pipeline_ids:
+            return pipeline
+    return None
+
+
+def _next_pipeline_sort(state: CRMState) -> int:
+    return max((p.sort for p in state.pipelines), default=0) + SORT_STEP
+
+
+def _check_new_pipeline_limits(template: FunnelTemplate, state: CRMState, caps: Capabilities) -> None:
+    if caps.max_pipelines is not None and len(state.pipelines) >= caps.max_pipelines:
+        raise PlanLimitError(
+            f"the CRM already has {len(state.pipelines)} pipelines and allows at most "
+            f"{caps.max_pipelines}; archive or delete one before provisioning {template.key}"
+        )
+
+
+def _check_stage_limits(
+    template: FunnelTemplate, total_stages: int, pipeline_id: str, caps: Capabilities
+) -> None:
+    if caps.max_stages_per_pipeline is not None and total_stages > caps.max_stages_per_pipeline:
+        raise PlanLimitError(
+            f"the pipeline would have {total_stages} stages including the CRM's own; the CRM allows "
+            f"at most {caps.max_stages_per_pipeline}"
+        )
+    if caps.stage_id_format and caps.stage_id_max_length:
+        for stage in template.stages:
+            stage_id = caps.stage_id_format.format(pipeline_id=pipeline_id, code=stage.code)
+            if len(stage_id) > caps.stage_id_max_length:
+                raise PlanLimitError(
+                    f"stage id {stage_id!r} would be {len(stage_id)} characters; the CRM allows "
+                    f"{caps.stage_id_max_length} (shorten stage code {stage.code!r})"
+                )
+
+
+# --- stages ---------------------------------------------------------------------------------------
+
+
+def _new_stage(spec: StageSpec, index: int) -> NewStage:
+    return NewStage(spec.code, spec.name.ru, desired_sort(index), spec.color, spec.semantics)
+
+
+def _plan_stages_for_new_pipeline(template: FunnelTemplate, caps: Capabilities) -> list[PlanItem]:
+    reuse = " (the CRM's own won/lost stage is reused)" if caps.fixed_final_stages else ""
+    items = []
+    for index, spec in enumerate(template.stages):
+        note = reuse if spec.semantics != "process" else ""
+        items.append(
+            PlanItem(
+                "create",
+                "stage",
+                spec.code,
+                f"stage «{spec.name.ru}» ({spec.semantics}){note}",
+                payload=_new_stage(spec, index),
+            )
+        )
+    return items
+
+
+def _plan_stages(
+    template: FunnelTemplate,
+    pipeline: Pipeline,
+    state: CRMState,
+    mapping: StoredMapping,
+    ctx: PlanContext,
+) -> list[PlanItem]:
+    caps = ctx.capabilities
+    crm_stages = {s.id: s for s in pipeline.stages}
+    claimed: dict[str, Stage] = {}  # template code -> CRM stage
+    for spec in template.stages:
+        stage = crm_stages.get(mapping.stages.get(spec.code, ""))
+        if stage is not None:
+            claimed[spec.code] = stage
+    _adopt_stages(template, pipeline, mapping, claimed, ctx.capabilities)
+
+    mapped_ids = set(mapping.stages.values())
+    leftovers = [s for s in pipeline.stages if s.id not in {c.id for c in claimed.values()}]
+    total = len(template.stages) + sum(1 for s in leftovers if not _removable(s, mapping, mapped_ids, state))
+    _check_stage_limits(template, total, pipeline.id, caps)
+
+    items: list[PlanItem] = []
+    process_sorts = _process_sorts(template, claimed)
+    previous_final_sort = max(process_sorts.values(), default=0)
+    for index, spec in enumerate(template.stages):
+        stage = claimed.get(spec.code)
+        if spec.semantics == "process":
+            wanted_sort = process_sorts[spec.code]
+        else:
+            wanted_sort = max(desired_sort(index), previous_final_sort + SORT_STEP)
+        if stage is None:
+            new_stage = NewStage(spec.code, spec.name.ru, wanted_sort, spec.color, spec.semantics)
+            if spec.semantics != "process":
+                previous_final_sort = wanted_sort
+            items.append(
+                PlanItem(
+                    "create",
+                    "stage",
+                    spec.code,
+                    f"stage «{spec.name.ru}» ({spec.semantics})",
+                    payload=new_stage,
+                )
+            )
+            continue
+        changes: dict[str, tuple[Any, Any]] = {}
+        if stage.name != spec.name.ru:
+            changes["name"] = (stage.name, spec.name.ru)
+        styleable = spec.semantics == "process" or caps.final_stages_styleable
+        if styleable and (stage.color or "").lower() != spec.color:
+            changes["color"] = (stage.color, spec.color)
+        if spec.semantics == "process":
+            if stage.sort != wanted_sort:
+                changes["sort"] = (stage.sort, wanted_sort)
+        else:
+            # Final stages only need to stay after everything before them; the CRMs pin their own
+            # won/lost sorts far out (amoCRM 10000/11000), which is fine as long as order holds.
+            if stage.sort <= previous_final_sort and caps.final_stages_styleable:
+                changes["sort"] = (stage.sort, wanted_sort)
+            previous_final_sort = changes["sort"][1] if "sort" in changes else stage.sort
+        adopted = mapping.stages.get(spec.code) != stage.id
+        label = f"stage «{spec.name.ru}» → {stage.id}"
+        if changes:
+            change = StageChange(
+                stage,
+                name=changes["name"][1] if "name" in changes else None,
+                sort=changes["sort"][1] if "sort" in changes else None,
+                color=changes["color"][1] if "color" in changes else None,
+            )
+            reason = "reuses a stage the CRM created with the pipeline" if adopted else None
+            items.append(
+                PlanItem("change", "stage", spec.code, label, reason, changes, payload=(change, stage))
+            )
+        else:
+            items.append(
+                PlanItem(
+                    "unchanged",
+                    "stage",
+                    spec.code,
+                    label,
+                    "reuses a stage the CRM created with the pipeline" if adopted else None,
+                    payload=(None, stage),
+                )
+            )
+
+    for stage in leftovers:
+        items.append(_plan_leftover_stage(stage, state, mapping, mapped_ids))
+    return items
+
+
+def _process_sorts(template: FunnelTemplate, claimed: dict[str, Stage]) -> dict[str, int]:
+    """Wanted SORT of every process stage. What counts is order, not the numbers: while the stages
+    the CRM has are already in template order their sorts are kept (a CRM may renumber them) and new
+    stages are fitted between their neighbours; only a wrong order renumbers them all."""
+    process = [s for s in template.stages if s.semantics == "process"]
+    current = [claimed[s.code].sort if s.code in claimed else None for s in process]
+    known = [c for c in current if c is not None]
+    if all(a < b for a, b in pairwise(known)):
+        wanted: dict[str, int] = {}
+        previous = 0
+        for i, spec in enumerate(process):
+            sort = current[i]
+            if sort is None:
+                following = next((c for c in current[i + 1 :] if c is not None), None)
+                sort = previous + SORT_STEP if following is None else (previous + following) // 2
+                if following is not None and not previous < sort < following:
+                    break  # no room between the neighbours: renumber everything
+            wanted[spec.code] = sort
+            previous = sort
+        else:
+            return wanted
+    return {spec.code: desired_sort(i) for i, spec in enumerate(process)}
+
+
+def _adopt_stages(
+    template: FunnelTemplate,
+    pipeline: Pipeline,
+    mapping: StoredMapping,
+    claimed: dict[str, Stage],
+    caps: Capabilities,
+) -> None:
+    """Match unmapped template stages to CRM stages we may take over instead of creating new ones.
+
+    First by identity: a stage whose id is the one the CRM derives from our code (Bitrix24
+    "C5:CODE") or whose name is the template stage's, which is how a create whose response was
+    lost is recognised instead of duplicated. Then the CRM's own won/lost stages, and its default
+    process stages while we set up our own pipeline (Bitrix24 fills a new category with NEW...).
+    """
+    taken = {s.id for s in claimed.values()}
+    mapped_elsewhere = set(mapping.stages.values())
+    free = [
+        s
+        for s in sorted(pipeline.stages, key=lambda s: s.sort)
+        if s.id not in taken and s.id not in mapped_elsewhere and s.editable
+    ]
+    for spec in template.stages:
+        if spec.code in claimed:
+            continue
+        derived_id = (
+            caps.stage_id_format.format(pipeline_id=pipeline.id, code=spec.code)
+            if caps.stage_id_format
+            else None
+        )
+        for stage in free:
+            if stage.semantics == spec.semantics and (stage.id == derived_id or stage.name == spec.name.ru):
+                claimed[spec.code] = stage
+                free.remove(stage)
+                break
+    for spec in template.stages:
+        if spec.code in claimed:
+            continue
+        for stage in free:
+            if stage.semantics != spec.semantics:
+                continue
+            if spec.semantics == "process" and not mapping.setting_up_own_pipeline:
+                continue
+            claimed[spec.code] = stage
+            free.remove(stage)
+            break
+
+
+def _removable(stage: Stage, mapping: StoredMapping, mapped_ids: set[str], state: CRMState) -> bool:
+    ours = stage.id in mapped_ids or (mapping.setting_up_own_pipeline and stage.editable)
+    return ours and not _is_pinned(stage) and state.deal_counts.get(stage.id, 0) == 0
+
+
+def _is_pinned(stage: Stage) -> bool:
+    """The CRM's own won/lost stages and non-editable system stages cannot be deleted."""
+    return not stage.editable or (stage.system and stage.semantics != "process")
+
+
+def _plan_leftover_stage(
+    stage: Stage, state: CRMState, mapping: StoredMapping, mapped_ids: set[str]
+) -> PlanItem:
+    label = f"stage «{stage.name}» ({stage.id})"
+    if not stage.editable or _is_pinned(stage):
+        return PlanItem("unmanaged", "stage", stage.id, label, "the CRM's own stage; left as is")
+    if stage.id in mapped_ids or mapping.setting_up_own_pipeline:
+        deals = state.deal_counts.get(stage.id, 0)
+        if deals:
+            return PlanItem(
+                "blocked",
+                "stage",
+                stage.id,
+                label,
+                f"no longer in the template but holds {deals} deal(s); move them, then run again",
+            )
+        why = (
+            "no longer in the template"
+            if stage.id in mapped_ids
+            else "default stage the template does not use"
+        )
+        return PlanItem("delete", "stage", stage.id, label, why, payload=stage)
+    return PlanItem("unmanaged", "stage", stage.id, label, "added in the CRM by hand; left alone")
+
+
+# --- fields, requirements, loss reasons -----------------------------------------------------------
+
+
+def desired_fields(template: FunnelTemplate, caps: Capabilities) -> list[NewField]:
+    fields = [
+        NewField(f.code, f.name.ru, f.type, tuple(o.name.ru for o in f.options), sort=500 + i * 10)
+        for i, f in enumerate(template.fields)
+    ]
+    if template.loss_reasons and not caps.native_loss_reasons:
+        # No loss-reason API (Bitrix24): an enumeration field on the deal carries the reason.
+        fields.append(
+            NewField(
+                LOSS_REASON_FIELD,
+                "Причина отказа",
+                "enum",
+                tuple(r.name.ru for r in template.loss_reasons),
+                sort=500 + len(template.fields) * 10,
+            )
+        )
+    return fields
+
+
+def _plan_fields(
+    template: FunnelTemplate, state: CRMState, mapping: StoredMapping, caps: Capabilities
+) -> list[PlanItem]:
+    by_id = {f.id: f for f in state.fields}
+    by_code = {f.code: f for f in state.fields if f.code}
+    items = []
+    for wanted in desired_fields(template, caps):
+        existing = by_id.get(mapping.fields.get(wanted.code, "")) or by_code.get(wanted.code)
+        if existing is None:
+            items.append(
+                PlanItem(
+                    "create", "field", wanted.code, f"field «{wanted.name}» ({wanted.type})", payload=wanted
+                )
+            )
+            continue
+        missing_options = [o for o in wanted.options if o not in {x.value for x in existing.options}]
+        label = f"field «{wanted.name}» → {existing.crm_name}"
+        if missing_options:
+            items.append(
+                PlanItem(
+                    "blocked",
+                    "field",
+                    wanted.code,
+                    label,
+                    "options missing in the CRM: "
+                    + ", ".join(missing_options)
+                    + "; add them to the field in the CRM (FunnelSync does not edit existing fields)",
+                    payload=existing,
+                )
+            )
+        else:
+            items.append(PlanItem("unchanged", "field", wanted.code, label, payload=existing))
+    return items
+
+
+def _plan_requirements(
+    template: FunnelTemplate,
+    state: CRMState,
+    mapping: StoredMapping,
+    caps: Capabilities,
+    pipeline: Pipeline | None,
+) -> list[PlanItem]:
+    """amoCRM enforces "required on entering a stage" itself (required_statuses); elsewhere the
+    FunnelSync rules engine checks required fields when a deal enters the stage."""
+    if not caps.required_fields_by_stage:
+        return []
+    custom = {f.code for f in template.fields}
+    wanted: dict[str, list[str]] = {}
+    for spec in template.stages:
+        for required in spec.required_fields:
+            if required.field in custom:
+                wanted.setdefault(required.field, []).append(spec.code)
+    by_id = {f.id: f for f in state.fields}
+    by_code = {f.code: f for f in state.fields if f.code}
+    pipeline_id = pipeline.id if pipeline else None
+    items = []
+    for code, stage_codes in wanted.items():
+        existing = by_id.get(mapping.fields.get(code, "")) or by_code.get(code)
+        stage_ids = [mapping.stages.get(c) for c in stage_codes]
+        current = {s for p, s in (existing.required_stages if existing else ()) if p == pipeline_id}
+        if existing is not None and None not in stage_ids and current == set(stage_ids):
+            items.append(
+                PlanItem("unchanged", "requirement", code, f"«{code}» required at {', '.join(stage_codes)}")
+            )
+        else:
+            items.append(
+                PlanItem(
+                    "create" if not current else "change",
+                    "requirement",
+                    code,
+                    f"«{code}» required at {', '.join(stage_codes)}",
+                    payload=tuple(stage_codes),
+                )
+            )
+    return items
+
+
+def _plan_loss_reasons(template: FunnelTemplate, state: CRMState, caps: Capabilities) -> list[PlanItem]:
+    if not template.loss_reasons or not caps.native_loss_reasons or state.loss_reasons is None:
+        return []
+    existing = {r.name: r for r in state.loss_reasons}
+    items = []
+    for reason in template.loss_reasons:
+        found = existing.get(reason.name.ru)
+        if found is None:
+            items.append(
+                PlanItem(
+                    "create", "loss_reason", reason.code, f"loss reason «{reason.name.ru}»", payload=reason
+                )
+            )
+        else:
+            items.append(
+                PlanItem(
+                    "unchanged",
+                    "loss_reason",
+                    reason.code,
+                    f"loss reason «{reason.name.ru}» → {found.id}",
+                    payload=found,
+                )
+            )
+    return items
+
+
+def _plan_webhook(state: CRMState, ctx: PlanContext) -> PlanItem:
+    events = ", ".join(ctx.webhook_events)
+    if not ctx.webhook_auto or state.webhooks is None:
+        return PlanItem(
+            "manual",
+            "webhook",
+            "deal-events",
+            f"webhook {ctx.shown_url}",
+            "register it by hand in the CRM (outgoing webhook) with handler URL "
+            f"{ctx.shown_url} and events {events}; then store its application token on the connection",
+        )
+    for hook in state.webhooks:
+        if hook.url == ctx.webhook_url and set(ctx.webhook_events) <= set(hook.events):
+            if hook.disabled:
+                return PlanItem(
+                    "change", "webhook", "deal-events", f"webhook {ctx.shown_url}", "the CRM disabled it"
+                )
+            return PlanItem("unchanged", "webhook", "deal-events", f"webhook {ctx.shown_url} ({events})")
+    return PlanItem("create", "webhook", "deal-events", f"webhook {ctx.shown_url} ({events})")
+
+
+def requirement_for(
+    field_id: str, pipeline_id: str, stage_codes: Sequence[str], stage_ids: dict[str, str]
+) -> FieldRequirement:
+    return FieldRequirement(field_id, pipeline_id, tuple(stage_ids[c] for c in stage_codes))

@@ -1,0 +1,85 @@
+"""/api/outbox: see what was pushed, what failed and why; retry one or many."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from sqlalchemy import select
+
+from app.api.deps import SessionsDep
+from app.connections import service as connections
+from app.connections.models import Connection
+from app.outbox import service
+from app.outbox.models import OutboxCommand
+from app.outbox.schemas import BulkRetry, BulkRetryResult, CommandOut
+
+router = APIRouter(prefix="/outbox", tags=["outbox"])
+
+
+def command_out(command: OutboxCommand, connection: str) -> CommandOut:
+    return CommandOut(
+        id=command.id,
+        connection=connection,
+        deal_id=command.deal_id,
+        kind=command.kind,
+        payload=dict(command.payload),
+        status=command.status,
+        attempts=command.attempts,
+        next_attempt_at=command.next_attempt_at,
+        last_error=command.last_error,
+        crm_result_id=command.crm_result_id,
+        created_at=command.created_at,
+        done_at=command.done_at,
+    )
+
+
+@router.get("")
+async def list_commands(
+    sessions: SessionsDep,
+    status_: Annotated[Literal["pending", "failed", "dead", "done"] | None, Query(alias="status")] = None,
+    connection: str | None = None,
+    deal_id: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[CommandOut]:
+    query = select(OutboxCommand, Connection.name).join(
+        Connection, Connection.id == OutboxCommand.connection_id
+    )
+    if status_ is not None:
+        query = query.where(OutboxCommand.status == status_)
+    if connection is not None:
+        query = query.where(Connection.name == connection)
+    if deal_id is not None:
+        query = query.where(OutboxCommand.deal_id == deal_id)
+    async with sessions() as session:
+        rows = await session.execute(query.order_by(OutboxCommand.id.desc()).limit(limit))
+        return [command_out(c, name) for c, name in rows.tuples()]
+
+
+@router.post("/retry")
+async def retry_many(body: BulkRetry, sessions: SessionsDep) -> BulkRetryResult:
+    async with sessions.begin() as session:
+        connection_id = None
+        if body.connection is not None:
+            try:
+                connection_id = (await connections.get_connection(session, body.connection)).id
+            except connections.ConnectionNotFound as exc:
+                raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        count = await service.retry_matching(
+            session, status=body.status, connection_id=connection_id, kind=body.kind, ids=body.ids
+        )
+    return BulkRetryResult(retried=count)
+
+
+@router.post("/{command_id}/retry")
+async def retry_one(command_id: int, sessions: SessionsDep) -> CommandOut:
+    async with sessions.begin() as session:
+        try:
+            command = await service.retry_command(session, command_id)
+        except service.CommandNotFound as exc:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        except service.CommandNotRetryable as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        connection = await session.get(Connection, command.connection_id)
+        assert connection is not None
+        return command_out(command, connection.name)

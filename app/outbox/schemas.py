@@ -1,0 +1,36 @@
+"""Outbox API shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class CommandOut(BaseModel):
+    id: int
+    connection: str
+    deal_id: int | None
+    kind: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    crm_result_id: str | None
+    created_at: datetime
+    done_at: datetime | None
+
+
+class BulkRetry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["failed", "dead"] | None = None
+    connection: str | None = None
+    kind: Literal["move", "task", "comment", "fields"] | None = None
+    ids: list[int] | None = None
+
+
+class BulkRetryResult(BaseModel):
+    retried: int

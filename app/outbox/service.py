@@ -1,0 +1,289 @@
+"""The outbox: every effect on a CRM is a row with an idempotency key, delivered by a worker.
+
+Enqueueing the same key twice is a no-op, so reprocessing an event, an echo or a duplicate delivery
+never creates a second task or move. The worker drains one connection at a time under a lease (one
+process talks to one account, so the account's rate limit holds across processes), in chunks of at
+most 50 items per CRM call so every item's outcome is known.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import leases
+from app.connections.models import Connection
+from app.db import utcnow
+from app.outbox.models import OutboxCommand
+from connectors.base import (
+    MAX_BATCH,
+    AccountBlocked,
+    AuthError,
+    CRMConnector,
+    CRMError,
+    FieldUpdate,
+    ItemResult,
+    NewComment,
+    NewTask,
+    RateLimited,
+    StageMove,
+)
+
+KINDS = ("move", "task", "comment", "fields")
+LEASE_TTL = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_attempts: int = 8
+    max_age: timedelta = timedelta(hours=24)
+    base_delay: timedelta = timedelta(seconds=5)
+    max_delay: timedelta = timedelta(minutes=30)
+
+    def next_delay(self, attempts: int, hint: float | None = None) -> timedelta:
+        """Exponential backoff with full jitter, never sooner than the CRM asked."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(attempts - 1, 0)))
+        delay = timedelta(seconds=random.uniform(ceiling.total_seconds() / 2, ceiling.total_seconds()))
+        if hint is not None:
+            delay = max(delay, timedelta(seconds=hint))
+        return delay
+
+
+async def enqueue(
+    session: AsyncSession,
+    *,
+    connection_id: int,
+    kind: str,
+    payload: dict[str, Any],
+    idempotency_key: str,
+    deal_id: int | None = None,
+    not_before: datetime | None = None,
+) -> bool:
+    """Insert a command unless its idempotency key exists; True when it was new."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown outbox command kind {kind!r}")
+    now = utcnow()
+    values = {
+        "connection_id": connection_id,
+        "deal_id": deal_id,
+        "kind": kind,
+        "payload": payload,
+        "idempotency_key": idempotency_key,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": not_before or now,
+        "created_at": now,
+    }
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    result = await session.execute(
+        insert(OutboxCommand).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass
+class DrainResult:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+    paused: bool = False
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _dto(command: OutboxCommand, crm_deal_id: str) -> Any:
+    ref, p = str(command.id), command.payload
+    if command.kind == "move":
+        return StageMove(ref, crm_deal_id, str(p["pipeline_id"]), str(p["stage_id"]))
+    if command.kind == "task":
+        return NewTask(
+            ref,
+            crm_deal_id,
+            p["title"],
+            datetime.fromisoformat(p["due_at"]),
+            p.get("responsible_id"),
+            p.get("description", ""),
+        )
+    if command.kind == "comment":
+        return NewComment(ref, crm_deal_id, p["text"])
+    return FieldUpdate(ref, crm_deal_id, p["values"])
+
+
+async def _send(connector: CRMConnector, kind: str, items: Sequence[Any]) -> list[ItemResult]:
+    if kind == "move":
+        return await connector.move_deals(items)
+    if kind == "task":
+        return await connector.create_tasks(items)
+    if kind == "comment":
+        return await connector.add_comments(items)
+    return await connector.update_deal_fields(items)
+
+
+async def drain_connection(
+    sessions: async_sessionmaker[AsyncSession],
+    record: Connection,
+    connector: CRMConnector,
+    *,
+    retry: RetrySettings | None = None,
+    limit: int = 1000,
+) -> DrainResult:
+    """Deliver due commands of one connection. Returns without work when another process holds
+    the connection's lease or the connection is paused."""
+    retry = retry or RetrySettings()
+    result = DrainResult()
+    key = f"outbox:{record.id}"
+    if record.status != "active" or not await leases.acquire(sessions, key, LEASE_TTL):
+        return result
+    try:
+        async with sessions() as session:
+            rows = await session.execute(
+                select(OutboxCommand, OutboxCommand.payload)
+                .where(
+                    OutboxCommand.connection_id == record.id,
+                    OutboxCommand.status.in_(("pending", "failed")),
+                    OutboxCommand.next_attempt_at <= utcnow(),
+                )
+                .order_by(OutboxCommand.id)
+                .limit(limit)
+            )
+            commands = [c for c, _ in rows.tuples()]
+        for kind in KINDS:
+            batch = [c for c in commands if c.kind == kind]
+            for start in range(0, len(batch), MAX_BATCH):
+                chunk = batch[start : start + MAX_BATCH]
+                if not await _deliver_chunk(sessions, record, connector, kind, chunk, retry, result):
+                    return result  # connection paused: stop talking to this account
+                await leases.acquire(sessions, key, LEASE_TTL)  # keep the lease while we work
+    finally:
+        await leases.release(sessions, key)
+    return result
+
+
+async def _deliver_chunk(
+    sessions: async_sessionmaker[AsyncSession],
+    record: Connection,
+    connector: CRMConnector,
+    kind: str,
+    chunk: list[OutboxCommand],
+    retry: RetrySettings,
+    result: DrainResult,
+) -> bool:
+    items = [_dto(c, str(c.payload["crm_deal_id"])) for c in chunk]
+    now = utcnow()
+    try:
+        outcomes = await _send(connector, kind, items)
+        result.requests += 1
+    except (AuthError, AccountBlocked) as exc:
+        # The account, not the command, is the problem: pause the queue, keep the attempts.
+        async with sessions.begin() as session:
+            await session.execute(
+                update(Connection)
+                .where(Connection.id == record.id)
+                .values(status="paused", paused_reason=f"{type(exc).__name__}: {exc.crm_text}")
+            )
+        result.paused = True
+        result.errors.append(exc.crm_text)
+        return False
+    except CRMError as exc:
+        hint = exc.retry_after if isinstance(exc, RateLimited) else None
+        async with sessions.begin() as session:
+            for command in chunk:
+                attempts = command.attempts + 1
+                too_old = now - command.created_at > retry.max_age
+                if attempts >= retry.max_attempts or too_old:
+                    values: dict[str, Any] = {
+                        "status": "dead",
+                        "attempts": attempts,
+                        "last_error": exc.crm_text,
+                    }
+                    result.dead += 1
+                else:
+                    values = {
+                        "status": "failed",  # failed for now; retried at next_attempt_at
+                        "attempts": attempts,
+                        "last_error": exc.crm_text,
+                        "next_attempt_at": now + retry.next_delay(attempts, hint),
+                    }
+                    result.retried += 1
+                await session.execute(
+                    update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
+                )
+        result.errors.append(exc.crm_text)
+        return True
+    by_ref = {o.ref: o for o in outcomes}
+    async with sessions.begin() as session:
+        for command in chunk:
+            outcome = by_ref.get(str(command.id))
+            if outcome is not None and outcome.ok:
+                values = {"status": "done", "attempts": command.attempts + 1, "done_at": now,
+                          "crm_result_id": outcome.crm_id, "last_error": None}  # fmt: skip
+                result.delivered += 1
+            else:
+                text = (
+                    outcome.error.crm_text
+                    if outcome and outcome.error
+                    else "the CRM returned no result for it"
+                )
+                values = {"status": "dead", "attempts": command.attempts + 1, "last_error": text}
+                result.dead += 1
+            await session.execute(
+                update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
+            )
+    return True
+
+
+RETRYABLE_STATUSES = ("failed", "dead")
+
+
+class CommandNotFound(LookupError):
+    pass
+
+
+class CommandNotRetryable(ValueError):
+    pass
+
+
+async def retry_command(session: AsyncSession, command_id: int) -> OutboxCommand:
+    """Send a failed or dead command again now, with a fresh series of attempts."""
+    command = await session.get(OutboxCommand, command_id)
+    if command is None:
+        raise CommandNotFound(f"no outbox command with id {command_id}")
+    if command.status not in RETRYABLE_STATUSES:
+        raise CommandNotRetryable(
+            f"command {command_id} is {command.status}; only failed or dead commands are retried"
+        )
+    command.status = "pending"
+    command.attempts = 0
+    command.next_attempt_at = utcnow()
+    return command
+
+
+async def retry_matching(
+    session: AsyncSession,
+    *,
+    status: str | None = None,
+    connection_id: int | None = None,
+    kind: str | None = None,
+    ids: Sequence[int] | None = None,
+) -> int:
+    """Bulk replay: every failed/dead command matching the filter goes back to pending."""
+    statuses = (status,) if status else RETRYABLE_STATUSES
+    if any(s not in RETRYABLE_STATUSES for s in statuses):
+        raise CommandNotRetryable(f"only failed or dead commands can be retried, not {status!r}")
+    query = update(OutboxCommand).where(OutboxCommand.status.in_(statuses))
+    if connection_id is not None:
+        query = query.where(OutboxCommand.connection_id == connection_id)
+    if kind is not None:
+        query = query.where(OutboxCommand.kind == kind)
+    if ids is not None:
+        query = query.where(OutboxCommand.id.in_(list(ids)))
+    result = await session.execute(query.values(status="pending", attempts=0, next_attempt_at=utcnow()))
+    return int(result.rowcount)  # type: ignore[attr-defined]

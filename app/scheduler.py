@@ -1,0 +1,92 @@
+"""APScheduler 3 wiring: each domain's periodic jobs, safe with several processes on PostgreSQL
+(every job takes a lease per connection before it works on it)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import leases
+from app.config import Settings
+from app.connections.models import Connection
+from app.connections.registry import ConnectorRegistry
+from app.deals.models import SyncState
+from app.deals.reconcile import reconcile
+from app.webhooks.processor import process_inbox
+from connectors.base import CRMError
+from connectors.events import parse_deal_events
+
+log = logging.getLogger("funnelsync.scheduler")
+
+INBOX_JOB = "inbox"
+
+
+@dataclass
+class Runtime:
+    """What jobs need: the database, settings and this process's connectors."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    settings: Settings
+    connectors: ConnectorRegistry
+
+
+async def run_inbox(runtime: Runtime) -> None:
+    async def connector_for(record: Connection):  # type: ignore[no-untyped-def]
+        return await runtime.connectors.get(record)
+
+    result = await process_inbox(runtime.sessions, connector_for, parse_deal_events)
+    if result.processed or result.failed:
+        log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)
+
+
+async def run_reconcile(runtime: Runtime) -> None:
+    async with runtime.sessions() as session:
+        records = list(await session.scalars(select(Connection).where(Connection.status == "active")))
+    overlap = timedelta(seconds=runtime.settings.reconcile_overlap_seconds)
+    for record in records:
+        key = f"reconcile:{record.id}"
+        if not await leases.acquire(runtime.sessions, key, timedelta(minutes=30)):
+            continue
+        try:
+            connector = await runtime.connectors.get(record)
+            await reconcile(runtime.sessions, record.id, connector, overlap=overlap)
+        except CRMError as exc:
+            async with runtime.sessions.begin() as session:
+                state = await session.get(SyncState, record.id)
+                if state is not None:
+                    state.last_error = exc.crm_text
+            log.warning("reconcile of %s failed: %s", record.name, exc.crm_text)
+        finally:
+            await leases.release(runtime.sessions, key)
+
+
+def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
+    scheduler = AsyncIOScheduler(timezone=UTC)
+    settings = runtime.settings
+    common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+    scheduler.add_job(
+        run_inbox, "interval", args=[runtime], seconds=settings.inbox_interval_seconds, id=INBOX_JOB, **common
+    )
+    scheduler.add_job(
+        run_reconcile,
+        "interval",
+        args=[runtime],
+        seconds=settings.reconcile_interval_seconds,
+        id="reconcile",
+        **common,
+    )
+    return scheduler
+
+
+def wake(scheduler: AsyncIOScheduler | None, job_id: str) -> None:
+    """Run a job now instead of at its next tick (a webhook just arrived)."""
+    if scheduler is None or not scheduler.running:
+        return
+    job = scheduler.get_job(job_id)
+    if job is not None:
+        job.modify(next_run_time=datetime.now(UTC))

@@ -1,0 +1,1 @@
+"""Bitrix24 connector: REST client (client.py), outbound-event parsing (events.py), emulator (sandbox/)."""

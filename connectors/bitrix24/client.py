@@ -1,0 +1,557 @@
+"""Bitrix24Connector: the CRMConnector for Bitrix24 (reference: shared/reference/bitrix24-api.md).
+
+Method choices, and why:
+- Pipelines are `crm.category.*` with entityTypeId 2; stages are `crm.status.*` on `DEAL_STAGE` /
+  `DEAL_STAGE_{id}` (codes auto-prefixed `C{id}:`; SORT: process < success < failure).
+- Reads use legacy `crm.deal.list` (UPPER_SNAKE fields incl. UF_CRM_*, documented DATE_MODIFY filter,
+  fast mode with start=-1). Stage moves use `crm.item.update` (entityTypeId 2), the only method that
+  can change the pipeline (crm.deal.update treats CATEGORY_ID as immutable and silently drops a
+  foreign STAGE_ID); custom-field writes use `crm.deal.update`, which takes UF_CRM_* names as they are.
+- Writes are packed into `batch` (<= 50 commands, halt 0); a command's error is that item's
+  PermanentError, the rest of the batch stands.
+
+Verified (search over b24restdocs / b24pysdk / fast_bitrix24 sources):
+- Default deal stages NEW..APOLOGY with names, colours, SORT 10..80, SEMANTICS and SYSTEM flags:
+  b24restdocs api-reference/crm/status/crm-status-list.md (the sandbox copies them).
+- STATUS_ID auto-prefix `C{id}:` and the SORT group order: b24restdocs crm-status-add.md.
+- Batch references to list results are `$result[cmd][49][ID]` (no wrapper for crm.deal.list):
+  b24pysdk api/callers/call_list_fast.py chains 50 fast-mode commands exactly this way.
+- fast_bitrix24 1.8 accepts any URL with scheme/netloc/path (http too: utils._url_valid), appends
+  `/`, POSTs JSON to `{webhook}{method}` with the method lower-cased, and batches `method?query`.
+Still unverified (built to the reference's advice, isolated so a correction is one line):
+- STATUS_ID max length in DEAL_STAGE_xx ("depends on the pipeline identifier"): we assume 22 with prefix.
+- What the portal substitutes for a batch reference that does not resolve: the fast pull stops at the
+  first short page, so it never depends on it.
+- Exact error code/text of crm.item.update for a stage outside the pipeline, and of event.bind called
+  with webhook auth (we never call it that way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from connectors.base import (
+    MAX_BATCH,
+    AccountInfo,
+    Capabilities,
+    CRMKind,
+    CustomField,
+    DealSnapshot,
+    FieldRequirement,
+    FieldUpdate,
+    ItemResult,
+    LossReason,
+    NewComment,
+    NewField,
+    NewStage,
+    NewTask,
+    NotSupported,
+    PermanentError,
+    Pipeline,
+    Stage,
+    StageChange,
+    StageMove,
+    WebhookSubscription,
+    chunked,
+)
+from connectors.bitrix24.mapping import (
+    DEAL_SELECT,
+    USER_TYPES,
+    deal_from_row,
+    entity_id,
+    field_from_row,
+    pipeline_from_row,
+    stage_from_row,
+    stage_id_for,
+)
+from connectors.bitrix24.transport import OPERATING_BUDGET, Bitrix24Transport, OAuthApp, Outcome
+from connectors.http import BITRIX24_STANDARD, RatePolicy, RetryPolicy
+
+DEAL_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE", "ONCRMDEALMOVETOCATEGORY")
+_EVENT_ALIASES = {"add": "ONCRMDEALADD", "update": "ONCRMDEALUPDATE", "delete": "ONCRMDEALDELETE"}
+REQUIRED_SCOPES = ("crm", "task")
+PAGE = 50
+
+
+class Bitrix24Connector:
+    kind: CRMKind = "bitrix24"
+
+    def __init__(
+        self,
+        *,
+        webhook_url: str | None = None,
+        oauth: OAuthApp | None = None,
+        rate: RatePolicy = BITRIX24_STANDARD,
+        retry: RetryPolicy | None = None,
+        operating_budget: float = OPERATING_BUDGET,
+        timeout: float = 30.0,
+        account_key: str | None = None,
+        default_responsible_id: str | None = None,
+    ) -> None:
+        """Exactly one of `webhook_url` (inbound webhook `https://{portal}/rest/{user}/{code}/`) or
+        `oauth` (an installed app). `rate` is the portal's plan (BITRIX24_ENTERPRISE for 5/250)."""
+        self.transport = Bitrix24Transport(
+            webhook_url=webhook_url,
+            oauth=oauth,
+            rate=rate,
+            retry=retry,
+            operating_budget=operating_budget,
+            timeout=timeout,
+            account_key=account_key,
+        )
+        if default_responsible_id is None and webhook_url is not None:
+            # The webhook's user (`/rest/{user}/{code}/`) owns tasks when a task names nobody.
+            parts = [p for p in webhook_url.split("/") if p]
+            default_responsible_id = parts[-2] if len(parts) >= 2 and parts[-2].isdigit() else None
+        self.default_responsible_id = default_responsible_id or "1"
+        self.capabilities = Capabilities(
+            native_loss_reasons=False,  # loss reasons are an enumeration user field on deals
+            required_fields_by_stage=False,  # no documented REST API for stage-required fields (ref 3.5)
+            webhook_registration_api=oauth is not None,  # event.bind needs application auth
+            fixed_final_stages=True,  # WON/LOSE exist in every category
+            final_stages_styleable=True,
+            stage_id_format="C{pipeline_id}:{code}",
+            stage_id_max_length=22,
+        )
+
+    @property
+    def operating_seconds(self) -> dict[str, float]:
+        """`time.operating` per method from the latest responses (seconds of the 480 s budget used)."""
+        return self.transport.operating_seconds
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def _result(
+        self, method: str, params: Mapping[str, Any] | None = None, *, idempotent: bool = True
+    ) -> Any:
+        return (await self.transport.call(method, params, idempotent=idempotent)).get("result")
+
+    @staticmethod
+    def _raise_first(outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+
+    # --- account -----------------------------------------------------------------------------------
+
+    async def check(self) -> AccountInfo:
+        scopes = await self._result("scope")
+        granted = tuple(str(s) for s in scopes) if isinstance(scopes, list) else ()
+        oauth = self.transport.oauth
+        account_id = self.transport.portal
+        if oauth is not None:
+            account_id = oauth.member_id or str(oauth.tokens.extra.get("member_id") or account_id)
+        return AccountInfo(
+            account_id=account_id,
+            name=self.transport.portal,
+            scopes=granted,
+            missing_scopes=tuple(s for s in REQUIRED_SCOPES if s not in granted),
+        )
+
+    # --- pipelines and stages ----------------------------------------------------------------------
+
+    async def list_pipelines(self) -> list[Pipeline]:
+        categories: list[dict[str, Any]] = []
+        start: int | None = 0
+        while start is not None:
+            body = await self.transport.call("crm.category.list", {"entityTypeId": 2, "start": start})
+            categories.extend((body.get("result") or {}).get("categories") or [])
+            start = body.get("next")
+        stages_by_category: dict[str, list[Stage]] = {}
+        commands = [
+            (
+                str(c["id"]),
+                "crm.status.list",
+                {"order": {"SORT": "ASC"}, "filter": {"ENTITY_ID": entity_id(str(c["id"]))}},
+            )
+            for c in categories
+        ]
+        for outcome in await self.transport.batch(commands, idempotent=True):
+            if outcome.error is not None:
+                raise outcome.error
+            rows = list(outcome.result or [])
+            page = outcome.next
+            while page is not None:  # a funnel with more than 50 stages: follow `next`
+                body = await self.transport.call(
+                    "crm.status.list",
+                    {
+                        "order": {"SORT": "ASC"},
+                        "filter": {"ENTITY_ID": entity_id(outcome.ref)},
+                        "start": page,
+                    },
+                )
+                rows.extend(body.get("result") or [])
+                page = body.get("next")
+            stages_by_category[outcome.ref] = [stage_from_row(r, outcome.ref) for r in rows]
+        return [pipeline_from_row(c, stages_by_category.get(str(c["id"]), [])) for c in categories]
+
+    async def _stages(self, pipeline_id: str) -> list[Stage]:
+        rows = await self._result(
+            "crm.status.list", {"order": {"SORT": "ASC"}, "filter": {"ENTITY_ID": entity_id(pipeline_id)}}
+        )
+        return [stage_from_row(r, pipeline_id) for r in rows or []]
+
+    async def create_pipeline(self, name: str, sort: int, stages: Sequence[NewStage]) -> Pipeline:
+        """Create the category. Bitrix24 fills it with its default stages at once (NEW..APOLOGY), so
+        `stages` is not sent here: provisioning re-plans against what exists and reuses those."""
+        result = await self._result(
+            "crm.category.add", {"entityTypeId": 2, "fields": {"name": name, "sort": sort}}, idempotent=False
+        )
+        category = result["category"]
+        return pipeline_from_row(category, await self._stages(str(category["id"])))
+
+    async def rename_pipeline(self, pipeline_id: str, name: str) -> None:
+        await self._result(
+            "crm.category.update", {"entityTypeId": 2, "id": int(pipeline_id), "fields": {"name": name}}
+        )
+
+    async def add_stages(self, pipeline_id: str, stages: Sequence[NewStage]) -> list[Stage]:
+        semantics_code = {"process": "", "success": "S", "failure": "F"}
+        commands = [
+            (
+                s.code,
+                "crm.status.add",
+                {
+                    "fields": {
+                        "ENTITY_ID": entity_id(pipeline_id),
+                        "STATUS_ID": s.code,
+                        "NAME": s.name,
+                        "SORT": s.sort,
+                        "COLOR": s.color,
+                        "SEMANTICS": semantics_code[s.semantics],
+                    }
+                },
+            )
+            for s in stages
+        ]
+        outcomes = await self.transport.batch(commands, idempotent=False)
+        self._raise_first(outcomes)
+        return [
+            Stage(
+                id=stage_id_for(pipeline_id, s.code),
+                pipeline_id=str(pipeline_id),
+                name=s.name,
+                sort=s.sort,
+                semantics=s.semantics,
+                color=s.color,
+                system=False,
+                row_id=str(o.result),
+            )
+            for s, o in zip(stages, outcomes, strict=True)
+        ]
+
+    async def update_stages(self, changes: Sequence[StageChange]) -> None:
+        commands = []
+        for change in changes:
+            fields: dict[str, Any] = {}
+            if change.name is not None:
+                fields["NAME"] = change.name
+            if change.sort is not None:
+                fields["SORT"] = change.sort
+            if change.color is not None:
+                fields["COLOR"] = change.color
+            if fields:
+                commands.append(
+                    (
+                        change.stage.id,
+                        "crm.status.update",
+                        {"id": int(change.stage.row_id or 0), "fields": fields},
+                    )
+                )
+        self._raise_first(await self.transport.batch(commands, idempotent=True))
+
+    async def delete_stages(self, stages: Sequence[Stage]) -> None:
+        commands = []
+        for stage in stages:
+            params: dict[str, Any] = {"id": int(stage.row_id or 0)}
+            if stage.system:  # system elements (NEW...) need FORCED=Y (DOCS crm-status-delete.md)
+                params["params"] = {"FORCED": "Y"}
+            commands.append((stage.id, "crm.status.delete", params))
+        self._raise_first(await self.transport.batch(commands, idempotent=True))
+
+    async def count_deals_in_stages(self, stages: Sequence[Stage]) -> dict[str, int]:
+        """Deals per stage (a stage with deals must not be deleted): one list command per stage with
+        select ID, reading each command's `result_total`."""
+        commands = [
+            (
+                s.id,
+                "crm.deal.list",
+                {"filter": {"STAGE_ID": s.id, "CATEGORY_ID": s.pipeline_id}, "select": ["ID"]},
+            )
+            for s in stages
+        ]
+        counts: dict[str, int] = {}
+        for outcome in await self.transport.batch(commands, idempotent=True):
+            if outcome.error is not None:
+                raise outcome.error
+            counts[outcome.ref] = outcome.total if outcome.total is not None else len(outcome.result or [])
+        return counts
+
+    # --- custom fields and loss reasons ------------------------------------------------------------
+
+    async def list_fields(self) -> list[CustomField]:
+        rows: list[dict[str, Any]] = []
+        start: int | None = 0
+        while start is not None:
+            body = await self.transport.call(
+                "crm.deal.userfield.list",
+                {"order": {"SORT": "ASC"}, "filter": {"LANG": "en"}, "start": start},
+            )
+            rows.extend(body.get("result") or [])
+            start = body.get("next")
+        return [field_from_row(r) for r in rows]
+
+    async def create_fields(self, fields: Sequence[NewField]) -> list[CustomField]:
+        commands = []
+        for f in fields:
+            spec: dict[str, Any] = {
+                "FIELD_NAME": f.code.upper(),  # stored as UF_CRM_{CODE}: prefix added by the portal
+                "USER_TYPE_ID": USER_TYPES[f.type],
+                "LABEL": f.name,
+                "XML_ID": f.code,
+                "SORT": f.sort,
+                "MULTIPLE": "N",
+                "MANDATORY": "N",
+                "SHOW_FILTER": "Y",
+            }
+            if f.type == "enum":
+                spec["LIST"] = [
+                    {"VALUE": o, "SORT": (i + 1) * 10, "DEF": "N"} for i, o in enumerate(f.options)
+                ]
+            commands.append((f.code, "crm.deal.userfield.add", {"fields": spec}))
+        outcomes = await self.transport.batch(commands, idempotent=False)
+        self._raise_first(outcomes)
+        # crm.deal.userfield.add answers only the numeric id: read the fields back for names and the
+        # ids the portal gave the enumeration options.
+        by_id = {f.id: f for f in await self.list_fields()}
+        return [by_id[str(o.result)] for o in outcomes if str(o.result) in by_id]
+
+    async def set_field_requirements(self, requirements: Sequence[FieldRequirement]) -> None:
+        if requirements:
+            raise NotSupported(
+                "Bitrix24 has no REST API for stage-dependent required fields; FunnelSync enforces them itself"
+            )
+
+    async def list_loss_reasons(self) -> list[LossReason]:
+        raise NotSupported("Bitrix24 has no loss reasons: use an enumeration user field on deals")
+
+    async def create_loss_reasons(self, names: Sequence[str]) -> list[LossReason]:
+        raise NotSupported("Bitrix24 has no loss reasons: use an enumeration user field on deals")
+
+    # --- deals: reads ------------------------------------------------------------------------------
+
+    async def get_deals(self, ids: Sequence[str]) -> list[DealSnapshot]:
+        """50 ids per `crm.deal.list` command (@ID filter), 50 commands per batch: 2,500 deals a request."""
+        commands = [
+            (
+                str(i),
+                "crm.deal.list",
+                {"filter": {"@ID": [int(x) for x in chunk]}, "select": DEAL_SELECT, "order": {"ID": "ASC"}},
+            )
+            for i, chunk in enumerate(chunked(list(ids), PAGE))
+        ]
+        deals: list[DealSnapshot] = []
+        for outcome in await self.transport.batch(commands, idempotent=True):
+            if outcome.error is not None:
+                raise outcome.error
+            deals.extend(deal_from_row(r) for r in outcome.result or [])
+        return deals
+
+    async def list_deals_modified_since(self, since: datetime) -> AsyncIterator[list[DealSnapshot]]:
+        """Deals with DATE_MODIFY >= since, oldest first. `>=` rather than `>`: DATE_MODIFY has
+        one-second resolution, so a strict filter would skip deals changed in the cursor's second;
+        re-reading one is harmless (the mirror is idempotent). The first page tells `total`; the rest
+        are fetched by their `start` offsets packed into batches."""
+        when = since if since.tzinfo else since.replace(tzinfo=UTC)
+        params: dict[str, Any] = {
+            "filter": {">=DATE_MODIFY": when.isoformat(timespec="seconds")},
+            "order": {"DATE_MODIFY": "ASC", "ID": "ASC"},
+            "select": DEAL_SELECT,
+        }
+        first = await self.transport.call("crm.deal.list", {**params, "start": 0})
+        rows = first.get("result") or []
+        if rows:
+            yield [deal_from_row(r) for r in rows]
+        nxt, total = first.get("next"), int(first.get("total") or 0)
+        if nxt is None:
+            return
+        starts = list(range(int(nxt), total, PAGE))
+        for chunk in chunked(starts, MAX_BATCH):
+            commands = [(str(s), "crm.deal.list", {**params, "start": s}) for s in chunk]
+            for outcome in await self.transport.batch(commands, idempotent=True):
+                if outcome.error is not None:
+                    raise outcome.error
+                if outcome.result:
+                    yield [deal_from_row(r) for r in outcome.result]
+
+    async def list_all_deals(self) -> AsyncIterator[list[DealSnapshot]]:
+        """Full pull in fast mode (DOCS list-methods-pecularities.md, huge-data.md): `start=-1`, order
+        by ID, `>ID` filter. One batch chains 50 commands, each filtering on the previous command's
+        last row through `$result[cN][49][ID]` (DOCS batch.md: list results are referenced as
+        `$result[cmd][0][ID]`; b24pysdk call_list_fast.py does the same), so 2,500 deals cost one
+        request. The chain stops at the first short page; later commands are ignored."""
+        last_id = 0
+        while True:
+            commands: list[tuple[str, str, Mapping[str, Any]]] = []
+            for i in range(MAX_BATCH):
+                boundary: Any = last_id if i == 0 else f"$result[c{i - 1}][{PAGE - 1}][ID]"
+                commands.append(
+                    (
+                        str(i),
+                        "crm.deal.list",
+                        {
+                            "order": {"ID": "ASC"},
+                            "filter": {">ID": boundary},
+                            "select": DEAL_SELECT,
+                            "start": -1,
+                        },
+                    )
+                )
+            outcomes = await self.transport.batch(commands, idempotent=True)
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    raise outcome.error
+                rows = list(outcome.result or [])
+                if rows:
+                    yield [deal_from_row(r) for r in rows]
+                if len(rows) < PAGE:
+                    return
+                new_last = int(rows[-1]["ID"])
+                if new_last <= last_id:
+                    raise PermanentError(f"fast pagination did not advance past deal {last_id}")
+                last_id = new_last
+
+    # --- deals: writes -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _items(outcomes: Sequence[Outcome], crm_ids: Sequence[str | None]) -> list[ItemResult]:
+        return [
+            ItemResult(ref=o.ref, error=o.error) if o.error else ItemResult(ref=o.ref, crm_id=crm_id)
+            for o, crm_id in zip(outcomes, crm_ids, strict=True)
+        ]
+
+    async def move_deals(self, moves: Sequence[StageMove]) -> list[ItemResult]:
+        """crm.item.update with categoryId + stageId (moves across pipelines need categoryId); the
+        returned item is compared with the request because a stage can be dropped silently (ref 0.5)."""
+        commands = [
+            (
+                m.ref,
+                "crm.item.update",
+                {
+                    "entityTypeId": 2,
+                    "id": int(m.deal_id),
+                    "fields": {"categoryId": int(m.pipeline_id), "stageId": m.stage_id},
+                },
+            )
+            for m in moves
+        ]
+        outcomes = await self.transport.batch(commands, idempotent=True)
+        results = []
+        for move, outcome in zip(moves, outcomes, strict=True):
+            if outcome.error is not None:
+                results.append(ItemResult(ref=move.ref, error=outcome.error))
+                continue
+            item = (outcome.result or {}).get("item") if isinstance(outcome.result, dict) else None
+            got = str(item.get("stageId")) if isinstance(item, dict) else move.stage_id
+            if got != move.stage_id:
+                err = PermanentError(
+                    f"Bitrix24 kept deal {move.deal_id} in stage {got} instead of {move.stage_id}",
+                    item_ref=move.ref,
+                )
+                results.append(ItemResult(ref=move.ref, error=err))
+            else:
+                results.append(ItemResult(ref=move.ref, crm_id=move.deal_id))
+        return results
+
+    async def create_tasks(self, tasks: Sequence[NewTask]) -> list[ItemResult]:
+        commands = [
+            (
+                t.ref,
+                "tasks.task.add",
+                {
+                    "fields": {
+                        "TITLE": t.title,
+                        "DESCRIPTION": t.description,
+                        "RESPONSIBLE_ID": int(t.responsible_id or self.default_responsible_id),
+                        "DEADLINE": (t.due_at if t.due_at.tzinfo else t.due_at.replace(tzinfo=UTC)).isoformat(
+                            timespec="seconds"
+                        ),
+                        "UF_CRM_TASK": [f"D_{t.deal_id}"],
+                    }
+                },
+            )
+            for t in tasks
+        ]
+        outcomes = await self.transport.batch(commands, idempotent=False)
+        ids = [
+            str(o.result["task"]["id"])
+            if o.error is None and isinstance(o.result, dict) and "task" in o.result
+            else None
+            for o in outcomes
+        ]
+        return self._items(outcomes, ids)
+
+    async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]:
+        commands = [
+            (
+                c.ref,
+                "crm.timeline.comment.add",
+                {"fields": {"ENTITY_ID": int(c.deal_id), "ENTITY_TYPE": "deal", "COMMENT": c.text}},
+            )
+            for c in comments
+        ]
+        outcomes = await self.transport.batch(commands, idempotent=False)
+        return self._items(outcomes, [None if o.error else str(o.result) for o in outcomes])
+
+    async def update_deal_fields(self, updates: Sequence[FieldUpdate]) -> list[ItemResult]:
+        commands = [
+            (u.ref, "crm.deal.update", {"id": int(u.deal_id), "fields": dict(u.values)}) for u in updates
+        ]
+        outcomes = await self.transport.batch(commands, idempotent=True)
+        return self._items(outcomes, [u.deal_id for u in updates])
+
+    # --- webhooks ----------------------------------------------------------------------------------
+
+    def _require_app(self) -> None:
+        if not self.transport.is_oauth:
+            raise NotSupported(
+                "event.bind needs an application (OAuth); with an inbound webhook configure an outgoing "
+                "webhook in the Bitrix24 portal UI (Developer resources -> Outgoing webhook) for "
+                "ONCRMDEALADD/ONCRMDEALUPDATE/ONCRMDEALDELETE pointing at FunnelSync's /webhooks/bitrix24/{connection} URL"
+            )
+
+    async def list_webhooks(self) -> list[WebhookSubscription]:
+        self._require_app()
+        rows = await self._result("event.get")
+        by_url: dict[str, list[str]] = {}
+        for row in rows or []:
+            by_url.setdefault(str(row.get("handler")), []).append(str(row.get("event", "")).upper())
+        return [
+            WebhookSubscription(id=url, url=url, events=tuple(sorted(events)))
+            for url, events in by_url.items()
+        ]
+
+    async def register_webhook(self, url: str, events: Sequence[str]) -> WebhookSubscription:
+        self._require_app()
+        names = [_EVENT_ALIASES.get(e, e.upper()) for e in events] or list(DEAL_EVENTS)
+        commands = [(name, "event.bind", {"event": name, "handler": url}) for name in names]
+        for outcome in await self.transport.batch(commands, idempotent=True):
+            if (
+                outcome.error is not None
+                and str(outcome.error.crm_code).upper() != "ERROR_HANDLER_ALREADY_EXIST"
+            ):
+                raise outcome.error
+        return WebhookSubscription(id=url, url=url, events=tuple(names))
+
+    async def unregister_webhook(self, url: str) -> None:
+        self._require_app()
+        rows = await self._result("event.get")
+        commands = [
+            (f"{i}", "event.unbind", {"event": row["event"], "handler": url})
+            for i, row in enumerate(rows or [])
+            if str(row.get("handler")) == url
+        ]
+        self._raise_first(await self.transport.batch(commands, idempotent=True))

@@ -1,0 +1,99 @@
+"""Build a connector from what a connection stores: the only place that knows each connector's
+constructor, so the service never branches on the CRM."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from connectors.amocrm.client import AmoCRMConnector, exchange_authorization_code
+from connectors.amocrm.oauth import OAuthApp as AmoOAuthApp
+from connectors.base import CRMConnector, TokenSaver, TokenSet
+from connectors.bitrix24.client import Bitrix24Connector
+from connectors.bitrix24.transport import OAuthApp as Bitrix24OAuthApp
+from connectors.http import BITRIX24_ENTERPRISE, BITRIX24_STANDARD, RatePolicy
+
+__all__ = ["build_connector", "exchange_amocrm_code", "token_set_from", "token_set_to"]
+
+
+def token_set_from(credentials: dict[str, Any]) -> TokenSet:
+    expires = credentials.get("expires_at")
+    return TokenSet(
+        access_token=str(credentials.get("access_token") or ""),
+        refresh_token=str(credentials.get("refresh_token") or ""),
+        # Unknown expiry: treat the access token as expired so the first call refreshes it.
+        expires_at=datetime.fromisoformat(expires) if expires else datetime.fromtimestamp(0, UTC),
+    )
+
+
+def token_set_to(tokens: TokenSet) -> dict[str, Any]:
+    return {
+        "access_token": tokens.access_token,
+        "refresh_token": tokens.refresh_token,
+        "expires_at": tokens.expires_at.isoformat(),
+    }
+
+
+def account_key(crm: str, base_url: str) -> str:
+    """Rate limits are per portal/account, whatever connection or process object talks to it."""
+    return f"{crm}:{urlsplit(base_url).netloc or base_url}"
+
+
+def build_connector(
+    crm: str,
+    base_url: str,
+    credentials: dict[str, Any],
+    settings: dict[str, Any],
+    *,
+    token_saver: TokenSaver | None = None,
+) -> CRMConnector:
+    key = account_key(crm, base_url)
+    if crm == "bitrix24":
+        rate = BITRIX24_ENTERPRISE if settings.get("plan") == "enterprise" else BITRIX24_STANDARD
+        if credentials["auth"] == "webhook":
+            return Bitrix24Connector(webhook_url=credentials["webhook_url"], rate=rate, account_key=key)
+        if token_saver is None:
+            raise ValueError("a Bitrix24 OAuth connection needs a token saver")
+        oauth = Bitrix24OAuthApp(
+            client_endpoint=base_url.rstrip("/") + "/rest/",
+            client_id=credentials["client_id"],
+            client_secret=credentials["client_secret"],
+            tokens=token_set_from(credentials),
+            token_saver=token_saver,
+            oauth_server=credentials.get("oauth_server_url") or "https://oauth.bitrix.info",
+            member_id=settings.get("member_id"),
+        )
+        return Bitrix24Connector(oauth=oauth, rate=rate, account_key=key)
+    if crm == "amocrm":
+        per_second = float(settings.get("requests_per_second") or 7)
+        rate = RatePolicy(per_second=per_second, burst=max(1, int(per_second)))
+        subdomain = str(settings["subdomain"])
+        if credentials["auth"] == "token":
+            return AmoCRMConnector(
+                subdomain, token=credentials["token"], base_url=base_url, rate=rate, account_key=key
+            )
+        if token_saver is None:
+            raise ValueError("an amoCRM OAuth connection needs a token saver")
+        return AmoCRMConnector(
+            subdomain,
+            oauth=AmoOAuthApp(
+                credentials["client_id"], credentials["client_secret"], credentials["redirect_uri"]
+            ),
+            tokens=token_set_from(credentials),
+            token_saver=token_saver,
+            base_url=base_url,
+            rate=rate,
+            account_key=key,
+        )
+    raise ValueError(f"unknown CRM {crm!r}")
+
+
+async def exchange_amocrm_code(
+    subdomain: str, base_url: str, client_id: str, client_secret: str, redirect_uri: str, code: str
+) -> dict[str, Any]:
+    """Trade an amoCRM authorization code (valid 20 minutes) for the first token pair."""
+    tokens = await exchange_authorization_code(
+        subdomain, AmoOAuthApp(client_id, client_secret, redirect_uri), code, base_url=base_url
+    )
+    return token_set_to(tokens)

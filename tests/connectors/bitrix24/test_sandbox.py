@@ -1,0 +1,153 @@
+"""Sandbox fidelity: URL shapes, batch references, validation, persistence, and an independent client
+(fast_bitrix24, which posts JSON to `{webhook}{method}` and batches `method?query` commands)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import httpx
+from fast_bitrix24 import Bitrix
+
+from connectors.bitrix24.sandbox import SandboxConfig, create_sandbox_app
+from tests.connectors.bitrix24.conftest import Sandbox, running_sandbox
+from tests.support.server import serve_asgi
+
+
+def test_fast_bitrix24_lists_adds_and_batches(sandbox: Sandbox) -> None:
+    sandbox.control("POST", "/_sandbox/deals/bulk", {"count": 120, "title": "seed"})
+    bx = Bitrix(sandbox.webhook_url, verbose=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "results != total" would be a pagination bug
+        deals = bx.get_all("crm.deal.list")
+        titles = bx.get_all("crm.deal.list", {"select": ["ID", "TITLE"], "filter": {">ID": 100}})
+    assert sorted(int(d["ID"]) for d in deals) == list(range(1, 121))
+    assert sorted(int(d["ID"]) for d in titles) == list(range(101, 121)) and set(titles[0]) == {"ID", "TITLE"}
+    new_id = bx.call("crm.deal.add", {"fields": {"TITLE": "via fast_bitrix24"}})
+    assert int(new_id) == 121
+    added = bx.call("crm.deal.add", [{"fields": {"TITLE": f"batch {i}"}} for i in range(3)])
+    assert sorted(int(x) for x in added) == [122, 123, 124]
+    got = bx.get_by_ID("crm.deal.get", [121, 122])
+    assert {str(k): v["TITLE"] for k, v in got.items()} == {"121": "via fast_bitrix24", "122": "batch 0"}
+    stats = sandbox.stats()
+    assert stats["errors"] == {} and stats["by_method"]["batch"] >= 2
+
+
+def test_json_suffix_get_and_form_bodies_work(sandbox: Sandbox) -> None:
+    base = sandbox.webhook_url
+    as_json = httpx.post(f"{base}crm.status.list.json", json={"filter": {"ENTITY_ID": "DEAL_STAGE"}}).json()
+    as_get = httpx.get(f"{base}crm.status.list", params={"filter[ENTITY_ID]": "DEAL_STAGE"}).json()
+    as_form = httpx.post(f"{base}crm.status.list", data={"filter[ENTITY_ID]": "DEAL_STAGE"}).json()
+    assert as_json["total"] == as_get["total"] == as_form["total"] == 8
+    assert as_json["result"][0] == {
+        "ID": as_json["result"][0]["ID"],
+        "ENTITY_ID": "DEAL_STAGE",
+        "STATUS_ID": "NEW",
+        "NAME": "New",
+        "NAME_INIT": "New",
+        "SORT": "10",
+        "SYSTEM": "Y",
+        "CATEGORY_ID": None,
+        "COLOR": "#39A8EF",
+        "SEMANTICS": None,
+        "EXTRA": {"SEMANTICS": "process", "COLOR": "#39A8EF"},
+    }
+    time_block = as_json["time"]
+    assert {"operating", "operating_reset_at", "start", "finish", "duration"} <= set(time_block)
+
+
+def test_batch_reference_inside_a_value_like_the_docs_example(sandbox: Sandbox) -> None:
+    base = sandbox.webhook_url
+    category = httpx.post(f"{base}crm.category.add", json={"entityTypeId": 2, "fields": {"name": "C"}}).json()
+    category_id = category["result"]["category"]["id"]
+    deal = sandbox.create_deal(TITLE="in category", CATEGORY_ID=category_id)
+    body = httpx.post(
+        f"{base}batch",
+        json={
+            "halt": 0,
+            "cmd": {
+                "get_deal": f"crm.deal.get?id={deal}",
+                # DOCS batch.md example: the reference embedded in a value, sent raw ...
+                "stages": "crm.status.list?filter[ENTITY_ID]=DEAL_STAGE_$result[get_deal][CATEGORY_ID]",
+                # ... and percent-encoded, as PHP http_build_query / fast_bitrix24 send it.
+                "again": "crm.deal.get?id=%24result%5Bget_deal%5D%5BID%5D",
+            },
+        },
+    ).json()["result"]
+    assert len(body["result"]["stages"]) == 8
+    assert body["result"]["stages"][0]["STATUS_ID"] == f"C{category_id}:NEW"
+    assert body["result"]["again"]["TITLE"] == "in category"
+
+
+def test_batch_substitutes_result_references(sandbox: Sandbox) -> None:
+    deal = sandbox.create_deal(TITLE="ref")
+    body = httpx.post(
+        f"{sandbox.webhook_url}batch",
+        json={
+            "halt": 0,
+            "cmd": {
+                "get": f"crm.deal.get?id={deal}",
+                "stages": "crm.status.list?filter[ENTITY_ID]=DEAL_STAGE&filter[STATUS_ID]=$result[get][STAGE_ID]",
+                "first": "crm.deal.list?order[ID]=ASC&start=-1&select[0]=ID",
+                "after": "crm.deal.list?order[ID]=ASC&start=-1&filter[>ID]=$result[first][0][ID]",
+                "bad": "crm.deal.get?id=99999",
+            },
+        },
+    ).json()["result"]
+    assert [s["STATUS_ID"] for s in body["result"]["stages"]] == ["NEW"]
+    assert body["result"]["after"] == [] and body["result_total"]["first"] == 0
+    assert body["result_error"]["bad"]["error_description"] == "Not found"
+    assert "get" in body["result_time"] and "operating" in body["result_time"]["get"]
+
+
+def test_item_update_validates_stage_in_pipeline_and_deal_update_ignores_it(sandbox: Sandbox) -> None:
+    deal = sandbox.create_deal(TITLE="x")
+    base = sandbox.webhook_url
+    bad = httpx.post(
+        f"{base}crm.item.update", json={"entityTypeId": 2, "id": deal, "fields": {"stageId": "C9:NEW"}}
+    )
+    assert bad.status_code == 400 and "Stage" in bad.json()["error_description"]
+    legacy = httpx.post(
+        f"{base}crm.deal.update", json={"id": deal, "fields": {"STAGE_ID": "C9:NEW", "CATEGORY_ID": 5}}
+    )
+    assert legacy.json()["result"] is True
+    assert httpx.post(f"{base}crm.deal.get", json={"id": deal}).json()["result"]["STAGE_ID"] == "NEW"
+
+
+def test_event_bind_is_refused_for_webhook_auth(sandbox: Sandbox) -> None:
+    response = httpx.post(
+        f"{sandbox.webhook_url}event.bind", json={"event": "ONCRMDEALADD", "handler": "https://x/"}
+    )
+    assert response.status_code == 401 and response.json()["error"] == "WRONG_AUTH_TYPE"
+
+
+def test_enterprise_plan_has_a_bigger_bucket() -> None:
+    config = SandboxConfig(plan="enterprise", speed=2.0)
+    assert (config.burst, config.drain_per_second) == (250, 10.0)
+
+
+def test_state_survives_a_restart(tmp_path: Path) -> None:
+    state_file = str(tmp_path / "b24.json")
+    with running_sandbox(state_file=state_file) as box:
+        deal = box.create_deal(TITLE="persisted")
+        box.control("POST", "/_sandbox/save")
+    app = create_sandbox_app(SandboxConfig(state_file=state_file))
+    with serve_asgi(app) as url:
+        got = httpx.post(f"{url}/rest/1/sandboxwebhookcode1/crm.deal.get", json={"id": deal}).json()
+    assert got["result"]["TITLE"] == "persisted"
+
+
+def test_unknown_fault_kind_is_rejected(sandbox: Sandbox) -> None:
+    response = httpx.post(f"{sandbox.url}/_sandbox/faults", json={"kind": "nope"})
+    assert response.status_code == 400 and "rate_limit" in response.json()["kinds"]
+
+
+def test_simulated_ui_changes_are_made_by_another_user(sandbox: Sandbox) -> None:
+    deal = sandbox.create_deal(TITLE="ui")
+    sandbox.control("POST", f"/_sandbox/deals/{deal}", {"fields": {"STAGE_ID": "EXECUTING"}})
+    got = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json={"id": deal}).json()["result"]
+    assert got["STAGE_ID"] == "EXECUTING" and got["STAGE_SEMANTIC_ID"] == "P"
+    assert got["MODIFY_BY_ID"] == str(sandbox.config.ui_user) != str(sandbox.config.webhook_user)
+    httpx.post(f"{sandbox.webhook_url}crm.deal.update", json={"id": deal, "fields": {"STAGE_ID": "WON"}})
+    got = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json={"id": deal}).json()["result"]
+    assert (got["MODIFY_BY_ID"], got["CLOSED"], got["STAGE_SEMANTIC_ID"]) == ("1", "Y", "S")

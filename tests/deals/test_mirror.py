@@ -1,0 +1,139 @@
+"""The mirror applies snapshots once, in order, never back in time, on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.connections.models import Connection
+from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
+from app.deals.models import Deal, StageTransition
+from app.funnels.models import Funnel, FunnelStage
+from connectors.base import DealSnapshot
+from tests.support.db import open_sessions
+
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    async with open_sessions(database_url) as factory:
+        async with factory.begin() as session:
+            connection = Connection(
+                name="b24", crm="bitrix24", base_url="http://x/", credentials_encrypted="x"
+            )
+            session.add(connection)
+            await session.flush()
+            funnel = Funnel(
+                connection_id=connection.id, template_key="general.typical", name="T", crm_pipeline_id="5"
+            )
+            session.add(funnel)
+            await session.flush()
+            for sort, code in enumerate(["NEW", "QUALIFIED", "WON"]):
+                session.add(
+                    FunnelStage(
+                        funnel_id=funnel.id,
+                        code=code,
+                        name=code,
+                        sort=sort,
+                        semantics="process",
+                        crm_stage_id=f"C5:{code}",
+                    )
+                )
+        yield factory
+
+
+def snap(deal_id: str, stage: str, minutes: int, pipeline: str = "5", **extra: object) -> DealSnapshot:
+    return DealSnapshot(
+        id=deal_id,
+        pipeline_id=pipeline,
+        stage_id=stage,
+        title=f"Deal {deal_id}",
+        updated_at=T0 + timedelta(minutes=minutes),
+        amount=Decimal("100"),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def mirror(
+    factory: async_sessionmaker[AsyncSession], *snapshots: DealSnapshot, source: str = "webhook"
+) -> None:
+    async with factory.begin() as session:
+        index = await load_stage_index(session, 1)
+        await mirror_snapshots(session, 1, list(snapshots), index, source)
+
+
+async def history(
+    factory: async_sessionmaker[AsyncSession], crm_id: str
+) -> list[tuple[str | None, str, str]]:
+    async with factory() as session:
+        deal = await session.scalar(select(Deal).where(Deal.crm_deal_id == crm_id))
+        assert deal is not None
+        rows = await session.scalars(
+            select(StageTransition).where(StageTransition.deal_id == deal.id).order_by(StageTransition.id)
+        )
+        return [(t.from_crm_stage_id, t.to_crm_stage_id, t.source) for t in rows]
+
+
+async def get_deal(factory: async_sessionmaker[AsyncSession], crm_id: str) -> Deal:
+    async with factory() as session:
+        deal = await session.scalar(select(Deal).where(Deal.crm_deal_id == crm_id))
+        assert deal is not None
+        return deal
+
+
+async def test_new_deal_then_move_records_history(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await mirror(sessions, snap("1", "C5:NEW", 0))
+    await mirror(sessions, snap("1", "C5:QUALIFIED", 5), source="reconcile")
+    deal = await get_deal(sessions, "1")
+    assert deal.crm_stage_id == "C5:QUALIFIED" and deal.managed and deal.stage_id is not None
+    assert deal.stage_entered_at == T0 + timedelta(minutes=5)
+    assert await history(sessions, "1") == [
+        (None, "C5:NEW", "webhook"),
+        ("C5:NEW", "C5:QUALIFIED", "reconcile"),
+    ]
+
+
+async def test_duplicates_change_nothing(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await mirror(sessions, snap("1", "C5:NEW", 0), snap("1", "C5:QUALIFIED", 5))
+    await mirror(sessions, snap("1", "C5:QUALIFIED", 5))
+    await mirror(sessions, snap("1", "C5:QUALIFIED", 5))
+    assert len(await history(sessions, "1")) == 2
+
+
+async def test_an_older_snapshot_never_moves_a_deal_back(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await mirror(sessions, snap("1", "C5:WON", 10))
+    await mirror(sessions, snap("1", "C5:QUALIFIED", 5))
+    assert (await get_deal(sessions, "1")).crm_stage_id == "C5:WON"
+    assert await history(sessions, "1") == [(None, "C5:WON", "webhook")]
+
+
+async def test_out_of_order_batch_is_applied_in_modify_time_order(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await mirror(sessions, snap("1", "C5:WON", 10), snap("1", "C5:NEW", 0), snap("1", "C5:QUALIFIED", 5))
+    assert [h[1] for h in await history(sessions, "1")] == ["C5:NEW", "C5:QUALIFIED", "C5:WON"]
+
+
+async def test_deals_elsewhere_are_unmanaged_and_unknown_stages_kept(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await mirror(sessions, snap("2", "C9:NEW", 0, pipeline="9"), snap("3", "C5:UC_HAND", 0))
+    other = await get_deal(sessions, "2")
+    assert not other.managed and other.funnel_id is None and other.crm_stage_id == "C9:NEW"
+    hand = await get_deal(sessions, "3")
+    assert hand.managed and hand.stage_id is None and hand.crm_stage_id == "C5:UC_HAND"
+
+
+async def test_tombstone_and_restore(sessions: async_sessionmaker[AsyncSession]) -> None:
+    await mirror(sessions, snap("1", "C5:NEW", 0))
+    async with sessions.begin() as session:
+        assert await tombstone(session, 1, ["1", "404"], T0 + timedelta(minutes=1)) == 1
+    assert (await get_deal(sessions, "1")).deleted_at is not None
+    await mirror(sessions, snap("1", "C5:NEW", 2))
+    assert (await get_deal(sessions, "1")).deleted_at is None

@@ -1,0 +1,115 @@
+"""One test harness over both CRM sandboxes: start one, make connectors and connection records for
+it, count its write requests, inject faults. Tests that must hold for both CRMs use `crm_sandbox`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import SecretStr
+
+from app.config import Settings
+from app.connections import service as connections
+from app.connections.models import Connection
+from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
+from connectors.amocrm.client import AmoCRMConnector
+from connectors.base import CRMConnector
+from connectors.bitrix24.client import Bitrix24Connector
+from connectors.http import AMOCRM_DEFAULT, BITRIX24_STANDARD, RetryPolicy
+from tests.connectors.amocrm import conftest as amo
+from tests.connectors.bitrix24 import conftest as b24
+
+FAST_RETRY = RetryPolicy(attempts=3, max_elapsed=20, base_delay=0.01, max_delay=0.05)
+APP_TOKEN = "test-application-token"
+_keys = itertools.count()
+
+
+@dataclass
+class CRMSandbox:
+    crm: str
+    box: Any  # the CRM's own sandbox harness (tests/connectors/<crm>/conftest.py)
+
+    @property
+    def url(self) -> str:
+        return str(self.box.url)
+
+    def connector(self, **options: Any) -> CRMConnector:
+        """A connector at the sandbox's (sped-up) limits; each gets its own rate bucket."""
+        key = f"test:{self.crm}:{next(_keys)}"
+        options.setdefault("retry", FAST_RETRY)
+        if self.crm == "bitrix24":
+            options.setdefault("rate", BITRIX24_STANDARD.scaled(self.box.config.speed))
+            return Bitrix24Connector(webhook_url=self.box.webhook_url, account_key=key, **options)
+        options.setdefault("rate", AMOCRM_DEFAULT.scaled(self.box.config.speed))
+        return AmoCRMConnector(
+            self.box.config.subdomain,
+            token=self.box.config.token,
+            base_url=self.url,
+            account_key=key,
+            **options,
+        )
+
+    def connection(self, settings: Settings, name: str | None = None) -> Connection:
+        """A Connection row (not yet added) pointing at this sandbox."""
+        name = name or self.crm
+        data: Bitrix24ConnectionCreate | AmoCRMConnectionCreate
+        if self.crm == "bitrix24":
+            data = Bitrix24ConnectionCreate(
+                name=name, crm="bitrix24", webhook_url=self.box.webhook_url, app_token=SecretStr(APP_TOKEN)
+            )
+        else:
+            data = AmoCRMConnectionCreate(
+                name=name,
+                crm="amocrm",
+                subdomain=self.box.config.subdomain,
+                token=SecretStr(self.box.config.token),
+                base_url=self.url,
+            )
+        return connections.build_record(settings, data, None)
+
+    def writes(self) -> int:
+        stats = self.box.stats()
+        return int(stats["write_commands"] if self.crm == "bitrix24" else stats["writes"])
+
+    def reset_stats(self) -> None:
+        self.box.reset_stats()
+
+    def fail_next(self, step: str, count: int = 1, kind: str = "http_500") -> None:
+        """Make the CRM fail the next `count` calls of a provisioning step ("fields", "stages")."""
+        method = {
+            ("bitrix24", "fields"): "crm.deal.userfield.add",
+            ("bitrix24", "stages"): "crm.status.add",
+            ("amocrm", "fields"): "POST /api/v4/leads/custom_fields",
+            ("amocrm", "stages"): "PATCH /api/v4/leads/pipelines/{pipeline_id}/statuses/{status_id}",
+        }[(self.crm, step)]
+        self.box.fault(kind, count=count, method=method)
+
+    def clear_faults(self) -> None:
+        self.box.control("DELETE", "/_sandbox/faults")
+
+
+@contextmanager
+def crm_sandbox(crm: str, **options: Any) -> Iterator[CRMSandbox]:
+    if crm == "bitrix24":
+        options.setdefault("app_token", APP_TOKEN)
+        with b24.running_sandbox(**options) as box:
+            # Events name the portal the client calls, as on a real portal.
+            box.config.domain = box.url.split("://", 1)[1]
+            yield CRMSandbox(crm, box)
+    else:
+        with amo.running_sandbox(**options) as box:
+            yield CRMSandbox(crm, box)
+
+
+def settings_for(data_dir: Any, database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        data_dir=data_dir,
+        api_token=SecretStr("test-token-123"),
+        secret_key=SecretStr("7sGqz8pM5Y2Jw8m3b7yS0gR5tW1vN9cX4eK6hL2dQ0A="),
+        public_url="http://127.0.0.1:9",
+        scheduler_enabled=False,
+    )

@@ -14,9 +14,11 @@ from app import __version__, migrate
 from app.api.router import api_router
 from app.config import Settings, get_settings
 from app.connections.registry import ConnectorRegistry
+from app.dashboard.pages import router as dashboard_router
 from app.db import create_engine, session_factory
 from app.scheduler import Runtime, build_scheduler
 from app.security import api_token
+from app.webhooks.receivers import router as webhooks_router
 
 log = logging.getLogger("funnelsync")
 
@@ -63,4 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     app.include_router(api_router)
+    app.include_router(webhooks_router)
+    app.include_router(dashboard_router)
     return app

@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Depends
 
+from app.analytics.endpoints import router as analytics_router
 from app.connections.endpoints import router as connections_router
 from app.deals.endpoints import router as deals_router
 from app.funnels.endpoints import router as provisioning_router
@@ -17,3 +18,4 @@ api_router.include_router(provisioning_router)
 api_router.include_router(deals_router)
 api_router.include_router(events_router)
 api_router.include_router(outbox_router)
+api_router.include_router(analytics_router)

@@ -74,9 +74,7 @@ async def connection_status(session: AsyncSession, record: Connection) -> Connec
         reconcile_cursor=sync.cursor if sync else None,
         reconcile_error=sync.last_error if sync else None,
         deals=deals or 0,
-        unknown_stages=[
-            UnknownStage(crm_pipeline_id=p, crm_stage_id=s, deals=n) for p, s, n in unknown.tuples()
-        ],
+        unknown_stages=[UnknownStage(crm_pipeline_id=p, crm_stage_id=s, deals=n) for p, s, n in unknown],
     )
 
 

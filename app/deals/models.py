@@ -16,7 +16,15 @@ class Deal(Base):
     __tablename__ = "deals"
     __table_args__ = (
         UniqueConstraint("connection_id", "crm_deal_id"),
-        Index("ix_deals_funnel_stage", "funnel_id", "stage_id"),
+        # Covers the funnel board and analytics: counts, sums and overdue checks from the index.
+        Index(
+            "ix_deals_funnel_stage_entered",
+            "funnel_id",
+            "stage_id",
+            "stage_entered_at",
+            "deleted_at",
+            "amount",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -68,11 +68,11 @@ async def list_deals(
     rows = await session.execute(
         query.order_by(Deal.crm_updated_at.desc(), Deal.id.desc()).limit(limit).offset(offset)
     )
-    return DealPage(total=total, items=[_out(d, c, f, s) for d, c, f, s in rows.tuples()])
+    return DealPage(total=total, items=[_out(d, c, f, s) for d, c, f, s in rows])
 
 
 async def get_deal(session: AsyncSession, deal_id: int) -> DealDetail:
-    row = (await session.execute(_deal_query().where(Deal.id == deal_id))).tuples().first()
+    row = (await session.execute(_deal_query().where(Deal.id == deal_id))).first()
     if row is None:
         raise DealNotFound(f"no deal with id {deal_id}")
     deal, connection, funnel, stage = row

@@ -53,7 +53,7 @@ async def list_commands(
         query = query.where(OutboxCommand.deal_id == deal_id)
     async with sessions() as session:
         rows = await session.execute(query.order_by(OutboxCommand.id.desc()).limit(limit))
-        return [command_out(c, name) for c, name in rows.tuples()]
+        return [command_out(c, name) for c, name in rows]
 
 
 @router.post("/retry")

@@ -13,7 +13,10 @@ from app.db import Base, UTCDateTime, utcnow
 
 class OutboxCommand(Base):
     __tablename__ = "outbox_commands"
-    __table_args__ = (Index("ix_outbox_commands_due", "connection_id", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_commands_due", "connection_id", "status", "next_attempt_at"),
+        Index("ix_outbox_commands_deal_id", "deal_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="CASCADE"))

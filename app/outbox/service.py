@@ -154,7 +154,7 @@ async def drain_connection(
                 .order_by(OutboxCommand.id)
                 .limit(limit)
             )
-            commands = [c for c, _ in rows.tuples()]
+            commands = [c for c, _ in rows]
         for kind in KINDS:
             batch = [c for c in commands if c.kind == kind]
             for start in range(0, len(batch), MAX_BATCH):

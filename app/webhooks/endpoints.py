@@ -44,5 +44,5 @@ async def list_events(
                 content_type=e.content_type,
                 body_preview=e.body[:PREVIEW].decode("utf-8", errors="replace"),
             )
-            for e, name in rows.tuples()
+            for e, name in rows
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
@@ -29,9 +30,13 @@ async def store_event(
     *,
     error: str | None = None,
 ) -> bool:
-    """Insert the delivery unless its key is already stored; True when it was new.
+    """Store the delivery; True when it was new, False when it duplicates a pending one.
 
-    ON CONFLICT DO NOTHING makes duplicates (and concurrent duplicates) a no-op on both databases.
+    ON CONFLICT DO NOTHING makes a duplicate (and a concurrent duplicate) a no-op on both databases.
+    When the earlier event with the same key was already processed, this one is stored as a new
+    event under a suffixed key: Bitrix24 events carry no delivery id, so two changes of one deal in
+    the same second share a key, and dropping the second would lose a change. Processing an event
+    twice is harmless (the mirror ignores what it already has); losing one is not.
     """
     values = {
         "connection_id": connection_id,
@@ -51,8 +56,18 @@ async def store_event(
         .values(**values)
         .on_conflict_do_nothing(index_elements=["connection_id", "dedupe_key"])
     )
-    result = await session.execute(statement)
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if (await session.execute(statement)).rowcount:  # type: ignore[attr-defined]
+        return True
+    earlier = await session.scalar(
+        select(InboxEvent.status).where(
+            InboxEvent.connection_id == connection_id, InboxEvent.dedupe_key == key
+        )
+    )
+    if earlier == "pending":
+        return False
+    values["dedupe_key"] = f"{key[:200]}#{secrets.token_hex(8)}"
+    await session.execute(insert(InboxEvent).values(**values))
+    return True
 
 
 async def counts_by_status(session: AsyncSession, connection_id: int | None = None) -> dict[str, int]:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 13:04:52.916501
+Create Date: 2026-11-23 13:07:43.051902
 """
 
 from collections.abc import Sequence
@@ -177,7 +177,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("connection_id", "crm_deal_id", name=op.f("uq_deals_connection_id_crm_deal_id")),
     )
     with op.batch_alter_table("deals", schema=None) as batch_op:
-        batch_op.create_index("ix_deals_funnel_stage", ["funnel_id", "stage_id"], unique=False)
+        batch_op.create_index(
+            "ix_deals_funnel_stage_entered",
+            ["funnel_id", "stage_id", "stage_entered_at", "deleted_at", "amount"],
+            unique=False,
+        )
 
     op.create_table(
         "outbox_commands",
@@ -207,6 +211,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("idempotency_key", name=op.f("uq_outbox_commands_idempotency_key")),
     )
     with op.batch_alter_table("outbox_commands", schema=None) as batch_op:
+        batch_op.create_index("ix_outbox_commands_deal_id", ["deal_id"], unique=False)
         batch_op.create_index(
             "ix_outbox_commands_due", ["connection_id", "status", "next_attempt_at"], unique=False
         )
@@ -250,10 +255,11 @@ def downgrade() -> None:
     op.drop_table("stage_transitions")
     with op.batch_alter_table("outbox_commands", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_commands_due")
+        batch_op.drop_index("ix_outbox_commands_deal_id")
 
     op.drop_table("outbox_commands")
     with op.batch_alter_table("deals", schema=None) as batch_op:
-        batch_op.drop_index("ix_deals_funnel_stage")
+        batch_op.drop_index("ix_deals_funnel_stage_entered")
 
     op.drop_table("deals")
     with op.batch_alter_table("stages", schema=None) as batch_op:

@@ -1,0 +1,65 @@
+"""Naming loss reasons: a deal carries the CRM's value (amoCRM loss_reason_id, a Bitrix24 enum value),
+the template knows the reasons by code and name; the funnel mappings link the two."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.analytics.funnels import FunnelContext
+from app.analytics.schemas import LossReasonCount
+from app.funnels.models import FunnelMapping
+from funnel_templates.schema import LOSS_REASON_FIELD, LossReason
+
+
+async def loss_reason_field_ids(session: AsyncSession, funnel_id: int) -> list[str]:
+    """CRM ids of the enum field provisioned to carry the reason where the CRM has no native one."""
+    rows = await session.scalars(
+        select(FunnelMapping.crm_id).where(
+            FunnelMapping.funnel_id == funnel_id,
+            FunnelMapping.kind == "field",
+            FunnelMapping.code == LOSS_REASON_FIELD,
+        )
+    )
+    return sorted(set(rows))
+
+
+async def label_loss_reasons(
+    session: AsyncSession, ctx: FunnelContext, counts: list[tuple[str | None, int]]
+) -> list[LossReasonCount]:
+    reasons = ctx.template.loss_reasons if ctx.template else []
+    mapped = await session.execute(
+        select(FunnelMapping.crm_id, FunnelMapping.code).where(
+            FunnelMapping.funnel_id == ctx.ref.id, FunnelMapping.kind == "loss_reason"
+        )
+    )
+    by_crm_id = {crm_id: code for crm_id, code in mapped}
+    merged: dict[str | None, LossReasonCount] = {}
+    for value, deals in counts:
+        reason = _match(value, reasons, by_crm_id)
+        key = reason.code if reason else value
+        if key in merged:  # e.g. a CRM id and a code naming the same reason
+            merged[key].deals += deals
+            continue
+        if reason is not None:
+            item = LossReasonCount(
+                value=value, code=reason.code, label_ru=reason.name.ru, label_en=reason.name.en, deals=deals
+            )
+        elif value is None:
+            item = LossReasonCount(
+                value=None, code=None, label_ru="Не указана", label_en="Not set", deals=deals
+            )
+        else:
+            item = LossReasonCount(value=value, code=None, label_ru=value, label_en=value, deals=deals)
+        merged[key] = item
+    return sorted(merged.values(), key=lambda r: (-r.deals, r.label_en))
+
+
+def _match(value: str | None, reasons: list[LossReason], by_crm_id: dict[str, str]) -> LossReason | None:
+    if value is None:
+        return None
+    code = by_crm_id.get(value, value)
+    for reason in reasons:
+        if code == reason.code or value in (reason.name.ru, reason.name.en):
+            return reason
+    return None

@@ -1,0 +1,168 @@
+"""Russian and English labels for the dashboard; the language comes from ?lang=, then a cookie."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Request
+
+LANG_COOKIE = "funnelsync_lang"
+LANGUAGES = ("ru", "en")
+DEFAULT_LANG = "ru"  # the CRMs and the templates are Russian-first
+
+# key -> (ru, en)
+LABELS: dict[str, tuple[str, str]] = {
+    "app": ("FunnelSync", "FunnelSync"),
+    "nav": ("Разделы", "Sections"),
+    "overview": ("Обзор", "Overview"),
+    "failures": ("Сбои", "Failures"),
+    "templates": ("Шаблоны", "Templates"),
+    "logout": ("Выйти", "Log out"),
+    "login": ("Вход", "Log in"),
+    "login_title": ("Вход в панель FunnelSync", "Log in to the FunnelSync dashboard"),
+    "token": ("API-токен", "API token"),
+    "token_hint": (
+        "Значение FUNNELSYNC_API_TOKEN (или файла api-token в папке данных).",
+        "The value of FUNNELSYNC_API_TOKEN (or of the api-token file in the data folder).",
+    ),
+    "wrong_token": (
+        "Неверный токен. Проверьте FUNNELSYNC_API_TOKEN.",
+        "Wrong token. Check FUNNELSYNC_API_TOKEN.",
+    ),
+    "skip": ("Перейти к содержимому", "Skip to content"),
+    "language": ("Язык", "Language"),
+    "connections": ("Подключения", "Connections"),
+    "no_connections": (
+        "Подключений нет. Добавьте: funnelsync connections add.",
+        "No connections yet. Add one: funnelsync connections add.",
+    ),
+    "connection": ("Подключение", "Connection"),
+    "crm": ("CRM", "CRM"),
+    "status": ("Статус", "Status"),
+    "active": ("активно", "active"),
+    "paused": ("приостановлено", "paused"),
+    "last_webhook": ("Последний вебхук", "Last webhook"),
+    "never": ("никогда", "never"),
+    "inbox_lag": ("Задержка входящих", "Inbox lag"),
+    "events": ("События", "Events"),
+    "outbox": ("Исходящие команды", "Outbox"),
+    "dead_letters": ("Мёртвые письма", "Dead letters"),
+    "unknown_stages": ("Неизвестные стадии", "Unknown stages"),
+    "reconcile": ("Сверка", "Reconcile"),
+    "reconcile_error": ("Ошибка сверки", "Reconcile error"),
+    "deals": ("Сделки", "Deals"),
+    "funnels": ("Воронки", "Funnels"),
+    "funnel": ("Воронка", "Funnel"),
+    "board": ("Доска", "Board"),
+    "analytics": ("Аналитика", "Analytics"),
+    "updated": ("Обновлено", "Updated"),
+    "pending": ("в очереди", "pending"),
+    "processed": ("обработано", "processed"),
+    "failed": ("ошибка", "failed"),
+    "dead": ("отказ", "dead"),
+    "done": ("выполнено", "done"),
+    "failed_events": ("Входящие события с ошибкой", "Failed inbox events"),
+    "failed_commands": ("Команды с ошибкой и отказом", "Failed and dead commands"),
+    "no_failed_events": ("Нет событий с ошибкой.", "No failed events."),
+    "no_failed_commands": ("Нет команд с ошибкой.", "No failed commands."),
+    "received": ("Получено", "Received"),
+    "attempts": ("Попытки", "Attempts"),
+    "error": ("Ошибка", "Error"),
+    "crm_error": ("Ответ CRM", "CRM error"),
+    "body": ("Тело запроса", "Body"),
+    "kind": ("Тип", "Kind"),
+    "deal": ("Сделка", "Deal"),
+    "next_attempt": ("Следующая попытка", "Next attempt"),
+    "created": ("Создано", "Created"),
+    "finished": ("Завершено", "Finished"),
+    "stage": ("Стадия", "Stage"),
+    "amount": ("Сумма", "Amount"),
+    "overdue": ("просрочено", "overdue"),
+    "overdue_sla": ("Просрочен срок стадии", "Past the stage SLA"),
+    "sla": ("Срок", "SLA"),
+    "in_stage_since": ("На стадии с", "In stage since"),
+    "showing_first": ("показаны первые", "showing the first"),
+    "unknown_stage_deals": ("Сделок на неизвестных стадиях", "Deals in unmapped stages"),
+    "no_deals": ("Сделок нет", "No deals"),
+    "responsible": ("Ответственный", "Responsible"),
+    "fields": ("Поля", "Fields"),
+    "history": ("История стадий", "Stage history"),
+    "from_stage": ("Откуда", "From"),
+    "to_stage": ("Куда", "To"),
+    "at": ("Когда", "When"),
+    "source": ("Источник", "Source"),
+    "commands": ("Команды в CRM", "Commands issued"),
+    "no_commands": ("Команд не было.", "No commands issued."),
+    "period": ("Период", "Period"),
+    "from": ("С", "From"),
+    "to": ("По", "To"),
+    "apply": ("Показать", "Show"),
+    "conversion": ("Конверсия", "Conversion"),
+    "reached": ("Входы в стадию", "Entries"),
+    "to_next": ("Дальше по воронке", "Moved on"),
+    "to_won": ("Выиграны", "Won"),
+    "conversion_help": (
+        "Входы в стадию за период; «дальше» — следующий переход сделки вёл на следующую стадию или дальше"
+        " (не в отказ); «выиграны» — сделка сейчас на успешной стадии.",
+        "Entries into each stage in the period; 'moved on': the deal's next move went to the next stage"
+        " or beyond (not to a failure stage); 'won': the deal is now in the success stage.",
+    ),
+    "time_help": (
+        "От входа в стадию (в периоде) до следующего перехода сделки.",
+        "From entering the stage (in the period) to the deal's next stage change.",
+    ),
+    "time_in_stage": ("Медианное время на стадии", "Median time in stage"),
+    "median": ("Медиана", "Median"),
+    "samples": ("Переходов", "Transitions"),
+    "loss_reasons": ("Причины отказа", "Loss reasons"),
+    "no_losses": ("Проигранных сделок за период нет.", "No lost deals in the period."),
+    "temperature": ("Температура (сейчас)", "Temperature (now)"),
+    "cold": ("холодные", "cold"),
+    "warm": ("тёплые", "warm"),
+    "hot": ("горячие", "hot"),
+    "unknown": ("неизвестно", "unknown"),
+    "share": ("Доля", "Share"),
+    "niche": ("Ниша", "Niche"),
+    "all": ("Все", "All"),
+    "goal": ("Цель", "Goal"),
+    "stages": ("Стадии", "Stages"),
+    "semantics": ("Тип стадии", "Stage type"),
+    "process": ("в работе", "process"),
+    "success": ("успех", "success"),
+    "failure": ("провал", "failure"),
+    "required_fields": ("Обязательные поля", "Required fields"),
+    "tasks": ("Задачи", "Tasks"),
+    "notes": ("Примечания", "Notes"),
+    "type": ("Тип", "Type"),
+    "code": ("Код", "Code"),
+    "value": ("Значение", "Value"),
+    "name": ("Название", "Name"),
+    "derived": ("выведено", "derived"),
+    "template": ("Шаблон", "Template"),
+    "not_found": ("Не найдено", "Not found"),
+    "back": ("Назад", "Back"),
+    "title": ("Название", "Title"),
+    "actions": ("Действия", "Actions"),
+    "deleted": ("удалена", "deleted"),
+    "chart_reached": ("Входы в стадии за период", "Entries into each stage in the period"),
+}
+
+
+def lang_of(request: Request) -> str:
+    asked = request.query_params.get("lang")
+    if asked in LANGUAGES:
+        return asked
+    remembered = request.cookies.get(LANG_COOKIE)
+    if remembered in LANGUAGES:
+        return remembered
+    return DEFAULT_LANG
+
+
+def translator(lang: str) -> Callable[[str], str]:
+    index = LANGUAGES.index(lang) if lang in LANGUAGES else 0
+
+    def t(key: str) -> str:
+        pair = LABELS.get(key)
+        return pair[index] if pair else key
+
+    return t

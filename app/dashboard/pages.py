@@ -1,0 +1,187 @@
+"""Dashboard pages (mounted at "/"): overview, failures, funnel board and analytics, deal, templates.
+
+Pages are thin: each calls a read service from app.analytics (or deals/library) and renders it. Every
+page but /login needs the session cookie; every POST form needs the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from app.analytics import board, overview, service
+from app.analytics.funnels import BadPeriod, FunnelNotFound, load_funnel, parse_period
+from app.api.deps import SessionsDep
+from app.dashboard.auth import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    CsrfDep,
+    SessionDep,
+    current_session,
+    issue_session,
+    safe_next,
+)
+from app.dashboard.render import is_partial, render
+from app.db import utcnow
+from app.deals.service import DealNotFound, get_deal
+from app.library.service import TemplateNotFound, get_template, list_templates, niches
+from app.security import tokens_match
+
+router = APIRouter(include_in_schema=False)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_TYPES = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
+# Read once at import: two small files, and no file-system access per request.
+STATIC_FILES = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_TYPES}
+
+
+@router.get("/static/dashboard/{name}")
+async def static_file(name: str) -> Response:
+    # A fixed allow-list: no path from the URL ever reaches the file system.
+    if name not in STATIC_FILES:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such file")
+    return Response(
+        STATIC_FILES[name], media_type=STATIC_TYPES[name], headers={"Cache-Control": "public, max-age=300"}
+    )
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str = "/") -> Response:
+    if current_session(request) is not None:
+        return RedirectResponse(safe_next(next), status.HTTP_303_SEE_OTHER)
+    return render(request, "login.html", {"next": safe_next(next), "error": None})
+
+
+@router.post("/login")
+async def login(
+    request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/"
+) -> Response:
+    expected: str = request.app.state.api_token
+    if not token or not tokens_match(token, expected):
+        return render(
+            request,
+            "login.html",
+            {"next": safe_next(next), "error": "wrong_token"},
+            status_code=status.HTTP_401_UNAUTHORIZED,
+        )
+    cookie, _ = issue_session(expected)
+    response = RedirectResponse(safe_next(next), status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        SESSION_COOKIE,
+        cookie,
+        max_age=SESSION_MAX_AGE,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(_: CsrfDep) -> Response:
+    response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/")
+async def overview_page(request: Request, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+    async with sessions() as session:
+        data = await overview.overview(session)
+    template = "_overview_live.html" if is_partial(request) else "overview.html"
+    return render(request, template, {"overview": data, "active": "overview"})
+
+
+@router.get("/failures")
+async def failures_page(request: Request, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+    async with sessions() as session:
+        data = await overview.failures(session)
+    return render(request, "failures.html", {"failures": data, "active": "failures"})
+
+
+def _not_found(request: Request, message: str) -> HTMLResponse:
+    return render(request, "error.html", {"message": message}, status_code=status.HTTP_404_NOT_FOUND)
+
+
+@router.get("/funnels/{funnel_id}")
+async def board_page(request: Request, funnel_id: int, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+    async with sessions() as session:
+        try:
+            ctx = await load_funnel(session, funnel_id)
+        except FunnelNotFound as exc:
+            return _not_found(request, str(exc))
+        data = await board.funnel_board(session, ctx)
+    template = "_board_live.html" if is_partial(request) else "board.html"
+    return render(request, template, {"board": data, "ctx": ctx, "active": "board"})
+
+
+@router.get("/funnels/{funnel_id}/analytics")
+async def analytics_page(
+    request: Request,
+    funnel_id: int,
+    _: SessionDep,
+    sessions: SessionsDep,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+) -> HTMLResponse:
+    try:
+        period = parse_period(from_ or None, to or None, utcnow())
+    except BadPeriod as exc:
+        return render(
+            request, "error.html", {"message": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
+    async with sessions() as session:
+        try:
+            ctx = await load_funnel(session, funnel_id)
+        except FunnelNotFound as exc:
+            return _not_found(request, str(exc))
+    data = await service.funnel_analytics(sessions, ctx, period)
+    # The form shows the inclusive last day; the period itself ends at the exclusive bound.
+    last_day = period.end - timedelta(microseconds=1)
+    context = {
+        "a": data,
+        "ctx": ctx,
+        "stages": {s.code: s for s in ctx.stages},
+        "process_codes": [s.code for s in ctx.stages if s.semantics != "failure"],
+        "period_to": last_day.strftime("%Y-%m-%d"),
+    }
+    return render(request, "analytics.html", context)
+
+
+@router.get("/deals/{deal_id}")
+async def deal_page(request: Request, deal_id: int, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+    async with sessions() as session:
+        try:
+            deal = await get_deal(session, deal_id)
+        except DealNotFound as exc:
+            return _not_found(request, str(exc))
+        commands = await board.deal_commands(session, deal_id)
+        funnel_id = await board.deal_funnel_id(session, deal_id)
+        ctx = await load_funnel(session, funnel_id) if funnel_id is not None else None
+    stages = {s.code: s for s in ctx.stages} if ctx else {}
+    return render(request, "deal.html", {"deal": deal, "commands": commands, "ctx": ctx, "stages": stages})
+
+
+@router.get("/templates")
+async def templates_page(request: Request, _: SessionDep, niche: str | None = None) -> HTMLResponse:
+    known = niches()
+    chosen = niche if niche in known else None
+    return render(
+        request,
+        "templates_list.html",
+        {"templates": list_templates(chosen), "niches": known, "niche": chosen, "active": "templates"},
+    )
+
+
+@router.get("/templates/{key}")
+async def template_page(request: Request, key: str, _: SessionDep) -> HTMLResponse:
+    try:
+        template = get_template(key)
+    except TemplateNotFound as exc:
+        return _not_found(request, str(exc))
+    return render(request, "template_detail.html", {"tpl": template, "active": "templates"})

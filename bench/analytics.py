@@ -1,0 +1,259 @@
+"""Benchmark: dashboard analytics and board pages over 100,000 deals (~5 stage transitions each).
+
+Seeds a SQLite file (and, when FUNNELSYNC_BENCH_PG_URL is set, that PostgreSQL database, which must be
+empty), then renders the pages through the app in-process (httpx ASGITransport, no network) several
+times and prints p50/p95 of the time each request spends in the app.
+
+    .venv/bin/python bench/analytics.py                      # seed once into var/bench/, then measure
+    .venv/bin/python bench/analytics.py --no-indexes         # without the proposed indexes
+    FUNNELSYNC_BENCH_PG_URL=postgresql+asyncpg://u@127.0.0.1:5432/bench .venv/bin/python bench/analytics.py
+
+The proposed indexes (PROPOSED_INDEXES) are created here only because this script owns its database;
+in the service they belong in a migration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from sqlalchemy import Index, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app import migrate
+from app.config import Settings
+from app.connections.models import Connection
+from app.db import create_engine
+from app.deals.models import Deal, StageTransition
+from app.funnels.models import Funnel, FunnelStage
+from app.library.service import get_template
+from app.outbox.models import OutboxCommand
+from tests.dashboard.support import build_app  # the same wiring as the tests
+
+TOKEN = "bench-token"
+TEMPLATE = "general.typical"
+NOW = datetime.now(UTC).replace(microsecond=0)
+SPAN = timedelta(days=180)
+
+# What the analytics and board queries need beyond the existing indexes (see the report).
+PROPOSED_INDEXES = [
+    # Board columns (newest arrivals per stage), the SLA-overdue counts, and per-stage totals and
+    # temperature split as an index-only scan (amount and deleted_at ride along). Makes
+    # ix_deals_funnel_stage (funnel_id, stage_id), its prefix, redundant.
+    Index(
+        "ix_deals_funnel_stage_entered",
+        Deal.funnel_id,
+        Deal.stage_id,
+        Deal.stage_entered_at,
+        Deal.deleted_at,
+        Deal.amount,
+    ),
+    # Deal page: the commands issued for one deal.
+    Index("ix_outbox_commands_deal_id", OutboxCommand.deal_id),
+]
+
+
+def _path(stages: list[FunnelStage], rng: random.Random) -> list[FunnelStage]:
+    """A plausible walk: forward through process stages, sometimes skipping, ending won/lost/open."""
+    process = [s for s in stages if s.semantics == "process"]
+    won = next(s for s in stages if s.semantics == "success")
+    lost = next(s for s in stages if s.semantics == "failure")
+    position = rng.choice([0, 0, 1, 1, 1])
+    path = [process[position]]
+    while len(path) < 7:
+        roll = rng.random()
+        if roll < 0.12:
+            path.append(lost)
+            break
+        if roll < 0.18 and len(path) >= 3:
+            path.append(won)
+            break
+        if roll < 0.24:
+            break  # still open
+        position += 2 if rng.random() < 0.15 else 1
+        if position >= len(process):
+            path.append(won)
+            break
+        path.append(process[position])
+    return path
+
+
+async def seed(engine: AsyncEngine, deals: int) -> int:
+    rng = random.Random(42)
+    template = get_template(TEMPLATE)
+    async with engine.begin() as conn:
+        connection_id = (
+            await conn.execute(
+                insert(Connection).values(
+                    name="bench", crm="bitrix24", base_url="http://127.0.0.1/", credentials_encrypted="x",
+                    settings={}, status="active", created_at=NOW, updated_at=NOW,
+                ).returning(Connection.id)
+            )
+        ).scalar_one()  # fmt: skip
+        funnel_id = (
+            await conn.execute(
+                insert(Funnel)
+                .values(
+                    connection_id=connection_id,
+                    template_key=TEMPLATE,
+                    name="Bench",
+                    crm_pipeline_id="5",
+                    created_pipeline=False,
+                    created_at=NOW,
+                )
+                .returning(Funnel.id)
+            )
+        ).scalar_one()
+        for sort, spec in enumerate(template.stages):
+            await conn.execute(
+                insert(FunnelStage).values(
+                    funnel_id=funnel_id, code=spec.code, name=spec.name.ru, sort=sort,
+                    semantics=spec.semantics, crm_stage_id=f"C5:{spec.code}",
+                )
+            )  # fmt: skip
+        stages = list((await conn.execute(select(FunnelStage).order_by(FunnelStage.sort))).all())
+        stage_rows = [FunnelStage(**row._mapping) for row in stages]
+    reasons = [r.code for r in template.loss_reasons] + [None]
+    batch = 5000
+    for start in range(0, deals, batch):
+        deal_rows: list[dict[str, Any]] = []
+        transition_rows: list[dict[str, Any]] = []
+        for number in range(start + 1, min(start + batch, deals) + 1):
+            path = _path(stage_rows, rng)
+            at = NOW - SPAN * rng.random()
+            previous: FunnelStage | None = None
+            for stage in path:
+                transition_rows.append(
+                    {
+                        "deal_id": number,
+                        "from_crm_stage_id": previous.crm_stage_id if previous else None,
+                        "to_crm_stage_id": stage.crm_stage_id,
+                        "from_stage_id": previous.id if previous else None,
+                        "to_stage_id": stage.id,
+                        "at": at,
+                        "source": "webhook",
+                        "created_at": NOW,
+                    }
+                )
+                previous, entered = stage, at
+                at += timedelta(minutes=rng.expovariate(1 / 600))
+            last = path[-1]
+            fields = {"loss_reason": rng.choice(reasons)} if last.semantics == "failure" else {}
+            deal_rows.append(
+                {
+                    "id": number, "connection_id": connection_id, "crm_deal_id": str(number),
+                    "funnel_id": funnel_id, "stage_id": last.id, "crm_pipeline_id": "5",
+                    "crm_stage_id": last.crm_stage_id, "managed": True, "title": f"Deal {number}",
+                    "amount": Decimal(rng.randrange(1000, 500000)), "currency": "RUB",
+                    "responsible_id": str(rng.randrange(1, 30)), "fields": fields,
+                    "crm_updated_at": entered, "crm_created_at": NOW - SPAN, "stage_entered_at": entered,
+                    "deleted_at": None, "created_at": NOW, "updated_at": NOW,
+                }
+            )  # fmt: skip
+        async with engine.begin() as conn:
+            await conn.execute(insert(Deal), deal_rows)
+            await conn.execute(insert(StageTransition), transition_rows)
+        print(f"\r  seeded {min(start + batch, deals):>7} deals", end="", flush=True)
+    print()
+    if engine.dialect.name == "postgresql":  # explicit ids: move the sequence past them
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("SELECT setval('deals_id_seq', (SELECT max(id) FROM deals))")
+    return funnel_id
+
+
+async def prepare(url: str, deals: int, with_indexes: bool) -> int:
+    await asyncio.to_thread(migrate.upgrade, url)
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            funnel_id = await conn.scalar(select(Funnel.id).where(Funnel.name == "Bench"))
+            existing = await conn.scalar(select(func.count()).select_from(Deal)) or 0
+        if funnel_id is None:
+            print(f"seeding {deals} deals into {url.split('@')[-1]}")
+            started = time.perf_counter()
+            funnel_id = await seed(engine, deals)
+            print(f"  done in {time.perf_counter() - started:.0f} s")
+        else:
+            print(f"reusing {existing} deals in {url.split('@')[-1]}")
+        async with engine.begin() as conn:
+            for index in PROPOSED_INDEXES:
+                if with_indexes:
+                    await conn.run_sync(lambda sync, ix=index: ix.create(sync, checkfirst=True))
+                else:
+                    await conn.run_sync(lambda sync, ix=index: ix.drop(sync, checkfirst=True))
+            await conn.exec_driver_sql("ANALYZE")  # fresh planner statistics on both databases
+        return funnel_id
+    finally:
+        await engine.dispose()
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+async def measure(url: str, funnel_id: int, runs: int, data_dir: Path) -> None:
+    settings = Settings(
+        database_url=url, api_token=SecretStr(TOKEN), data_dir=data_dir, scheduler_enabled=False,
+        auto_migrate=False,
+    )  # fmt: skip
+    app = build_app(settings)
+    pages = {
+        "analytics (30 days)": f"/funnels/{funnel_id}/analytics",
+        "analytics (180 days)": f"/funnels/{funnel_id}/analytics?from={(NOW - SPAN).date()}&to={NOW.date()}",
+        "board": f"/funnels/{funnel_id}",
+        "overview": "/",
+        "api analytics (180 days)": f"/api/analytics/funnels/{funnel_id}?from={(NOW - SPAN).date()}",
+    }
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            login = await client.post("/login", data={"token": TOKEN})
+            assert login.status_code == 303, login.text
+            print(f"{'page':<26} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  ({runs} runs after 1 warm-up)")
+            for name, path in pages.items():
+                headers = {"Authorization": f"Bearer {TOKEN}"} if path.startswith("/api") else {}
+                await client.get(path, headers=headers)  # warm caches, templates, statement cache
+                timings = []
+                for _ in range(runs):
+                    started = time.perf_counter()
+                    response = await client.get(path, headers=headers)
+                    timings.append((time.perf_counter() - started) * 1000)
+                    assert response.status_code == 200, (path, response.status_code, response.text[:300])
+                print(
+                    f"{name:<26} {percentile(timings, 0.5):>8.1f} {percentile(timings, 0.95):>8.1f} "
+                    f"{max(timings):>8.1f}"
+                )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--deals", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--sqlite", type=Path, default=Path("var/bench/analytics.db"))
+    parser.add_argument("--no-indexes", action="store_true", help="drop the proposed indexes first")
+    args = parser.parse_args()
+    targets = [f"sqlite+aiosqlite:///{args.sqlite.as_posix()}"]
+    if os.environ.get("FUNNELSYNC_BENCH_PG_URL"):
+        targets.append(os.environ["FUNNELSYNC_BENCH_PG_URL"])
+    for url in targets:
+        funnel_id = await prepare(url, args.deals, not args.no_indexes)
+        await measure(url, funnel_id, args.runs, args.sqlite.parent)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,3 @@
+from tests.dashboard.support import dashboard
+
+__all__ = ["dashboard"]

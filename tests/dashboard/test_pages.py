@@ -1,0 +1,146 @@
+"""Every page renders the seeded data with the right numbers, in Russian and in English."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from app.dashboard.i18n import LANG_COOKIE
+from tests.dashboard.support import CRM_ERROR_DEAD, CRM_ERROR_FAILED, FAILED_EVENT_ERROR, Running, login
+
+
+@pytest.fixture
+def client(dashboard: Running) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=dashboard.url) as http:
+        login(http)
+        yield http
+
+
+def value(html: str, attribute: str) -> str:
+    """Text of the first element carrying `attribute` (e.g. 'data-outbox="dead"')."""
+    match = re.search(rf"{attribute}[^>]*>([^<]*)<", html)
+    assert match, f"{attribute} not on the page"
+    return match.group(1).strip()
+
+
+def row(html: str, attribute: str) -> str:
+    match = re.search(rf"<tr [^>]*{attribute}[^>]*>(.*?)</tr>", html, re.S)
+    assert match, f"no row with {attribute}"
+    return match.group(1)
+
+
+def test_overview_shows_health_and_queues(client: httpx.Client) -> None:
+    page = client.get("/").text
+    amo, html = page.split('<section class="card"')[1:3]  # connections in name order
+    assert "amoCRM refused the refresh token" in amo and value(amo, 'data-outbox="dead"') == "0"
+    assert "b24" in html
+    assert value(html, 'data-outbox="dead"') == "2" and value(html, 'data-outbox="done"') == "3"
+    assert value(html, 'data-events="failed"') == "1" and value(html, 'data-events="processed"') == "2"
+    assert value(html, 'data-metric="dead-letters"') == "2"
+    assert "C5:UC_HAND" in html  # unknown stage
+    assert 'href="/funnels/' in html and "/analytics" in html
+
+
+def test_overview_partial_is_the_live_fragment(client: httpx.Client) -> None:
+    html = client.get("/", headers={"X-Dashboard-Partial": "1"}).text
+    assert "<html" not in html and 'data-outbox="dead"' in html
+
+
+def test_failures_show_error_texts_without_dead_buttons(client: httpx.Client) -> None:
+    html = client.get("/failures").text
+    assert FAILED_EVENT_ERROR in html and "event=ONCRMDEALUPDATE" in html
+    assert CRM_ERROR_DEAD in html and CRM_ERROR_FAILED in html
+    assert value(html, 'data-count="commands"') == "3" and value(html, 'data-count="events"') == "1"
+    assert "/failures/retry" not in html  # no control is shown before it works
+
+
+def test_board_counts_and_highlights_overdue_deals(client: httpx.Client, dashboard: Running) -> None:
+    html = client.get(f"/funnels/{dashboard.data.funnel_id}").text
+    assert value(html, 'data-deals="NEW_REQUEST"') == "2"
+    assert value(html, 'data-amount="NEW_REQUEST"').replace("\u202f", " ") == "700.00"
+    assert value(html, 'data-overdue="NEW_REQUEST"') == "1"
+    assert value(html, 'data-deals="LOST"') == "4"
+    ids = dashboard.data.deals
+    overdue = re.search(rf'<li class="([^"]*)" data-deal="{ids["4"]}"', html)
+    fresh = re.search(rf'<li class="([^"]*)" data-deal="{ids["5"]}"', html)
+    assert overdue and overdue.group(1) == "deal overdue"
+    assert fresh and fresh.group(1) == "deal"
+    # Newest arrival first within the column.
+    assert html.index(f'data-deal="{ids["5"]}"') < html.index(f'data-deal="{ids["4"]}"')
+    assert "Новая заявка" in html and "(New request)" not in html  # Russian by default
+
+
+def test_analytics_page_numbers(client: httpx.Client, dashboard: Running) -> None:
+    html = client.get(
+        f"/funnels/{dashboard.data.funnel_id}/analytics", params={"from": "2026-11-01", "to": "2026-11-01"}
+    ).text
+    new = row(html, 'data-stage="NEW_REQUEST"')
+    assert value(new, "data-reached") == "5" and value(new, "data-to-next") == "2"
+    assert value(new, "data-to-next-pct") == "40.0%" and value(new, "data-to-won-pct") == "20.0%"
+    times = html[html.index('id="times"') :]
+    assert value(row(times, 'data-stage="NEW_REQUEST"'), "data-median") == "17m 30s"  # 1050 s
+    assert value(row(times, 'data-stage="QUALIFIED"'), "data-median") == "1h 15m"  # 4500 s
+    assert value(html, "data-lost") == "4"
+    assert value(row(html, 'data-reason="spam"'), "data-deals") == "2"
+    assert value(row(html, 'data-reason="bought_elsewhere"'), "data-deals") == "1"
+    assert value(row(html, 'data-temperature="cold"'), "data-deals") == "4"
+    assert value(row(html, 'data-temperature="warm"'), "data-deals") == "3"
+    assert '<svg class="funnel"' in html and 'value="2026-11-01"' in html
+
+
+def test_analytics_page_rejects_a_bad_period(client: httpx.Client, dashboard: Running) -> None:
+    response = client.get(f"/funnels/{dashboard.data.funnel_id}/analytics", params={"from": "soon"})
+    assert response.status_code == 422 and "is not a date" in response.text
+
+
+def test_deal_page_history_and_commands(client: httpx.Client, dashboard: Running) -> None:
+    html = client.get(f"/deals/{dashboard.data.deals['1']}").text
+    history = html[html.index('id="deal-history"') : html.index('id="deal-commands"')]
+    assert history.count("<tr>") == 5  # header + four transitions
+    assert "Сделка закрыта (Успешная сделка)" in history
+    commands = html[html.index('id="deal-commands"') :]
+    assert commands.count('id="command-') == 3 and CRM_ERROR_DEAD in commands
+
+
+def test_missing_things_are_404_pages(client: httpx.Client) -> None:
+    for path in ("/funnels/999", "/deals/999", "/templates/nope.nope", "/funnels/999/analytics"):
+        response = client.get(path)
+        assert response.status_code == 404 and "<main" in response.text
+
+
+def test_templates_filter_and_preview(client: httpx.Client) -> None:
+    html = client.get("/templates", params={"niche": "general"}).text
+    assert re.findall(r'data-template="([^"]+)"', html) == ["general.typical"]
+    assert len(re.findall(r"data-template=", client.get("/templates").text)) > 40
+    preview = client.get("/templates/general.typical").text
+    assert "Новая заявка" in preview and "temp-warm" in preview and 'data-reason="spam"' in preview
+
+
+def test_language_switch_is_remembered(client: httpx.Client, dashboard: Running) -> None:
+    english = client.get("/", params={"lang": "en"})
+    assert "Dead letters" in english.text and '<html lang="en">' in english.text
+    assert client.cookies[LANG_COOKIE] == "en"
+    board = client.get(f"/funnels/{dashboard.data.funnel_id}").text  # no ?lang: the cookie decides
+    # Russian stage names stay, the English translation is shown beside them.
+    assert "Новая заявка" in board and "(New request)" in board and "Deals" in board
+    russian = client.get("/", params={"lang": "ru"}).text
+    assert "Мёртвые письма" in russian and "Dead letters" not in russian
+
+
+def test_static_files_are_served(dashboard: Running) -> None:
+    css = httpx.get(f"{dashboard.url}/static/dashboard/dashboard.css")
+    assert css.status_code == 200 and "focus-visible" in css.text
+    assert httpx.get(f"{dashboard.url}/static/dashboard/../pages.py").status_code == 404
+
+
+def test_a_funnel_without_deals_or_template_still_renders(client: httpx.Client, dashboard: Running) -> None:
+    funnel = dashboard.data.empty_funnel_id
+    board = client.get(f"/funnels/{funnel}", params={"lang": "en"})
+    assert board.status_code == 200 and "Новая" in board.text and "No deals" in board.text
+    analytics = client.get(f"/funnels/{funnel}/analytics")
+    assert (
+        analytics.status_code == 200 and value(row(analytics.text, 'data-stage="NEW"'), "data-reached") == "0"
+    )

@@ -1,0 +1,207 @@
+"""The whole sync path against each sandbox: a person changes deals in the CRM, the CRM posts
+webhooks to the real receiver, the inbox processor mirrors them in order; what the CRM never sent
+is caught up by the reconciler, deletions included. Both databases, real HTTP throughout."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from app.connections.models import Connection
+from app.deals.models import Deal
+from app.deals.reconcile import reconcile
+from app.deals.service import get_deal
+from app.funnels.models import Funnel, FunnelStage
+from app.main import create_app
+from app.webhooks.models import InboxEvent
+from app.webhooks.processor import process_inbox
+from connectors.base import CRMConnector
+from connectors.events import parse_deal_events
+from funnel_templates.loader import library
+from tests.funnels.conftest import Provisioner
+from tests.support.crm import crm_sandbox, settings_for
+from tests.support.db import open_sessions
+from tests.support.notify import RequestCounter
+from tests.support.server import free_port, serve_asgi
+
+TYPICAL = library()["general.typical"]
+
+
+@dataclass
+class Flow:
+    p: Provisioner
+    hooks: RequestCounter
+    stage_ids: dict[str, str]  # template stage code -> CRM stage id
+    pipeline_id: str
+    actions: int = 0
+
+    @property
+    def crm(self) -> str:
+        return self.p.sandbox.crm
+
+    @property
+    def box(self) -> Any:
+        return self.p.sandbox.box
+
+    # --- a person using the CRM ---------------------------------------------------------------
+
+    def create(self, title: str, stage: str) -> str:
+        self.actions += 1
+        if self.crm == "bitrix24":
+            fields = {"TITLE": title, "CATEGORY_ID": int(self.pipeline_id), "STAGE_ID": self.stage_ids[stage]}
+            return str(self.box.create_deal(**fields))
+        lead = self.box.create_lead(
+            name=title, pipeline_id=int(self.pipeline_id), status_id=int(self.stage_ids[stage])
+        )
+        return str(lead["id"])
+
+    def move(self, deal_id: str, stage: str) -> None:
+        self.actions += 1
+        if self.crm == "bitrix24":
+            self.box.control(
+                "POST", f"/_sandbox/deals/{deal_id}", {"fields": {"STAGE_ID": self.stage_ids[stage]}}
+            )
+        else:
+            body = {"status_id": int(self.stage_ids[stage]), "pipeline_id": int(self.pipeline_id)}
+            self.box.control("POST", f"/_sandbox/deals/{deal_id}/move", body)
+
+    def delete(self, deal_id: str, *, silently: bool = False) -> None:
+        if not silently:
+            self.actions += 1
+        if self.crm == "bitrix24":
+            self.box.control("DELETE", f"/_sandbox/deals/{deal_id}")
+        else:
+            self.box.control("POST", f"/_sandbox/deals/{deal_id}/delete")
+
+    def seed_silently(self, count: int) -> None:
+        """Deals the CRM creates without telling anyone (an import, a lost webhook)."""
+        if self.crm == "bitrix24":
+            self.box.control(
+                "POST", "/_sandbox/deals/bulk", {"count": count, "category_id": int(self.pipeline_id)}
+            )
+        else:
+            self.box.control(
+                "POST",
+                "/_sandbox/deals/bulk",
+                {"count": count, "notify": False, "pipeline_id": int(self.pipeline_id),
+                 "status_id": int(self.stage_ids["LEADS"])},
+            )  # fmt: skip
+
+    def stop_webhooks(self) -> None:
+        if self.crm == "bitrix24":
+            self.box.control("POST", "/_sandbox/config", {"webhook_url": None})
+        else:
+            for hook in self.box.api("GET", "/api/v4/webhooks").json()["_embedded"]["webhooks"]:
+                self.box.api("DELETE", "/api/v4/webhooks", json={"destination": hook["destination"]})
+
+    # --- FunnelSync ---------------------------------------------------------------------------
+
+    async def deliver_and_process(self) -> None:
+        """Wait until every action's webhook reached the receiver, then run the inbox job."""
+        assert self.hooks.wait_for(self.actions) >= self.actions, "webhooks did not arrive"
+        assert set(self.hooks.statuses) == {200}
+        connectors: list[CRMConnector] = []
+
+        async def connector_for(record: Connection) -> CRMConnector:
+            connectors.append(self.p.sandbox.connector())
+            return connectors[-1]
+
+        try:
+            await process_inbox(self.p.sessions, connector_for, parse_deal_events)
+        finally:
+            for connector in connectors:
+                await connector.aclose()
+
+    async def history(self, crm_deal_id: str) -> list[tuple[str | None, str | None]]:
+        async with self.p.sessions() as session:
+            deal_id = await session.scalar(select(Deal.id).where(Deal.crm_deal_id == crm_deal_id))
+            assert deal_id is not None, f"deal {crm_deal_id} not mirrored"
+            detail = await get_deal(session, deal_id)
+        return [(h.from_stage, h.to_stage) for h in detail.history]
+
+    async def deal(self, crm_deal_id: str) -> Deal | None:
+        async with self.p.sessions() as session:
+            return await session.scalar(select(Deal).where(Deal.crm_deal_id == crm_deal_id))
+
+
+@pytest.fixture(params=["bitrix24", "amocrm"])
+async def flow(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Flow]:
+    port = free_port()
+    settings = settings_for(tmp_path, database_url).model_copy(
+        update={"public_url": f"http://127.0.0.1:{port}"}
+    )
+    hooks = RequestCounter(create_app(settings))
+    options = (
+        {"webhook_url": f"http://127.0.0.1:{port}/webhooks/bitrix24/bitrix24"}
+        if request.param == "bitrix24"
+        else {}
+    )
+    with serve_asgi(hooks, port=port), crm_sandbox(request.param, **options) as sandbox:
+        async with open_sessions(database_url) as sessions:
+            record = sandbox.connection(settings, name=request.param)
+            async with sessions.begin() as session:
+                session.add(record)
+            p = Provisioner(sandbox, sessions, settings, record)
+            assert (await p.run(TYPICAL)).applied
+            async with sessions() as session:
+                funnel = await session.scalar(select(Funnel))
+                assert funnel is not None and funnel.crm_pipeline_id
+                rows = await session.scalars(select(FunnelStage).where(FunnelStage.funnel_id == funnel.id))
+                stage_ids = {s.code: s.crm_stage_id for s in rows if s.crm_stage_id}
+            yield Flow(p, hooks, stage_ids, funnel.crm_pipeline_id)
+
+
+async def test_changes_reach_the_mirror_once_and_in_order(flow: Flow) -> None:
+    first = flow.create("Первая сделка", "LEADS")
+    await flow.deliver_and_process()
+    for stage in ("NEW_REQUEST", "QUALIFIED", "WON"):
+        flow.move(first, stage)
+        await flow.deliver_and_process()
+    second = flow.create("Вторая сделка", "NEW_REQUEST")
+    doomed = flow.create("Удалить", "LEADS")
+    await flow.deliver_and_process()
+    flow.delete(doomed)
+    await flow.deliver_and_process()
+
+    assert await flow.history(first) == [
+        (None, "LEADS"),
+        ("LEADS", "NEW_REQUEST"),
+        ("NEW_REQUEST", "QUALIFIED"),
+        ("QUALIFIED", "WON"),
+    ]
+    assert await flow.history(second) == [(None, "NEW_REQUEST")]
+    gone = await flow.deal(doomed)
+    assert gone is not None and gone.deleted_at is not None
+    async with flow.p.sessions() as session:
+        statuses = list(await session.scalars(select(InboxEvent.status)))
+    assert statuses and set(statuses) == {"processed"}
+
+    # Processing again changes nothing: every event is done, every deal is as it was.
+    await flow.deliver_and_process()
+    assert len(await flow.history(first)) == 4
+
+
+async def test_reconcile_catches_up_missed_changes_and_deletions(flow: Flow) -> None:
+    kept = flow.create("Сделка", "LEADS")
+    await flow.deliver_and_process()
+    flow.seed_silently(5)
+    result = await reconcile(flow.p.sessions, flow.p.record.id, flow.p.sandbox.connector())
+    assert result.full  # no cursor yet: the first run walks everything
+    assert result.created == 5 and result.deals_seen == 6 and result.cursor is not None
+    async with flow.p.sessions() as session:
+        managed = list(await session.scalars(select(Deal).where(Deal.managed.is_(True))))
+    assert len(managed) == 6
+
+    flow.stop_webhooks()
+    flow.delete(kept, silently=True)
+    incremental = await reconcile(flow.p.sessions, flow.p.record.id, flow.p.sandbox.connector())
+    assert not incremental.full and incremental.created == 0
+    assert (await flow.deal(kept)).deleted_at is None  # type: ignore[union-attr]  # incremental cannot see deletions
+    full = await reconcile(flow.p.sessions, flow.p.record.id, flow.p.sandbox.connector(), full=True)
+    assert full.deleted == 1 and full.deals_seen == 5
+    assert (await flow.deal(kept)).deleted_at is not None  # type: ignore[union-attr]

@@ -9,9 +9,11 @@ from app.config import get_settings
 from app.connections.cli import connections_cli
 from app.console import out
 from app.deals.cli import sync_command
+from app.demo_cli import demo_command
 from app.funnels.cli import provision_command
 from app.library.cli import templates_cli
 from app.sandbox_cli import sandbox_cli
+from app.worker_cli import worker_command
 
 cli = typer.Typer(
     help="FunnelSync: ready-made sales funnels for Bitrix24 and amoCRM, kept in sync.",
@@ -25,6 +27,8 @@ cli.add_typer(connections_cli, name="connections")
 cli.command("provision")(provision_command)
 cli.command("sync")(sync_command)
 cli.add_typer(sandbox_cli, name="sandbox")
+cli.command("worker")(worker_command)
+cli.command("demo")(demo_command)
 
 
 @db_cli.command("upgrade")

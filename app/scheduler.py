@@ -17,13 +17,15 @@ from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
 from app.deals.models import SyncState
 from app.deals.reconcile import reconcile
-from app.webhooks.processor import process_inbox
+from app.outbox.service import DrainResult, drain_connection
+from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.base import CRMError
 from connectors.events import parse_deal_events
 
 log = logging.getLogger("funnelsync.scheduler")
 
 INBOX_JOB = "inbox"
+OUTBOX_JOB = "outbox"
 
 
 @dataclass
@@ -36,12 +38,40 @@ class Runtime:
 
 
 async def run_inbox(runtime: Runtime) -> None:
-    async def connector_for(record: Connection):  # type: ignore[no-untyped-def]
-        return await runtime.connectors.get(record)
-
-    result = await process_inbox(runtime.sessions, connector_for, parse_deal_events)
+    result = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
     if result.processed or result.failed:
         log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)
+
+
+async def run_outbox(runtime: Runtime) -> DrainResult:
+    """Deliver due outbox commands of every active connection (each under its own lease)."""
+    total = DrainResult()
+    async with runtime.sessions() as session:
+        records = list(await session.scalars(select(Connection).where(Connection.status == "active")))
+    for record in records:
+        result = await drain_connection(runtime.sessions, record, await runtime.connectors.get(record))
+        total.delivered += result.delivered
+        total.retried += result.retried
+        total.dead += result.dead
+        total.requests += result.requests
+    if total.delivered or total.dead:
+        log.info("outbox: %s delivered, %s retried, %s dead", total.delivered, total.retried, total.dead)
+    return total
+
+
+async def run_until_idle(runtime: Runtime) -> tuple[ProcessResult, DrainResult]:
+    """Process the inbox and drain due outbox commands until neither has work (`worker --once`)."""
+    inbox, outbox = ProcessResult(), DrainResult()
+    while True:
+        processed = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
+        drained = await run_outbox(runtime)
+        inbox.processed += processed.processed
+        inbox.failed += processed.failed
+        inbox.deals += processed.deals
+        outbox.delivered += drained.delivered
+        outbox.dead += drained.dead
+        if not (processed.processed or processed.failed or drained.delivered or drained.dead):
+            return inbox, outbox
 
 
 async def run_reconcile(runtime: Runtime) -> None:
@@ -66,11 +96,22 @@ async def run_reconcile(runtime: Runtime) -> None:
 
 
 def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
+    # A webhook wakes the inbox job while it may still be running; APScheduler then logs a warning
+    # for the skipped run, which is expected here and only noise.
+    logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
     scheduler = AsyncIOScheduler(timezone=UTC)
     settings = runtime.settings
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
     scheduler.add_job(
         run_inbox, "interval", args=[runtime], seconds=settings.inbox_interval_seconds, id=INBOX_JOB, **common
+    )
+    scheduler.add_job(
+        run_outbox,
+        "interval",
+        args=[runtime],
+        seconds=settings.outbox_interval_seconds,
+        id=OUTBOX_JOB,
+        **common,
     )
     scheduler.add_job(
         run_reconcile,

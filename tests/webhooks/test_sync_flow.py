@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -20,7 +21,7 @@ from app.funnels.models import Funnel, FunnelStage
 from app.main import create_app
 from app.webhooks.models import InboxEvent
 from app.webhooks.processor import process_inbox
-from connectors.base import CRMConnector
+from connectors.base import CRMConnector, NewStage
 from connectors.events import parse_deal_events
 from funnel_templates.loader import library
 from tests.funnels.conftest import Provisioner
@@ -38,6 +39,7 @@ class Flow:
     hooks: RequestCounter
     stage_ids: dict[str, str]  # template stage code -> CRM stage id
     pipeline_id: str
+    url: str
     actions: int = 0
 
     @property
@@ -61,13 +63,14 @@ class Flow:
         return str(lead["id"])
 
     def move(self, deal_id: str, stage: str) -> None:
+        self.move_to_crm_stage(deal_id, self.stage_ids[stage])
+
+    def move_to_crm_stage(self, deal_id: str, crm_stage_id: str) -> None:
         self.actions += 1
         if self.crm == "bitrix24":
-            self.box.control(
-                "POST", f"/_sandbox/deals/{deal_id}", {"fields": {"STAGE_ID": self.stage_ids[stage]}}
-            )
+            self.box.control("POST", f"/_sandbox/deals/{deal_id}", {"fields": {"STAGE_ID": crm_stage_id}})
         else:
-            body = {"status_id": int(self.stage_ids[stage]), "pipeline_id": int(self.pipeline_id)}
+            body = {"status_id": int(crm_stage_id), "pipeline_id": int(self.pipeline_id)}
             self.box.control("POST", f"/_sandbox/deals/{deal_id}/move", body)
 
     def delete(self, deal_id: str, *, silently: bool = False) -> None:
@@ -153,7 +156,7 @@ async def flow(request: pytest.FixtureRequest, database_url: str, tmp_path: Path
                 assert funnel is not None and funnel.crm_pipeline_id
                 rows = await session.scalars(select(FunnelStage).where(FunnelStage.funnel_id == funnel.id))
                 stage_ids = {s.code: s.crm_stage_id for s in rows if s.crm_stage_id}
-            yield Flow(p, hooks, stage_ids, funnel.crm_pipeline_id)
+            yield Flow(p, hooks, stage_ids, funnel.crm_pipeline_id, f"http://127.0.0.1:{port}")
 
 
 async def test_changes_reach_the_mirror_once_and_in_order(flow: Flow) -> None:
@@ -205,3 +208,40 @@ async def test_reconcile_catches_up_missed_changes_and_deletions(flow: Flow) -> 
     full = await reconcile(flow.p.sessions, flow.p.record.id, flow.p.sandbox.connector(), full=True)
     assert full.deleted == 1 and full.deals_seen == 5
     assert (await flow.deal(kept)).deleted_at is not None  # type: ignore[union-attr]
+
+
+async def test_status_and_deal_api(flow: Flow) -> None:
+    deal = flow.create("Сделка для API", "LEADS")
+    await flow.deliver_and_process()
+    flow.move(deal, "NEW_REQUEST")
+    await flow.deliver_and_process()
+    # A stage someone adds in the CRM by hand: deals in it are kept with the raw id and flagged.
+    connector = flow.p.sandbox.connector()
+    try:
+        [hand] = await connector.add_stages(flow.pipeline_id, [NewStage("HANDMADE", "Ручной", 95, "#f2f3f4")])
+    finally:
+        await connector.aclose()
+    stray = flow.create("В ручном этапе", "LEADS")
+    await flow.deliver_and_process()
+    flow.move_to_crm_stage(stray, hand.id)
+    await flow.deliver_and_process()
+
+    headers = {"Authorization": "Bearer test-token-123"}
+    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+        status = (await api.get(f"/api/connections/{flow.crm}/status")).json()
+        assert status["events"].get("processed", 0) >= 4 and status["inbox_lag_seconds"] == 0
+        assert status["last_webhook_at"] is not None and status["deals"] == 2
+        assert status["unknown_stages"] == [
+            {"crm_pipeline_id": flow.pipeline_id, "crm_stage_id": hand.id, "deals": 1}
+        ]
+        listed = (await api.get("/api/deals", params={"connection": flow.crm, "stage": "NEW_REQUEST"})).json()
+        assert listed["total"] == 1 and listed["items"][0]["crm_deal_id"] == deal
+        assert (await api.get("/api/deals", params={"funnel": "general.typical"})).json()["total"] == 2
+        detail = (await api.get(f"/api/deals/{listed['items'][0]['id']}")).json()
+        assert [(h["from_stage"], h["to_stage"]) for h in detail["history"]] == [
+            (None, "LEADS"),
+            ("LEADS", "NEW_REQUEST"),
+        ]
+        assert (await api.get("/api/deals/999999")).status_code == 404
+        events = (await api.get("/api/events", params={"status": "processed", "connection": flow.crm})).json()
+        assert events and all(e["status"] == "processed" for e in events)

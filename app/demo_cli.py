@@ -1,0 +1,50 @@
+"""`funnelsync demo [--duration SECONDS] [--json]`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from app.config import get_settings
+from app.console import fail, out, print_json
+from app.demo import DemoPorts, run_demo
+
+
+def demo_command(
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Run this many seconds, print a summary and exit (no browser needed)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    port: Annotated[int, typer.Option(help="Port of the FunnelSync service.")] = 8000,
+    bitrix24_port: Annotated[int, typer.Option(help="Port of the Bitrix24 sandbox.")] = 8024,
+    amocrm_port: Annotated[int, typer.Option(help="Port of the amoCRM sandbox.")] = 8025,
+) -> None:
+    """FunnelSync with a Bitrix24 and an amoCRM sandbox, provisioned and simulating a sales team."""
+    if duration is not None and duration <= 0:
+        fail("--duration must be a positive number of seconds")
+    ports = DemoPorts(port, bitrix24_port, amocrm_port)
+
+    def announce(url: str, token: str) -> None:
+        if as_json:
+            return
+        out.print(f"\n[bold]FunnelSync demo[/] is running at [link={url}]{url}[/]")
+        out.print(f"  login token : {token}")
+        out.print(f"  API         : {url}/docs   (Authorization: Bearer <token>)")
+        out.print(
+            f"  sandboxes   : Bitrix24 http://127.0.0.1:{ports.bitrix24}, amoCRM http://127.0.0.1:{ports.amocrm}"
+        )
+        out.print("  Ctrl+C stops it." if duration is None else f"  stopping in {duration:g} s.")
+
+    try:
+        result = asyncio.run(run_demo(get_settings(), ports, duration=duration, announce=announce))
+    except KeyboardInterrupt:
+        return
+    except RuntimeError as exc:
+        fail(str(exc), code=1)
+    if as_json:
+        print_json(result)
+    else:
+        out.print(" · ".join(f"{k} {v}" for k, v in result.items()))

@@ -7,7 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app import __version__, migrate
@@ -16,6 +17,7 @@ from app.config import Settings, get_settings
 from app.connections.registry import ConnectorRegistry
 from app.dashboard.pages import router as dashboard_router
 from app.db import create_engine, session_factory
+from app.errors import NotFound
 from app.scheduler import Runtime, build_scheduler
 from app.security import api_token
 from app.webhooks.receivers import router as webhooks_router
@@ -63,6 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with app.state.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
 
     app.include_router(api_router)
     app.include_router(webhooks_router)

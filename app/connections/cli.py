@@ -10,7 +10,7 @@ from rich.table import Table
 
 from app.config import Settings
 from app.connections import service
-from app.connections.connector import exchange_amocrm_code, open_connector
+from app.connections.connector import connected, exchange_amocrm_code
 from app.connections.schemas import AmoCRMConnectionCreate, CheckResult, ConnectionCreate
 from app.console import fail, out, print_json
 from app.runtime import Sessions, run_with_database
@@ -149,16 +149,11 @@ def check_command(
     async def work(settings: Settings, sessions: Sessions) -> CheckResult:
         from app.connections.check import check_connection
 
-        async with sessions() as session:
-            try:
-                record = await service.get_connection(session, name)
-            except service.ConnectionNotFound as exc:
-                fail(str(exc))
-        connector = await open_connector(sessions, settings, record)
         try:
-            return await check_connection(record, connector)
-        finally:
-            await connector.aclose()
+            async with connected(sessions, settings, name) as (record, connector):
+                return await check_connection(record, connector)
+        except service.ConnectionNotFound as exc:
+            fail(str(exc))
 
     result = run_with_database(work)
     if as_json:

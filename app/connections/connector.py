@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -49,3 +51,17 @@ async def exchange_amocrm_code(data: AmoCRMConnectionCreate) -> dict[str, Any]:
         data.redirect_uri,
         data.auth_code.get_secret_value(),
     )
+
+
+@asynccontextmanager
+async def connected(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, name: str
+) -> AsyncIterator[tuple[Connection, CRMConnector]]:
+    """The named connection and a connector for it, closed afterwards. Raises ConnectionNotFound."""
+    async with sessions() as session:
+        record = await service.get_connection(session, name)
+    connector = await open_connector(sessions, settings, record)
+    try:
+        yield record, connector
+    finally:
+        await connector.aclose()

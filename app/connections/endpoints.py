@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, HTTPException, status
 from app.api.deps import SessionsDep, SettingsDep
 from app.connections import service
 from app.connections.check import check_connection
-from app.connections.connector import exchange_amocrm_code, open_connector
+from app.connections.connector import connected, exchange_amocrm_code
 from app.connections.schemas import AmoCRMConnectionCreate, CheckResult, ConnectionCreate, ConnectionOut
 from app.connections.status import ConnectionStatus, connection_status
 from connectors.base import CRMError
@@ -54,31 +54,16 @@ async def list_connections(sessions: SessionsDep, settings: SettingsDep) -> list
 @router.get("/{name}")
 async def get_connection(name: str, sessions: SessionsDep, settings: SettingsDep) -> ConnectionOut:
     async with sessions() as session:
-        try:
-            return service.to_out(settings, await service.get_connection(session, name))
-        except service.ConnectionNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        return service.to_out(settings, await service.get_connection(session, name))
 
 
 @router.post("/{name}/check")
 async def check(name: str, sessions: SessionsDep, settings: SettingsDep) -> CheckResult:
-    async with sessions() as session:
-        try:
-            record = await service.get_connection(session, name)
-        except service.ConnectionNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    connector = await open_connector(sessions, settings, record)
-    try:
+    async with connected(sessions, settings, name) as (record, connector):
         return await check_connection(record, connector)
-    finally:
-        await connector.aclose()
 
 
 @router.get("/{name}/status")
 async def status_of(name: str, sessions: SessionsDep) -> ConnectionStatus:
     async with sessions() as session:
-        try:
-            record = await service.get_connection(session, name)
-        except service.ConnectionNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-        return await connection_status(session, record)
+        return await connection_status(session, await service.get_connection(session, name))

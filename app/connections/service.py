@@ -23,6 +23,7 @@ from app.connections.schemas import (
     ConnectionCreate,
     ConnectionOut,
 )
+from app.errors import NotFound
 from app.security import decrypt, encrypt
 
 
@@ -30,7 +31,7 @@ class ConnectionExists(ValueError):
     pass
 
 
-class ConnectionNotFound(LookupError):
+class ConnectionNotFound(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"no connection named {name!r}; `funnelsync connections list` shows them")
         self.name = name

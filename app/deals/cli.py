@@ -10,7 +10,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from app.config import Settings
 from app.connections import service as connections
-from app.connections.connector import open_connector
+from app.connections.connector import connected
 from app.console import err, fail, out, print_json
 from app.deals.reconcile import ReconcileResult, reconcile
 from app.runtime import Sessions, run_with_database
@@ -25,36 +25,26 @@ def sync_command(
     """Reconcile the mirror with the CRM now (incremental from the cursor, or --full)."""
 
     async def work(settings: Settings, sessions: Sessions) -> ReconcileResult:
-        async with sessions() as session:
-            try:
-                record = await connections.get_connection(session, connection)
-            except connections.ConnectionNotFound as exc:
-                fail(str(exc))
-        connector = await open_connector(sessions, settings, record)
         overlap = timedelta(seconds=settings.reconcile_overlap_seconds)
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
         try:
-            with Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                console=err,
-                disable=as_json,
-            ) as progress:
-                task = progress.add_task("deals: 0", total=None)
-                seen = 0
+            async with connected(sessions, settings, connection) as (record, connector):
+                with Progress(*columns, console=err, disable=as_json) as progress:
+                    task = progress.add_task("deals: 0", total=None)
+                    seen = 0
 
-                def advance(count: int) -> None:
-                    nonlocal seen
-                    seen += count
-                    progress.update(task, description=f"deals: {seen}")
+                    def advance(count: int) -> None:
+                        nonlocal seen
+                        seen += count
+                        progress.update(task, description=f"deals: {seen}")
 
-                return await reconcile(
-                    sessions, record.id, connector, full=full, overlap=overlap, progress=advance
-                )
+                    return await reconcile(
+                        sessions, record.id, connector, full=full, overlap=overlap, progress=advance
+                    )
+        except connections.ConnectionNotFound as exc:
+            fail(str(exc))
         except CRMError as exc:
             fail(f"the CRM failed during sync ({type(exc).__name__}): {exc.crm_text}", code=1)
-        finally:
-            await connector.aclose()
 
     result = run_with_database(work)
     summary = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 
 from app.api.deps import SessionsDep
 from app.deals import service
@@ -38,7 +38,4 @@ async def list_deals(
 @router.get("/{deal_id}")
 async def get_deal(deal_id: int, sessions: SessionsDep) -> DealDetail:
     async with sessions() as session:
-        try:
-            return await service.get_deal(session, deal_id)
-        except service.DealNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        return await service.get_deal(session, deal_id)

@@ -9,10 +9,11 @@ from sqlalchemy.orm import aliased
 from app.connections.models import Connection
 from app.deals.models import Deal, StageTransition
 from app.deals.schemas import DealDetail, DealOut, DealPage, TransitionOut
+from app.errors import NotFound
 from app.funnels.models import Funnel, FunnelStage
 
 
-class DealNotFound(LookupError):
+class DealNotFound(NotFound):
     pass
 
 

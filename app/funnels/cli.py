@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from app.config import Settings
 from app.connections import service as connections
-from app.connections.connector import open_connector
+from app.connections.connector import connected
 from app.console import EXIT_BAD_INPUT, err, fail, out, print_json
 from app.funnels.plan import Plan, PlanLimitError
 from app.funnels.service import ProvisionOutcome, provision
@@ -52,18 +52,13 @@ def provision_command(
         fail(str(exc))
 
     async def work(settings: Settings, sessions: Sessions) -> ProvisionOutcome:
-        async with sessions() as session:
-            try:
-                record = await connections.get_connection(session, connection)
-            except connections.ConnectionNotFound as exc:
-                fail(str(exc))
-        connector = await open_connector(sessions, settings, record)
         try:
-            return await provision(sessions, settings, record, connector, spec, dry_run=dry_run)
+            async with connected(sessions, settings, connection) as (record, connector):
+                return await provision(sessions, settings, record, connector, spec, dry_run=dry_run)
+        except connections.ConnectionNotFound as exc:
+            fail(str(exc))
         except PlanLimitError as exc:
             fail(f"cannot provision {template} into {connection}: {exc}. Nothing was written.")
-        finally:
-            await connector.aclose()
 
     outcome = run_with_database(work)
     if as_json:

@@ -8,8 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import JSONResponse
 
 from app.api.deps import SessionsDep, SettingsDep
-from app.connections import service as connections
-from app.connections.connector import open_connector
+from app.connections.connector import connected
 from app.funnels.plan import PlanLimitError
 from app.funnels.schemas import ProvisionRequest
 from app.funnels.service import provision
@@ -26,25 +25,15 @@ async def provision_template(
 
     A CRM error while applying answers 502 with the plan, the CRM's error text and the promise that
     what was created is recorded: the same request again completes the rest."""
+    template = library.get_template(body.template)
     try:
-        template = library.get_template(body.template)
-    except library.TemplateNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    async with sessions() as session:
-        try:
-            record = await connections.get_connection(session, name)
-        except connections.ConnectionNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    connector = await open_connector(sessions, settings, record)
-    try:
-        outcome = await provision(sessions, settings, record, connector, template, dry_run=body.dry_run)
+        async with connected(sessions, settings, name) as (record, connector):
+            outcome = await provision(sessions, settings, record, connector, template, dry_run=body.dry_run)
     except PlanLimitError as exc:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_ENTITY,
             f"cannot provision {template.key}: {exc}; nothing was written",
         ) from exc
-    finally:
-        await connector.aclose()
     if outcome.error:
         return JSONResponse(status_code=status.HTTP_502_BAD_GATEWAY, content=outcome.as_json())
     return outcome.as_json()

@@ -22,7 +22,4 @@ async def list_templates(niche: str | None = Query(default=None)) -> list[dict[s
 
 @router.get("/{key}")
 async def get_template(key: str) -> dict[str, Any]:
-    try:
-        return service.as_json(service.get_template(key))
-    except service.TemplateNotFound as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    return service.as_json(service.get_template(key))

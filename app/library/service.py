@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.errors import NotFound
 from funnel_templates.loader import library
 from funnel_templates.schema import FunnelTemplate
 
 
-class TemplateNotFound(LookupError):
+class TemplateNotFound(NotFound):
     def __init__(self, key: str) -> None:
         super().__init__(f"no template with key {key!r}; `funnelsync templates list` shows the keys")
         self.key = key

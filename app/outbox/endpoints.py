@@ -61,10 +61,7 @@ async def retry_many(body: BulkRetry, sessions: SessionsDep) -> BulkRetryResult:
     async with sessions.begin() as session:
         connection_id = None
         if body.connection is not None:
-            try:
-                connection_id = (await connections.get_connection(session, body.connection)).id
-            except connections.ConnectionNotFound as exc:
-                raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+            connection_id = (await connections.get_connection(session, body.connection)).id
         count = await service.retry_matching(
             session, status=body.status, connection_id=connection_id, kind=body.kind, ids=body.ids
         )
@@ -76,8 +73,6 @@ async def retry_one(command_id: int, sessions: SessionsDep) -> CommandOut:
     async with sessions.begin() as session:
         try:
             command = await service.retry_command(session, command_id)
-        except service.CommandNotFound as exc:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         except service.CommandNotRetryable as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
         connection = await session.get(Connection, command.connection_id)

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import leases
 from app.connections.models import Connection
 from app.db import utcnow
+from app.errors import NotFound
 from app.outbox.models import OutboxCommand
 from connectors.base import (
     MAX_BATCH,
@@ -243,7 +244,7 @@ async def _deliver_chunk(
 RETRYABLE_STATUSES = ("failed", "dead")
 
 
-class CommandNotFound(LookupError):
+class CommandNotFound(NotFound):
     pass
 
 

@@ -1,0 +1,375 @@
+"""Pure rules: what a funnel template demands of a deal, as a list of effects (future outbox rows).
+
+No database, no clock, no CRM: callers pass the deal's state, the funnel's configuration and `now`.
+Every effect carries its idempotency key, built from the deal, the stage entry it belongs to and the
+rule, so evaluating the same situation twice yields the same keys and the outbox drops the repeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate, StageSpec
+
+EffectKind = Literal["move", "task", "comment"]
+
+# contact/company are not in the deal DTO: we cannot tell whether they are filled, so they are
+# never enforced (a false "missing" would revert good deals).
+UNCHECKABLE_FIELDS = frozenset({"contact", "company"})
+BUILTIN_LABELS = {
+    "amount": "Сумма сделки",
+    "responsible": "Ответственный",
+    "contact": "Контакт",
+    "company": "Компания",
+    LOSS_REASON_FIELD: "Причина отказа",
+}
+# The template gives no deadline for "fill in the fields" tasks; a working day is the usual default.
+MISSING_FIELDS_TASK_DUE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class FunnelRules:
+    """One provisioned funnel as the engine needs it."""
+
+    template: FunnelTemplate
+    pipeline_id: str
+    stage_ids: Mapping[str, str]  # stage code -> CRM stage id
+    # Template field code -> keys of Deal.fields that may hold it, first present wins (the CRM field
+    # id; for Bitrix24 also UF_CRM_<CODE>, since its snapshots are keyed by field name, not id).
+    field_keys: Mapping[str, Sequence[str]]
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the connection's settings
+
+
+@dataclass(frozen=True)
+class DealState:
+    id: int  # local deal id: keys must not collide across connections
+    crm_deal_id: str
+    title: str
+    amount: Decimal | None
+    responsible_id: str | None
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Effect:
+    kind: EffectKind
+    key: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PreviousFollowUp:
+    """The follow-up task already queued for this stage entry (the outbox command)."""
+
+    command_id: int
+    due_at: datetime
+    title: str
+
+
+def stamp(at: datetime) -> str:
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def entry_scope(deal_id: int, stage_code: str, entry_id: int) -> str:
+    """Key prefix of everything one stage entry causes. The entry is the StageTransition row: the
+    mirror records each CRM stage change once (a duplicate webhook or a reconcile of the same change
+    records nothing), and a new move is a new row even within the CRM clock's one-second resolution,
+    where the modify time alone would not tell two entries apart."""
+    return f"rules:{deal_id}:{stage_code}#{entry_id}"
+
+
+# --- field checks ---------------------------------------------------------------------------------
+
+
+def is_empty(value: Any) -> bool:
+    if value is None or value is False:
+        return True
+    if isinstance(value, str):
+        # Bitrix24 money fields read "|RUB" when only the currency is set.
+        return not value.strip() or value.strip().startswith("|")
+    if isinstance(value, list | tuple | set):
+        return all(is_empty(v) for v in value)
+    if isinstance(value, dict):
+        return not value
+    return False
+
+
+def field_value(rules: FunnelRules, deal: DealState, code: str) -> Any:
+    for key in rules.field_keys.get(code, ()):
+        if key in deal.fields:
+            return deal.fields[key]
+    return None  # amoCRM leaves empty fields out of the lead altogether
+
+
+def is_filled(rules: FunnelRules, deal: DealState, code: str) -> bool | None:
+    """True/False, or None when FunnelSync cannot know (contact, company)."""
+    if code in UNCHECKABLE_FIELDS:
+        return None
+    if code == "amount":
+        return deal.amount is not None and deal.amount > 0
+    if code == "responsible":
+        return bool(deal.responsible_id)
+    return not is_empty(field_value(rules, deal, code))
+
+
+def missing_fields(rules: FunnelRules, stage: StageSpec, deal: DealState) -> list[str]:
+    return [r.field for r in stage.required_fields if is_filled(rules, deal, r.field) is False]
+
+
+def field_label(template: FunnelTemplate, code: str) -> str:
+    for spec in template.fields:
+        if spec.code == code:
+            return spec.name.ru
+    return BUILTIN_LABELS.get(code, code)
+
+
+def labels(template: FunnelTemplate, codes: Sequence[str]) -> str:
+    return ", ".join(f"«{field_label(template, c)}»" for c in codes)
+
+
+# --- assignees and payloads -----------------------------------------------------------------------
+
+
+def resolve_assignee(rules: FunnelRules, role: str, deal: DealState) -> tuple[str | None, str]:
+    """The user id for a template role, and a note for the task description when we fell back."""
+    if role == "responsible":
+        return deal.responsible_id, ""
+    if role == "supervisor":
+        supervisor = rules.settings.get("supervisor_id")
+        if supervisor:
+            return str(supervisor), ""
+        return (
+            deal.responsible_id,
+            "Руководитель не указан в настройках подключения; задача поставлена ответственному.",
+        )
+    roles = rules.settings.get("roles")
+    user = roles.get(role) if isinstance(roles, Mapping) else None
+    if user:
+        return str(user), ""
+    name = next((r.name.ru for r in rules.template.roles if r.code == role), role)
+    return deal.responsible_id, (
+        f"Роль «{name}» не назначена в настройках подключения; задача поставлена ответственному."
+    )
+
+
+def task_effect(
+    key: str, deal: DealState, title: str, due_at: datetime, assignee: str | None, description: str
+) -> Effect:
+    payload: dict[str, Any] = {
+        "crm_deal_id": deal.crm_deal_id,
+        "title": title,
+        "due_at": due_at.astimezone(UTC).isoformat(),
+        "responsible_id": assignee,
+        "description": description,
+    }
+    return Effect("task", key, payload)
+
+
+def comment_effect(key: str, deal: DealState, text: str) -> Effect:
+    return Effect("comment", key, {"crm_deal_id": deal.crm_deal_id, "text": text})
+
+
+def _describe(rules: FunnelRules, stage: StageSpec, note: str) -> str:
+    text = f"FunnelSync: этап «{stage.name.ru}» воронки «{rules.template.name.ru}»."
+    return f"{text}\n{note}" if note else text
+
+
+# --- stage entry ----------------------------------------------------------------------------------
+
+
+def on_entry(
+    rules: FunnelRules,
+    deal: DealState,
+    stage_code: str,
+    *,
+    entry_id: int,
+    now: datetime,
+    from_stage_code: str | None,
+    previous_follow_up: PreviousFollowUp | None = None,
+) -> list[Effect]:
+    """Effects of a deal entering `stage_code`. A revert replaces everything else: the deal does not
+    stay in the stage, so its tasks and follow-up would be noise."""
+    template = rules.template
+    stage = template.stage(stage_code)
+    scope = entry_scope(deal.id, stage_code, entry_id)
+    missing = missing_fields(rules, stage, deal)
+    effects: list[Effect] = []
+    if missing and stage.on_missing_fields == "revert":
+        back = rules.stage_ids.get(from_stage_code) if from_stage_code else None
+        if back is not None and from_stage_code != stage_code:
+            back_name = template.stage(from_stage_code).name.ru if from_stage_code else ""
+            payload = {"crm_deal_id": deal.crm_deal_id, "pipeline_id": rules.pipeline_id,
+                       "stage_id": back, "origin": "revert"}  # fmt: skip
+            return [
+                Effect("move", f"{scope}:revert:move", payload),
+                comment_effect(
+                    f"{scope}:revert:comment",
+                    deal,
+                    f"Сделка возвращена на этап «{back_name}»: для этапа «{stage.name.ru}» "
+                    f"не заполнены обязательные поля: {labels(template, missing)}.",
+                ),
+            ]
+        # Nowhere to go back to (created in this stage, or came from an unmanaged stage): say so.
+        effects.append(
+            comment_effect(
+                f"{scope}:revert:comment",
+                deal,
+                f"Для этапа «{stage.name.ru}» не заполнены обязательные поля: {labels(template, missing)}. "
+                "Вернуть сделку на предыдущий этап нельзя: он неизвестен.",
+            )
+        )
+    elif missing and stage.on_missing_fields == "comment":
+        effects.append(
+            comment_effect(
+                f"{scope}:missing:comment",
+                deal,
+                f"Сделка на этапе «{stage.name.ru}», но не заполнены обязательные поля: "
+                f"{labels(template, missing)}.",
+            )
+        )
+    elif missing:
+        assignee, note = resolve_assignee(rules, "responsible", deal)
+        effects.append(
+            task_effect(
+                f"{scope}:missing:task",
+                deal,
+                f"Заполнить обязательные поля этапа «{stage.name.ru}»: {labels(template, missing)}",
+                now + MISSING_FIELDS_TASK_DUE,
+                assignee,
+                _describe(rules, stage, note),
+            )
+        )
+    for index, spec in enumerate(stage.tasks):
+        assignee, note = resolve_assignee(rules, spec.assignee, deal)
+        effects.append(
+            task_effect(
+                f"{scope}:task:{index}",
+                deal,
+                spec.title.ru,
+                now + spec.due_in,
+                assignee,
+                _describe(rules, stage, note),
+            )
+        )
+    effects.extend(follow_up(rules, deal, stage_code, entry_id=entry_id, previous=previous_follow_up))
+    return effects
+
+
+# --- follow-up ------------------------------------------------------------------------------------
+
+
+def parse_when(value: Any) -> datetime | None:
+    """A date/datetime field value as the CRMs report it: amoCRM unix seconds (as text), Bitrix24
+    ISO 8601 with offset or a bare date. Naive values are taken as UTC."""
+    if isinstance(value, list | tuple):
+        value = next((v for v in value if not is_empty(v)), None)
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif isinstance(value, int | float | Decimal):
+        return datetime.fromtimestamp(float(value), UTC)
+    else:
+        text = str(value).strip()
+        try:
+            return datetime.fromtimestamp(float(Decimal(text)), UTC)
+        except (InvalidOperation, ValueError, OverflowError):
+            pass
+        try:
+            parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
+        except ValueError:
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def follow_up(
+    rules: FunnelRules,
+    deal: DealState,
+    stage_code: str,
+    *,
+    entry_id: int,
+    previous: PreviousFollowUp | None,
+) -> list[Effect]:
+    """The follow-up task for the field's current date. When the date changed since `previous`, a
+    new task for the new date and a comment that the old one is superseded (the connectors cannot
+    move a task's deadline yet). The previous command id is part of the key, so going back to an
+    earlier date is a change too, and the same date seen again is nothing."""
+    stage = rules.template.stage(stage_code)
+    spec = stage.follow_up
+    if spec is None:
+        return []
+    when = parse_when(field_value(rules, deal, spec.field))
+    if when is None:
+        return []
+    due = when - spec.lead_time
+    if previous is not None and previous.due_at == due:
+        return []
+    scope = entry_scope(deal.id, stage_code, entry_id)
+    key = f"{scope}:fu:{previous.command_id if previous else 0}:{stamp(due)}"
+    assignee, note = resolve_assignee(rules, spec.assignee, deal)
+    effects = [task_effect(key, deal, spec.title.ru, due, assignee, _describe(rules, stage, note))]
+    if previous is not None:
+        effects.append(
+            comment_effect(
+                f"{key}:superseded",
+                deal,
+                f"Дата в поле «{field_label(rules.template, spec.field)}» изменилась: задача "
+                f"«{previous.title}» на {_human(previous.due_at)} заменена новой на {_human(due)}. "
+                "Старую задачу закройте вручную.",
+            )
+        )
+    return effects
+
+
+def _human(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%d.%m.%Y %H:%M UTC")
+
+
+# --- SLA ------------------------------------------------------------------------------------------
+
+
+def sla_deadline(stage: StageSpec, entered_at: datetime) -> datetime | None:
+    return entered_at + stage.sla.within if stage.sla else None
+
+
+def sla_escalation(
+    rules: FunnelRules,
+    deal: DealState,
+    stage_code: str,
+    *,
+    entry_id: int,
+    entered_at: datetime,
+    now: datetime,
+) -> Effect | None:
+    """One escalation task per stay in the stage once its SLA is exceeded (the key is the entry's)."""
+    stage = rules.template.stage(stage_code)
+    deadline = sla_deadline(stage, entered_at)
+    if stage.sla is None or deadline is None or now <= deadline:
+        return None
+    assignee, note = resolve_assignee(rules, stage.sla.escalate_to, deal)
+    overdue = (
+        f"Сделка «{deal.title}» находится на этапе «{stage.name.ru}» дольше {_duration(stage.sla.within)}"
+    )
+    return task_effect(
+        f"{entry_scope(deal.id, stage_code, entry_id)}:sla",
+        deal,
+        f"Просрочен срок этапа «{stage.name.ru}»: {deal.title}"[:250],
+        now + timedelta(hours=1),
+        assignee,
+        _describe(rules, stage, f"{overdue} (с {_human(entered_at)}). {note}".strip()),
+    )
+
+
+def _duration(value: timedelta) -> str:
+    minutes = int(value.total_seconds()) // 60
+    if minutes < 60:
+        return f"{minutes} мин."
+    if minutes < 1440:
+        return f"{minutes // 60} ч."
+    return f"{minutes // 1440} дн."

@@ -1,0 +1,348 @@
+"""Rules engine glue: load a funnel's rules, react to mirrored stage transitions, queue effects.
+
+`on_mirrored` runs inside the inbox processor's write transaction, so the transition, the outbox rows
+it causes and the processed event commit together: a crash re-runs all of it, and the outbox's
+idempotency keys make the re-run add nothing. Our own moves come back as webhooks; they are matched
+to their outbox command (echo suppression) and fire no rules, so a revert never loops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.connections.models import Connection
+from app.db import utcnow
+from app.deals.mirror import MirrorResult
+from app.deals.models import Deal, StageTransition
+from app.funnels.models import Funnel, FunnelMapping, FunnelStage
+from app.outbox.models import OutboxCommand
+from app.outbox.service import enqueue
+from app.rules.engine import (
+    DealState,
+    Effect,
+    FunnelRules,
+    PreviousFollowUp,
+    entry_scope,
+    labels,
+    missing_fields,
+    on_entry,
+)
+from funnel_templates.loader import library
+from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate
+
+# A move we queued is matched to the transition it causes if it was queued at most this long before
+# the CRM stamped the transition (delivery retries), or this little after (coarse/skewed CRM clocks).
+ECHO_WINDOW = timedelta(hours=1)
+ECHO_SKEW = timedelta(minutes=5)
+# Transitions older than this are history the mirror is catching up on (first full reconcile, a
+# long outage): recorded, but creating tasks for them now would flood the CRM with stale work.
+STALE_AFTER = timedelta(days=1)
+LIVE_MOVE_STATUSES = ("pending", "failed", "done")
+
+TemplateLookup = Callable[[str], FunnelTemplate | None]
+
+
+def library_template(key: str) -> FunnelTemplate | None:
+    return library().get(key)
+
+
+@dataclass(frozen=True)
+class FunnelContext:
+    funnel_id: int
+    rules: FunnelRules
+    codes: dict[int, str]  # local stage id -> template stage code
+
+
+async def load_funnel(
+    session: AsyncSession,
+    connection: Connection,
+    funnel_id: int,
+    templates: TemplateLookup = library_template,
+) -> FunnelContext | None:
+    """The rules of one provisioned funnel, or None when its template is unknown (deleted from the
+    library) or it has no pipeline yet."""
+    funnel = await session.get(Funnel, funnel_id)
+    if funnel is None or funnel.crm_pipeline_id is None:
+        return None
+    template = templates(funnel.template_key)
+    if template is None:
+        return None
+    known = {s.code for s in template.stages}
+    stages = [
+        s
+        for s in await session.scalars(select(FunnelStage).where(FunnelStage.funnel_id == funnel_id))
+        if s.code in known and s.crm_stage_id
+    ]
+    mapped = {
+        m.code: m.crm_id
+        for m in await session.scalars(
+            select(FunnelMapping).where(FunnelMapping.funnel_id == funnel_id, FunnelMapping.kind == "field")
+        )
+    }
+    field_keys: dict[str, list[str]] = {}
+    for code in [f.code for f in template.fields] + [LOSS_REASON_FIELD]:
+        keys = [mapped[code]] if code in mapped else []
+        if connection.crm == "bitrix24":
+            # Bitrix24 snapshots key user fields by FIELD_NAME, the mapping holds the numeric ID;
+            # fields we create are named UF_CRM_<CODE> (Bitrix24Connector.create_fields).
+            keys.append(f"UF_CRM_{code.upper()}")
+        field_keys[code] = keys
+    field_keys[LOSS_REASON_FIELD].insert(0, "loss_reason_id")  # amoCRM's native reason (mirror)
+    rules = FunnelRules(
+        template=template,
+        pipeline_id=funnel.crm_pipeline_id,
+        stage_ids={s.code: str(s.crm_stage_id) for s in stages},
+        field_keys=field_keys,
+        settings=dict(connection.settings or {}),
+    )
+    return FunnelContext(funnel_id, rules, {s.id: s.code for s in stages})
+
+
+class FunnelCache:
+    """Funnel contexts loaded once per job run (one connection's deals share a few funnels)."""
+
+    def __init__(self, connection: Connection, templates: TemplateLookup = library_template) -> None:
+        self.connection = connection
+        self.templates = templates
+        self._loaded: dict[int, FunnelContext | None] = {}
+
+    async def get(self, session: AsyncSession, funnel_id: int) -> FunnelContext | None:
+        if funnel_id not in self._loaded:
+            self._loaded[funnel_id] = await load_funnel(session, self.connection, funnel_id, self.templates)
+        return self._loaded[funnel_id]
+
+
+def deal_state(deal: Deal) -> DealState:
+    return DealState(
+        id=deal.id,
+        crm_deal_id=deal.crm_deal_id,
+        title=deal.title,
+        amount=deal.amount,
+        responsible_id=deal.responsible_id,
+        fields=dict(deal.fields or {}),
+    )
+
+
+async def enqueue_effects(
+    session: AsyncSession, connection_id: int, deal_id: int, effects: Sequence[Effect]
+) -> int:
+    """Queue effects; returns how many were new (a known idempotency key is skipped)."""
+    added = 0
+    for effect in effects:
+        if await enqueue(
+            session,
+            connection_id=connection_id,
+            kind=effect.kind,
+            payload=effect.payload,
+            idempotency_key=effect.key,
+            deal_id=deal_id,
+        ):
+            added += 1
+    return added
+
+
+async def previous_follow_ups(session: AsyncSession, deal_ids: Sequence[int]) -> dict[str, PreviousFollowUp]:
+    """The newest queued follow-up task per stage entry (key scope), for the given deals."""
+    if not deal_ids:
+        return {}
+    rows = await session.scalars(
+        select(OutboxCommand)
+        .where(
+            OutboxCommand.deal_id.in_(list(deal_ids)),
+            OutboxCommand.kind == "task",
+            OutboxCommand.idempotency_key.like("rules:%:fu:%"),
+        )
+        .order_by(OutboxCommand.id)
+    )
+    latest: dict[str, PreviousFollowUp] = {}
+    for command in rows:
+        scope = command.idempotency_key.split(":fu:", 1)[0]
+        latest[scope] = PreviousFollowUp(
+            command.id, datetime.fromisoformat(command.payload["due_at"]), str(command.payload["title"])
+        )
+    return latest
+
+
+async def current_entries(session: AsyncSession, deal_ids: Sequence[int]) -> dict[int, int]:
+    """Deal id -> id of its latest stage transition, which is its entry into its current stage (the
+    mirror appends a transition on every stage change and never goes back in time)."""
+    if not deal_ids:
+        return {}
+    rows = await session.execute(
+        select(StageTransition.deal_id, func.max(StageTransition.id))
+        .where(StageTransition.deal_id.in_(list(deal_ids)))
+        .group_by(StageTransition.deal_id)
+    )
+    return {deal_id: entry_id for deal_id, entry_id in rows}
+
+
+# --- the mirror hook ------------------------------------------------------------------------------
+
+
+@dataclass
+class RulesOutcome:
+    evaluated: int = 0
+    echoes: int = 0
+    skipped: int = 0
+    enqueued: int = 0
+
+
+async def on_mirrored(session: AsyncSession, connection: Connection, result: MirrorResult) -> None:
+    """The inbox processor's / reconciler's hook (MirroredHook signature)."""
+    await apply_rules(session, connection, result)
+
+
+async def apply_rules(
+    session: AsyncSession,
+    connection: Connection,
+    result: MirrorResult,
+    *,
+    now: datetime | None = None,
+    templates: TemplateLookup = library_template,
+) -> RulesOutcome:
+    now = now or utcnow()
+    outcome = RulesOutcome()
+    await session.flush()  # transitions need their ids for echo bookkeeping
+    # Several transitions of one deal in one batch: only the last one is where the deal is now;
+    # a stage it already left demands nothing any more (Bitrix24 never even shows those).
+    latest: dict[int, StageTransition] = {deal.id: t for deal, t in result.entered}
+    cache = FunnelCache(connection, templates)
+    for deal, transition in result.entered:
+        if (
+            latest[deal.id] is not transition
+            or deal.deleted_at is not None
+            or deal.funnel_id is None
+            or transition.to_stage_id is None
+            or deal.crm_stage_id != transition.to_crm_stage_id
+        ):
+            outcome.skipped += 1
+            continue
+        echo = await match_echo(session, deal, transition)
+        # A move requested through our API is a person's decision: its stage entry counts, once.
+        if echo is not None and echo.payload.get("origin") != "api":
+            outcome.echoes += 1
+            continue
+        if transition.at < now - STALE_AFTER:
+            outcome.skipped += 1
+            continue
+        ctx = await cache.get(session, deal.funnel_id)
+        code = ctx.codes.get(transition.to_stage_id) if ctx else None
+        if ctx is None or code is None:
+            outcome.skipped += 1
+            continue
+        from_code = ctx.codes.get(transition.from_stage_id) if transition.from_stage_id else None
+        previous = await previous_follow_ups(session, [deal.id])
+        effects = on_entry(
+            ctx.rules,
+            deal_state(deal),
+            code,
+            entry_id=transition.id,
+            now=now,
+            from_stage_code=from_code,
+            previous_follow_up=previous.get(entry_scope(deal.id, code, transition.id)),
+        )
+        outcome.evaluated += 1
+        outcome.enqueued += await enqueue_effects(session, connection.id, deal.id, effects)
+    return outcome
+
+
+async def match_echo(session: AsyncSession, deal: Deal, transition: StageTransition) -> OutboxCommand | None:
+    """The move command (ours, not yet matched) that explains this transition, marked as matched so
+    a later move by a person to the same stage is not mistaken for it."""
+    if transition.from_crm_stage_id is None:
+        return None  # a deal's creation is never our move
+    commands = await session.scalars(
+        select(OutboxCommand)
+        .where(
+            OutboxCommand.deal_id == deal.id,
+            OutboxCommand.kind == "move",
+            OutboxCommand.status.in_(LIVE_MOVE_STATUSES),
+            OutboxCommand.created_at >= transition.at - ECHO_WINDOW,
+            OutboxCommand.created_at <= transition.at + ECHO_SKEW,
+        )
+        .order_by(OutboxCommand.id)
+    )
+    for command in commands:
+        payload = dict(command.payload)
+        if str(payload.get("stage_id")) == transition.to_crm_stage_id and "echo_transition_id" not in payload:
+            payload["echo_transition_id"] = transition.id
+            command.payload = payload  # a new dict: the JSON column tracks assignment, not mutation
+            return command
+    return None
+
+
+# --- moves requested through the API --------------------------------------------------------------
+
+
+class MoveRefused(ValueError):
+    """The move cannot be queued (unknown deal or stage, unmanaged deal, already there)."""
+
+
+class MissingRequiredFields(MoveRefused):
+    def __init__(self, stage: str, fields: list[str], text: str) -> None:
+        super().__init__(text)
+        self.stage = stage
+        self.fields = fields
+
+
+@dataclass(frozen=True)
+class MoveQueued:
+    command_id: int
+    created: bool  # False: the same request key was queued before
+
+
+async def request_move(
+    session: AsyncSession,
+    deal_id: int,
+    stage_code: str,
+    *,
+    request_key: str | None = None,
+    templates: TemplateLookup = library_template,
+) -> MoveQueued:
+    """Queue a move of a deal to a stage of its funnel (POST /api/deals/{id}/move). Refused when the
+    target stage's required fields are empty: the CRM would get a deal our own rules revert. The
+    stage's entry rules run when the CRM confirms the move (its webhook is matched to this command)."""
+    deal = await session.get(Deal, deal_id)
+    if deal is None or deal.deleted_at is not None:
+        raise MoveRefused(f"no deal with id {deal_id}")
+    connection = await session.get(Connection, deal.connection_id)
+    ctx = (
+        await load_funnel(session, connection, deal.funnel_id, templates)
+        if connection and deal.funnel_id
+        else None
+    )
+    if connection is None or ctx is None:
+        raise MoveRefused(f"deal {deal_id} is not in a funnel FunnelSync manages")
+    target = ctx.rules.stage_ids.get(stage_code)
+    if target is None:
+        raise MoveRefused(f"stage {stage_code!r} is not a provisioned stage of {ctx.rules.template.key}")
+    if target == deal.crm_stage_id:
+        raise MoveRefused(f"deal {deal_id} is already in stage {stage_code}")
+    stage = ctx.rules.template.stage(stage_code)
+    missing = missing_fields(ctx.rules, stage, deal_state(deal))
+    if missing:
+        raise MissingRequiredFields(
+            stage_code,
+            missing,
+            f"stage {stage_code} requires {labels(ctx.rules.template, missing)}; fill them in first",
+        )
+    key = f"api:move:{deal.id}:{stage_code}:{request_key or uuid.uuid4().hex}"
+    payload = {"crm_deal_id": deal.crm_deal_id, "pipeline_id": ctx.rules.pipeline_id,
+               "stage_id": target, "origin": "api"}  # fmt: skip
+    created = await enqueue(
+        session,
+        connection_id=connection.id,
+        kind="move",
+        payload=payload,
+        idempotency_key=key,
+        deal_id=deal.id,
+    )
+    command_id = await session.scalar(select(OutboxCommand.id).where(OutboxCommand.idempotency_key == key))
+    assert command_id is not None
+    return MoveQueued(command_id, created)

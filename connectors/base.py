@@ -362,6 +362,11 @@ class CRMConnector(Protocol):
 
     async def unregister_webhook(self, url: str) -> None: ...
 
+    def connection_resumed(self) -> None:
+        """An operator resumed the paused connection (e.g. after the CRM lifted a block): forget
+        any account-level refusal this process remembers."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -166,3 +166,18 @@ def check_command(
         out.print(f"[red]problem[/] {result.name}: {result.problem}")
     if not result.ok:
         raise typer.Exit(1)
+
+
+@connections_cli.command("resume")
+def resume_command(name: str) -> None:
+    """Resume a connection paused by an auth failure or a CRM block."""
+
+    async def work(settings: Settings, sessions: Sessions) -> None:
+        async with sessions.begin() as session:
+            try:
+                await service.resume_connection(session, name)
+            except service.ConnectionNotFound as exc:
+                fail(str(exc))
+
+    run_with_database(work)
+    out.print(f"connection {name} resumed")

@@ -67,3 +67,10 @@ async def check(name: str, sessions: SessionsDep, settings: SettingsDep) -> Chec
 async def status_of(name: str, sessions: SessionsDep) -> ConnectionStatus:
     async with sessions() as session:
         return await connection_status(session, await service.get_connection(session, name))
+
+
+@router.post("/{name}/resume")
+async def resume(name: str, sessions: SessionsDep, settings: SettingsDep) -> ConnectionOut:
+    """Resume a connection paused by an auth failure or a CRM block; its queue runs again."""
+    async with sessions.begin() as session:
+        return service.to_out(settings, await service.resume_connection(session, name))

@@ -18,9 +18,19 @@ class ConnectorRegistry:
         self._sessions = sessions
         self._settings = settings
         self._connectors: dict[int, tuple[str, CRMConnector]] = {}
+        self._paused: set[int] = set()
         self._lock = asyncio.Lock()
 
     async def get(self, record: Connection) -> CRMConnector:
+        connector = await self._get(record)
+        if record.status != "active":
+            self._paused.add(record.id)
+        elif record.id in self._paused:
+            self._paused.discard(record.id)
+            connector.connection_resumed()  # an operator resumed it since this process last looked
+        return connector
+
+    async def _get(self, record: Connection) -> CRMConnector:
         async with self._lock:
             cached = self._connectors.get(record.id)
             # Rebuilt when the stored credentials change (a user updated the connection).

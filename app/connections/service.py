@@ -151,3 +151,11 @@ def _without_secret_path(record: Connection) -> str:
         parts = urlsplit(record.base_url)
         return f"{parts.scheme}://{parts.netloc}"
     return record.base_url
+
+
+async def resume_connection(session: AsyncSession, name: str) -> Connection:
+    """Let a paused connection's queue run again (after fixing its credentials or a CRM block)."""
+    record = await get_connection(session, name)
+    record.status = "active"
+    record.paused_reason = None
+    return record

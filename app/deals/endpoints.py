@@ -1,14 +1,19 @@
-"""GET /api/deals and /api/deals/{id}."""
+"""GET /api/deals, /api/deals/{id}; POST /api/deals/{id}/move."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import SessionsDep
+from app.connections.models import Connection
 from app.deals import service
+from app.deals.moves import MoveRefused, request_move
 from app.deals.schemas import DealDetail, DealPage
+from app.outbox.endpoints import command_out
+from app.outbox.schemas import CommandOut
 
 router = APIRouter(prefix="/deals", tags=["deals"])
 
@@ -39,3 +44,27 @@ async def list_deals(
 async def get_deal(deal_id: int, sessions: SessionsDep) -> DealDetail:
     async with sessions() as session:
         return await service.get_deal(session, deal_id)
+
+
+class MoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(description="Stage code in the deal's funnel, e.g. QUALIFIED")
+
+
+@router.post("/{deal_id}/move", status_code=status.HTTP_202_ACCEPTED)
+async def move_deal(
+    deal_id: int,
+    body: MoveRequest,
+    sessions: SessionsDep,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> CommandOut:
+    """Queue a stage change for the CRM; the outbox delivers it (202: accepted, not yet done)."""
+    async with sessions.begin() as session:
+        try:
+            command = await request_move(session, deal_id, body.stage, idempotency_key)
+        except MoveRefused as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        connection = await session.get(Connection, command.connection_id)
+        assert connection is not None
+        return command_out(command, connection.name)

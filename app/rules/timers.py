@@ -63,23 +63,17 @@ async def _funnels(
 
 
 async def _deals_in(
-    session: AsyncSession, ctx: FunnelContext, code: str, entered_before: datetime
+    session: AsyncSession, ctx: FunnelContext, code: str, entered_before: datetime | None = None
 ) -> list[Deal]:
     stage_id = next((sid for sid, c in ctx.codes.items() if c == code), None)
     if stage_id is None:
         return []
-    return list(
-        await session.scalars(
-            select(Deal)
-            .where(
-                Deal.stage_id == stage_id,
-                Deal.deleted_at.is_(None),
-                Deal.stage_entered_at.is_not(None),
-                Deal.stage_entered_at <= entered_before,
-            )
-            .order_by(Deal.id)
-        )
+    query = select(Deal).where(
+        Deal.stage_id == stage_id, Deal.deleted_at.is_(None), Deal.stage_entered_at.is_not(None)
     )
+    if entered_before is not None:
+        query = query.where(Deal.stage_entered_at <= entered_before)
+    return list(await session.scalars(query.order_by(Deal.id)))
 
 
 async def past_sla(
@@ -188,7 +182,7 @@ async def sweep_follow_ups(
             for stage in ctx.rules.template.stages:
                 if stage.follow_up is None:
                     continue
-                deals = await _deals_in(session, ctx, stage.code, now)
+                deals = await _deals_in(session, ctx, stage.code)  # CRM clocks may run ahead of ours
                 previous = await previous_follow_ups(session, [d.id for d in deals])
                 entries = await current_entries(session, [d.id for d in deals])
                 for deal in deals:

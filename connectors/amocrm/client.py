@@ -137,6 +137,9 @@ class AmoCRMConnector:
         """After amoCRM support lifted a 403 block: allow calls to this account again."""
         reset_account_block(self.account_key)
 
+    def connection_resumed(self) -> None:
+        self.reset_block()
+
     async def aclose(self) -> None:
         await self._t.http.aclose()
 

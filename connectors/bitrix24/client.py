@@ -121,6 +121,9 @@ class Bitrix24Connector:
         """`time.operating` per method from the latest responses (seconds of the 480 s budget used)."""
         return self.transport.operating_seconds
 
+    def connection_resumed(self) -> None:
+        """Nothing to forget: Bitrix24 refusals are per request (limits) or per token (auth)."""
+
     async def aclose(self) -> None:
         await self.transport.aclose()
 

@@ -19,6 +19,7 @@ from app.deals.reconcile import reconcile
 from app.deals.service import get_deal
 from app.funnels.models import Funnel, FunnelStage
 from app.main import create_app
+from app.outbox.service import drain_connection
 from app.webhooks.models import InboxEvent
 from app.webhooks.processor import process_inbox
 from connectors.base import CRMConnector, NewStage
@@ -245,3 +246,32 @@ async def test_status_and_deal_api(flow: Flow) -> None:
         assert (await api.get("/api/deals/999999")).status_code == 404
         events = (await api.get("/api/events", params={"status": "processed", "connection": flow.crm})).json()
         assert events and all(e["status"] == "processed" for e in events)
+
+
+async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None:
+    deal = flow.create("Двигаем вручную", "LEADS")
+    await flow.deliver_and_process()
+    local = await flow.deal(deal)
+    assert local is not None
+    headers = {"Authorization": "Bearer test-token-123", "Idempotency-Key": "req-1"}
+    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+        queued = await api.post(f"/api/deals/{local.id}/move", json={"stage": "QUALIFIED"})
+        assert queued.status_code == 202 and queued.json()["status"] == "pending"
+        again = await api.post(f"/api/deals/{local.id}/move", json={"stage": "QUALIFIED"})
+        assert again.json()["id"] == queued.json()["id"]  # same Idempotency-Key: one move
+        bad = await api.post(f"/api/deals/{local.id}/move", json={"stage": "NOPE"})
+        assert bad.status_code == 409 and "unknown stage 'NOPE'" in bad.json()["detail"]
+        assert (await api.post("/api/deals/999999/move", json={"stage": "WON"})).status_code == 404
+
+    connector = flow.p.sandbox.connector()
+    try:
+        result = await drain_connection(flow.p.sessions, flow.p.record, connector)
+    finally:
+        await connector.aclose()
+    assert result.delivered == 1
+    flow.actions += 1  # the CRM posts a webhook for our own move
+    await flow.deliver_and_process()
+    assert (await flow.history(deal))[-1] == ("LEADS", "QUALIFIED")
+    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+        done = (await api.get("/api/outbox", params={"deal_id": local.id})).json()
+    assert [(c["kind"], c["status"]) for c in done] == [("move", "done")]

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases
 from app.config import Settings
+from app.connections.jobs import check_webhooks, refresh_tokens
 from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
 from app.deals.models import SyncState
@@ -95,6 +96,14 @@ async def run_reconcile(runtime: Runtime) -> None:
             await leases.release(runtime.sessions, key)
 
 
+async def run_token_refresh(runtime: Runtime) -> None:
+    await refresh_tokens(runtime.sessions, runtime.connectors.get)
+
+
+async def run_webhook_check(runtime: Runtime) -> None:
+    await check_webhooks(runtime.sessions, runtime.settings, runtime.connectors.get)
+
+
 def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
     # A webhook wakes the inbox job while it may still be running; APScheduler then logs a warning
     # for the skipped run, which is expected here and only noise.
@@ -121,6 +130,10 @@ def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
         id="reconcile",
         **common,
     )
+    # Several processes may run these at once; both are idempotent (a fresh token or a live hook
+    # makes the second run a no-op), and connector refreshes are serialised per account.
+    scheduler.add_job(run_token_refresh, "interval", args=[runtime], minutes=5, id="tokens", **common)
+    scheduler.add_job(run_webhook_check, "interval", args=[runtime], minutes=10, id="webhooks", **common)
     return scheduler
 
 

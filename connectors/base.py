@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -361,6 +361,11 @@ class CRMConnector(Protocol):
     async def register_webhook(self, url: str, events: Sequence[str]) -> WebhookSubscription: ...
 
     async def unregister_webhook(self, url: str) -> None: ...
+
+    async def refresh_if_expiring(self, within: timedelta) -> bool:
+        """Refresh OAuth tokens that expire within `within` (saved before use); False when the
+        connection's auth does not expire (inbound webhook, long-lived token) or is fresh."""
+        ...
 
     def connection_resumed(self) -> None:
         """An operator resumed the paused connection (e.g. after the CRM lifted a block): forget

@@ -35,6 +35,8 @@ class ConnectionStatus(BaseModel):
     reconcile_error: str | None
     deals: int
     unknown_stages: list[UnknownStage]
+    # What the webhook check last found and did (amoCRM disables failing destinations).
+    webhook: dict[str, str] | None = None
 
 
 async def connection_status(session: AsyncSession, record: Connection) -> ConnectionStatus:
@@ -74,6 +76,7 @@ async def connection_status(session: AsyncSession, record: Connection) -> Connec
         reconcile_cursor=sync.cursor if sync else None,
         reconcile_error=sync.last_error if sync else None,
         deals=deals or 0,
+        webhook=record.settings.get("webhook"),
         unknown_stages=[UnknownStage(crm_pipeline_id=p, crm_stage_id=s, deals=n) for p, s, n in unknown],
     )
 

@@ -200,8 +200,8 @@ def on_entry(
     effects: list[Effect] = []
     if missing and stage.on_missing_fields == "revert":
         back = rules.stage_ids.get(from_stage_code) if from_stage_code else None
-        if back is not None and from_stage_code != stage_code:
-            back_name = template.stage(from_stage_code).name.ru if from_stage_code else ""
+        if back is not None and from_stage_code and from_stage_code != stage_code:
+            back_name = template.stage(from_stage_code).name.ru
             payload = {"crm_deal_id": deal.crm_deal_id, "pipeline_id": rules.pipeline_id,
                        "stage_id": back, "origin": "revert"}  # fmt: skip
             return [

@@ -20,6 +20,7 @@ from app.connections.models import Connection
 from app.db import utcnow
 from app.deals.mirror import MirrorResult
 from app.deals.models import Deal, StageTransition
+from app.deals.service import DealNotFound
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
 from app.outbox.models import OutboxCommand
 from app.outbox.service import enqueue
@@ -281,7 +282,7 @@ async def match_echo(session: AsyncSession, deal: Deal, transition: StageTransit
 
 
 class MoveRefused(ValueError):
-    """The move cannot be queued (unknown deal or stage, unmanaged deal, already there)."""
+    """The move cannot be queued (unknown stage, unmanaged deal, already there)."""
 
 
 class MissingRequiredFields(MoveRefused):
@@ -310,7 +311,7 @@ async def request_move(
     stage's entry rules run when the CRM confirms the move (its webhook is matched to this command)."""
     deal = await session.get(Deal, deal_id)
     if deal is None or deal.deleted_at is not None:
-        raise MoveRefused(f"no deal with id {deal_id}")
+        raise DealNotFound(f"no deal with id {deal_id}")
     connection = await session.get(Connection, deal.connection_id)
     ctx = (
         await load_funnel(session, connection, deal.funnel_id, templates)

@@ -29,7 +29,7 @@ Still unverified (built to the reference's advice, isolated so a correction is o
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.base import (
@@ -120,6 +120,10 @@ class Bitrix24Connector:
     def operating_seconds(self) -> dict[str, float]:
         """`time.operating` per method from the latest responses (seconds of the 480 s budget used)."""
         return self.transport.operating_seconds
+
+    async def refresh_if_expiring(self, within: timedelta) -> bool:
+        """Refresh OAuth tokens expiring within `within`; False for inbound-webhook auth."""
+        return await self.transport.refresh_if_expiring(within)
 
     def connection_resumed(self) -> None:
         """Nothing to forget: Bitrix24 refusals are per request (limits) or per token (auth)."""

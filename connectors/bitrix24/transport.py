@@ -344,6 +344,16 @@ class Bitrix24Transport:
 
     # --- OAuth refresh -----------------------------------------------------------------------------
 
+    async def refresh_if_expiring(self, within: timedelta) -> bool:
+        """Refresh ahead of expiry (the scheduler's job): besides keeping calls fast, it keeps the
+        refresh token in use, since an app's refresh token also lapses when nobody uses it."""
+        if self._auth is None or self.oauth is None:
+            return False
+        if self._auth.tokens.expires_at - datetime.now(UTC) > within:
+            return False
+        await self._refresh(self._auth.tokens.access_token)
+        return True
+
     async def _refresh(self, failed_token: str | None) -> None:
         """Refresh once per portal: concurrent callers that hit expired_token wait on the lock and
         reuse the token the first one got (DOCS settings/oauth: refresh on expired_token, not ahead)."""

@@ -10,6 +10,7 @@ outbox lease (one worker per account) keeps the limit.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,19 @@ class RatePolicy:
 BITRIX24_STANDARD = RatePolicy(per_second=2, burst=50)
 BITRIX24_ENTERPRISE = RatePolicy(per_second=5, burst=250)
 AMOCRM_DEFAULT = RatePolicy(per_second=7, burst=7)
+
+
+JITTER_ALLOWANCE = 0.25  # seconds of network/arrival jitter the bucket headroom absorbs
+
+
+def with_headroom(rate: RatePolicy) -> RatePolicy:
+    """The CRM counts requests when they arrive, we count them when they leave: requests sent
+    evenly can arrive bunched (connection setup, scheduling). Leave room in the burst for
+    JITTER_ALLOWANCE seconds of drain so bunching never overflows the CRM's bucket. At Bitrix24's
+    real 2/s this costs one request of the 50, at amoCRM's 7/s two of the 7; the sustained rate is
+    unchanged."""
+    headroom = max(1, math.ceil(rate.per_second * JITTER_ALLOWANCE))
+    return RatePolicy(per_second=rate.per_second, burst=max(1, rate.burst - headroom))
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,7 @@ class ThrottledClient:
         on_rate_wait: RateWaitObserver | None = None,
     ) -> None:
         self.account_key = account_key
-        self._limiter = limiter_for(account_key, rate)
+        self._limiter = limiter_for(account_key, with_headroom(rate))
         self._on_rate_wait = on_rate_wait
         self._client = httpx.AsyncClient(
             base_url=base_url,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,16 +63,6 @@ _SCOPE_BY_PREFIX = (
 
 
 MAX_CONNECTIONS = 50
-JITTER_ALLOWANCE = 0.25  # seconds of network/arrival jitter the bucket headroom absorbs
-
-
-def with_headroom(rate: RatePolicy) -> RatePolicy:
-    """The portal counts requests when they arrive, we count them when they leave: requests sent
-    evenly can arrive bunched (connection setup, scheduling). Leave room in the burst for
-    JITTER_ALLOWANCE seconds of drain so bunching never overflows the portal's bucket. At the real
-    2/s this costs one request of the 50; the sustained rate is unchanged."""
-    headroom = max(1, math.ceil(rate.per_second * JITTER_ALLOWANCE))
-    return RatePolicy(per_second=rate.per_second, burst=max(1, rate.burst - headroom))
 
 
 def scope_of(method: str) -> str:
@@ -159,7 +148,7 @@ class Bitrix24Transport:
         self.http = ThrottledClient(
             "",
             self.account_key,
-            with_headroom(rate),
+            rate,
             timeout=timeout,
             # Keep connections alive for the whole burst: a fresh TCP connect per request adds arrival
             # jitter the portal's bucket sees (fast_bitrix24 also caps concurrency at 50).

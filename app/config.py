@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # How often the scheduler jobs run; a webhook also wakes the inbox job at once.
     inbox_interval_seconds: float = Field(default=5, gt=0)
     outbox_interval_seconds: float = Field(default=2, gt=0)
+    # SLA escalations and follow-up tasks are checked this often.
+    rules_interval_seconds: float = Field(default=30, gt=0)
     reconcile_interval_seconds: float = Field(default=300, gt=0)
     # Incremental reconciles re-read this far behind the cursor (coarse CRM clocks, skew).
     reconcile_overlap_seconds: float = Field(default=600, ge=0)

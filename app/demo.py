@@ -30,6 +30,7 @@ from app.funnels.service import provision
 from app.library.service import get_template
 from app.main import create_app
 from app.outbox.models import OutboxCommand
+from app.scheduler import Runtime, run_until_idle
 from app.security import api_token
 from app.webhooks.models import InboxEvent
 from connectors.amocrm.sandbox import SandboxConfig as AmoSandboxConfig
@@ -295,8 +296,12 @@ async def run_demo(
         finally:
             for funnel in funnels:
                 await funnel.user.aclose()
+        # Let what the last ticks caused finish (webhooks processed, tasks pushed) so the summary
+        # counts every effect of the simulated day, not a random cut through it.
+        await run_until_idle(Runtime(sessions, settings, app.state.connectors))
         return await summary(sessions)
     finally:
-        for server in servers:
+        # FunnelSync first: its jobs may be talking to the sandboxes, which must outlive them.
+        for server, task in zip(servers, tasks, strict=True):
             server.should_exit = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(task, return_exceptions=True)

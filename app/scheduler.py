@@ -16,9 +16,12 @@ from app.config import Settings
 from app.connections.jobs import check_webhooks, refresh_tokens
 from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
+from app.deals.mirror import MirrorResult
 from app.deals.models import SyncState
 from app.deals.reconcile import reconcile
 from app.outbox.service import DrainResult, drain_connection
+from app.rules.service import on_mirrored as rules_on_mirrored
+from app.rules.timers import run_timers
 from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.base import CRMError
 from connectors.events import parse_deal_events
@@ -39,7 +42,9 @@ class Runtime:
 
 
 async def run_inbox(runtime: Runtime) -> None:
-    result = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
+    result = await process_inbox(
+        runtime.sessions, runtime.connectors.get, parse_deal_events, on_mirrored=rules_on_mirrored
+    )
     if result.processed or result.failed:
         log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)
 
@@ -64,7 +69,9 @@ async def run_until_idle(runtime: Runtime) -> tuple[ProcessResult, DrainResult]:
     """Process the inbox and drain due outbox commands until neither has work (`worker --once`)."""
     inbox, outbox = ProcessResult(), DrainResult()
     while True:
-        processed = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
+        processed = await process_inbox(
+            runtime.sessions, runtime.connectors.get, parse_deal_events, on_mirrored=rules_on_mirrored
+        )
         drained = await run_outbox(runtime)
         inbox.processed += processed.processed
         inbox.failed += processed.failed
@@ -85,7 +92,11 @@ async def run_reconcile(runtime: Runtime) -> None:
             continue
         try:
             connector = await runtime.connectors.get(record)
-            await reconcile(runtime.sessions, record.id, connector, overlap=overlap)
+
+            async def hook(session: AsyncSession, result: MirrorResult, record: Connection = record) -> None:
+                await rules_on_mirrored(session, record, result)
+
+            await reconcile(runtime.sessions, record.id, connector, overlap=overlap, on_mirrored=hook)
         except CRMError as exc:
             async with runtime.sessions.begin() as session:
                 state = await session.get(SyncState, record.id)
@@ -94,6 +105,12 @@ async def run_reconcile(runtime: Runtime) -> None:
             log.warning("reconcile of %s failed: %s", record.name, exc.crm_text)
         finally:
             await leases.release(runtime.sessions, key)
+
+
+async def run_rule_timers(runtime: Runtime) -> None:
+    escalations, follow_ups = await run_timers(runtime.sessions)
+    if escalations or follow_ups:
+        log.info("rules: %s SLA escalations, %s follow-up tasks queued", escalations, follow_ups)
 
 
 async def run_token_refresh(runtime: Runtime) -> None:
@@ -132,6 +149,14 @@ def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
     )
     # Several processes may run these at once; both are idempotent (a fresh token or a live hook
     # makes the second run a no-op), and connector refreshes are serialised per account.
+    scheduler.add_job(
+        run_rule_timers,
+        "interval",
+        args=[runtime],
+        seconds=settings.rules_interval_seconds,
+        id="rules",
+        **common,
+    )
     scheduler.add_job(run_token_refresh, "interval", args=[runtime], minutes=5, id="tokens", **common)
     scheduler.add_job(run_webhook_check, "interval", args=[runtime], minutes=10, id="webhooks", **common)
     return scheduler

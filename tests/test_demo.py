@@ -20,6 +20,8 @@ def test_demo_runs_the_loop_and_prints_a_summary(tmp_path: Path) -> None:
     assert summary["deals"] >= 2 and summary["events"] >= summary["deals"]
     assert summary["transitions"] >= summary["deals"]
     assert summary["events_failed"] == 0 and summary["dead_letters"] == 0
+    # Rules ran through the service's scheduler: the repair funnel's first stage has an entry task.
+    assert summary["tasks_pushed"] >= 1
     assert (tmp_path / "demo" / "funnelsync.db").exists()
 
 

@@ -8,12 +8,16 @@ from fastapi import APIRouter, Header, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import SessionsDep
+from app.connections import service as connections
 from app.connections.models import Connection
 from app.deals import service
-from app.deals.moves import MoveRefused, request_move
 from app.deals.schemas import DealDetail, DealPage
 from app.outbox.endpoints import command_out
+from app.outbox.models import OutboxCommand
 from app.outbox.schemas import CommandOut
+from app.rules.schemas import SlaBreachOut
+from app.rules.service import MoveRefused, request_move
+from app.rules.timers import past_sla
 
 router = APIRouter(prefix="/deals", tags=["deals"])
 
@@ -40,6 +44,16 @@ async def list_deals(
         )
 
 
+@router.get("/late")
+async def late_deals(sessions: SessionsDep, connection: str | None = None) -> list[SlaBreachOut]:
+    """Deals that have stayed in their stage longer than the stage's SLA, most overdue first."""
+    async with sessions() as session:
+        connection_id = (await connections.get_connection(session, connection)).id if connection else None
+        breaches = await past_sla(session, connection_id=connection_id)
+    ordered = sorted(breaches, key=lambda b: b.overdue_by, reverse=True)
+    return [SlaBreachOut.model_validate(b, from_attributes=True) for b in ordered]
+
+
 @router.get("/{deal_id}")
 async def get_deal(deal_id: int, sessions: SessionsDep) -> DealDetail:
     async with sessions() as session:
@@ -62,9 +76,11 @@ async def move_deal(
     """Queue a stage change for the CRM; the outbox delivers it (202: accepted, not yet done)."""
     async with sessions.begin() as session:
         try:
-            command = await request_move(session, deal_id, body.stage, idempotency_key)
+            queued = await request_move(session, deal_id, body.stage, request_key=idempotency_key)
         except MoveRefused as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+        command = await session.get(OutboxCommand, queued.command_id)
+        assert command is not None
         connection = await session.get(Connection, command.connection_id)
         assert connection is not None
         return command_out(command, connection.name)

@@ -9,7 +9,7 @@ after the page that justifies it is committed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -54,7 +54,7 @@ async def reconcile(
     full: bool = False,
     overlap: timedelta = DEFAULT_OVERLAP,
     progress: Progress | None = None,
-    on_mirrored: Callable[[AsyncSession, MirrorResult], object] | None = None,
+    on_mirrored: Callable[[AsyncSession, MirrorResult], Awaitable[None]] | None = None,
 ) -> ReconcileResult:
     async with sessions.begin() as session:
         state = await get_sync_state(session, connection_id)
@@ -76,7 +76,7 @@ async def reconcile(
             index = await load_stage_index(session, connection_id)
             mirrored = await mirror_snapshots(session, connection_id, page, index, "reconcile")
             if on_mirrored is not None:
-                on_mirrored(session, mirrored)
+                await on_mirrored(session, mirrored)
             if full:
                 ids = sorted(int(s.id) for s in page)
                 result.deleted += await _tombstone_missing_in_range(

@@ -1,19 +1,10 @@
-"""API shapes for the rules: a move request, its answer, and a deal past its stage's SLA."""
+"""API shape of a deal past its stage's SLA."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, Field
-
-
-class MoveRequest(BaseModel):
-    stage: str = Field(description="Template stage code, e.g. QUALIFIED")
-
-
-class MoveAccepted(BaseModel):
-    command_id: int
-    created: bool  # False: this Idempotency-Key was queued before
+from pydantic import BaseModel
 
 
 class SlaBreachOut(BaseModel):

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -225,8 +226,8 @@ async def apply_rules(
             outcome.skipped += 1
             continue
         echo = await match_echo(session, deal, transition)
-        # A move requested through our API is a person's decision: its stage entry counts, once.
-        if echo is not None and echo.payload.get("origin") != "api":
+        # A move a person asked for through our API is their decision: its stage entry counts, once.
+        if echo is not None and not is_person_move(echo.payload):
             outcome.echoes += 1
             continue
         if transition.at < now - STALE_AFTER:
@@ -251,6 +252,12 @@ async def apply_rules(
         outcome.evaluated += 1
         outcome.enqueued += await enqueue_effects(session, connection.id, deal.id, effects)
     return outcome
+
+
+def is_person_move(payload: dict[str, Any]) -> bool:
+    """Moves queued for a person (POST /api/deals/{id}/move: app.deals.moves marks them
+    reason=manual, request_move below origin=api), as opposed to the rules' own reverts."""
+    return payload.get("origin") == "api" or payload.get("reason") == "manual"
 
 
 async def match_echo(session: AsyncSession, deal: Deal, transition: StageTransition) -> OutboxCommand | None:
@@ -298,6 +305,20 @@ class MoveQueued:
     created: bool  # False: the same request key was queued before
 
 
+async def missing_for_move(
+    session: AsyncSession, deal: Deal, stage_code: str, templates: TemplateLookup = library_template
+) -> list[str]:
+    """Required fields of `stage_code` the deal lacks (empty when the funnel's rules are unknown):
+    a move API should refuse such a move, since the rules would revert it at once."""
+    connection = await session.get(Connection, deal.connection_id)
+    if connection is None or deal.funnel_id is None:
+        return []
+    ctx = await load_funnel(session, connection, deal.funnel_id, templates)
+    if ctx is None or stage_code not in {s.code for s in ctx.rules.template.stages}:
+        return []
+    return missing_fields(ctx.rules, ctx.rules.template.stage(stage_code), deal_state(deal))
+
+
 async def request_move(
     session: AsyncSession,
     deal_id: int,
@@ -306,9 +327,9 @@ async def request_move(
     request_key: str | None = None,
     templates: TemplateLookup = library_template,
 ) -> MoveQueued:
-    """Queue a move of a deal to a stage of its funnel (POST /api/deals/{id}/move). Refused when the
-    target stage's required fields are empty: the CRM would get a deal our own rules revert. The
-    stage's entry rules run when the CRM confirms the move (its webhook is matched to this command)."""
+    """Queue a move of a deal to a stage of its funnel, refused when the target stage's required
+    fields are empty. The stage's entry rules run when the CRM confirms the move (its webhook is
+    matched to this command). app.deals.moves does the same minus the field check; see the report."""
     deal = await session.get(Deal, deal_id)
     if deal is None or deal.deleted_at is not None:
         raise DealNotFound(f"no deal with id {deal_id}")
@@ -325,8 +346,7 @@ async def request_move(
         raise MoveRefused(f"stage {stage_code!r} is not a provisioned stage of {ctx.rules.template.key}")
     if target == deal.crm_stage_id:
         raise MoveRefused(f"deal {deal_id} is already in stage {stage_code}")
-    stage = ctx.rules.template.stage(stage_code)
-    missing = missing_fields(ctx.rules, stage, deal_state(deal))
+    missing = await missing_for_move(session, deal, stage_code, templates)
     if missing:
         raise MissingRequiredFields(
             stage_code,

@@ -255,12 +255,14 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     assert local is not None
     headers = {"Authorization": "Bearer test-token-123", "Idempotency-Key": "req-1"}
     async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
-        queued = await api.post(f"/api/deals/{local.id}/move", json={"stage": "QUALIFIED"})
+        refused = await api.post(f"/api/deals/{local.id}/move", json={"stage": "QUALIFIED"})
+        assert refused.status_code == 409 and "requires" in refused.json()["detail"]  # the budget is empty
+        queued = await api.post(f"/api/deals/{local.id}/move", json={"stage": "NEW_REQUEST"})
         assert queued.status_code == 202 and queued.json()["status"] == "pending"
-        again = await api.post(f"/api/deals/{local.id}/move", json={"stage": "QUALIFIED"})
+        again = await api.post(f"/api/deals/{local.id}/move", json={"stage": "NEW_REQUEST"})
         assert again.json()["id"] == queued.json()["id"]  # same Idempotency-Key: one move
         bad = await api.post(f"/api/deals/{local.id}/move", json={"stage": "NOPE"})
-        assert bad.status_code == 409 and "unknown stage 'NOPE'" in bad.json()["detail"]
+        assert bad.status_code == 409 and "'NOPE' is not a provisioned stage" in bad.json()["detail"]
         assert (await api.post("/api/deals/999999/move", json={"stage": "WON"})).status_code == 404
 
     connector = flow.p.sandbox.connector()
@@ -271,7 +273,7 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     assert result.delivered == 1
     flow.actions += 1  # the CRM posts a webhook for our own move
     await flow.deliver_and_process()
-    assert (await flow.history(deal))[-1] == ("LEADS", "QUALIFIED")
+    assert (await flow.history(deal))[-1] == ("LEADS", "NEW_REQUEST")
     async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
-        done = (await api.get("/api/outbox", params={"deal_id": local.id})).json()
-    assert [(c["kind"], c["status"]) for c in done] == [("move", "done")]
+        commands = (await api.get("/api/outbox", params={"deal_id": local.id})).json()
+    assert [c["status"] for c in commands if c["kind"] == "move"] == ["done"]

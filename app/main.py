@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from app import __version__, migrate
+from app import __version__, metrics, migrate
 from app.api.router import api_router
 from app.config import Settings, get_settings
 from app.connections.registry import ConnectorRegistry
@@ -69,6 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition: counters and queue depths (no secrets, so no token needed)."""
+        body, content_type = await metrics.render(app.state.sessions)
+        return Response(body, media_type=content_type)
 
     app.include_router(api_router)
     app.include_router(webhooks_router)

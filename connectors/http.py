@@ -85,7 +85,15 @@ def limiter_for(account_key: str, policy: RatePolicy) -> AsyncLimiter:
     return limiter
 
 
-RateWaitObserver = Callable[[float], None]
+RateWaitObserver = Callable[[str, float], None]
+# Process-wide listeners for time spent waiting on a limiter (account key, seconds): the service
+# exports it as a metric without every connector constructor having to carry a callback.
+_rate_wait_observers: list[RateWaitObserver] = []
+
+
+def observe_rate_waits(observer: RateWaitObserver) -> None:
+    if observer not in _rate_wait_observers:
+        _rate_wait_observers.append(observer)
 
 
 class ThrottledClient:
@@ -100,11 +108,9 @@ class ThrottledClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        on_rate_wait: RateWaitObserver | None = None,
     ) -> None:
         self.account_key = account_key
         self._limiter = limiter_for(account_key, with_headroom(rate))
-        self._on_rate_wait = on_rate_wait
         self._client = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=10.0),
@@ -117,8 +123,9 @@ class ThrottledClient:
         started = time.monotonic()
         await self._limiter.acquire()
         waited = time.monotonic() - started
-        if self._on_rate_wait and waited > 0.001:
-            self._on_rate_wait(waited)
+        if waited > 0.001:
+            for observer in _rate_wait_observers:
+                observer(self.account_key, waited)
         self.requests_sent += 1
         try:
             return await self._client.request(method, url, **kwargs)

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import leases
+from app import leases, metrics
 from app.connections.models import Connection
 from app.db import utcnow
 from app.errors import NotFound
@@ -183,6 +183,7 @@ async def _deliver_chunk(
         outcomes = await _send(connector, kind, items)
         result.requests += 1
     except (AuthError, AccountBlocked) as exc:
+        metrics.crm_error(exc)
         # The account, not the command, is the problem: pause the queue, keep the attempts.
         async with sessions.begin() as session:
             await session.execute(
@@ -194,6 +195,7 @@ async def _deliver_chunk(
         result.errors.append(exc.crm_text)
         return False
     except CRMError as exc:
+        metrics.crm_error(exc)
         hint = exc.retry_after if isinstance(exc, RateLimited) else None
         async with sessions.begin() as session:
             for command in chunk:
@@ -227,6 +229,7 @@ async def _deliver_chunk(
                 values = {"status": "done", "attempts": command.attempts + 1, "done_at": now,
                           "crm_result_id": outcome.crm_id, "last_error": None}  # fmt: skip
                 result.delivered += 1
+                metrics.PUSH_LATENCY.labels(kind=kind).observe((now - command.created_at).total_seconds())
             else:
                 text = (
                     outcome.error.crm_text

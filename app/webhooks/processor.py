@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import leases
+from app import leases, metrics
 from app.connections.models import Connection
 from app.db import utcnow
 from app.deals.mirror import MirrorResult, load_stage_index, mirror_snapshots, tombstone
@@ -126,6 +126,7 @@ async def _process_connection_batch(
             connector = await connector_for(connection)
             fetched = await connector.get_deals(sorted(set(to_fetch), key=_numeric_first))
         except CRMError as exc:
+            metrics.crm_error(exc)
             # Leave the events pending; count the attempt and keep the CRM's words for the API.
             async with sessions.begin() as session:
                 await session.execute(
@@ -170,6 +171,8 @@ async def _process_connection_batch(
                 .values(status="failed", error=error, processed_at=now, attempts=InboxEvent.attempts + 1)
             )
         result.failed = len(failures)
+    metrics.EVENTS_PROCESSED.labels(outcome="processed").inc(result.processed)
+    metrics.EVENTS_PROCESSED.labels(outcome="failed").inc(result.failed)
     return result
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
 
+from app import metrics
 from app.api.deps import SessionsDep, SettingsDep
 from app.connections import service as connections
 from app.connections.models import Connection
@@ -62,6 +63,8 @@ async def _accept(request: Request, sessions: Any, record: Connection, body: byt
         new = await store_event(session, record.id, dedupe_key(keys, body), body, content_type, error=error)
     if new and error is None:
         wake(getattr(request.app.state, "scheduler", None), INBOX_JOB)
+    outcome = "duplicate" if not new else "unparseable" if error else "accepted"
+    metrics.EVENTS_RECEIVED.labels(crm=record.crm, outcome=outcome).inc()
     return {"status": "accepted" if new else "duplicate"}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app.connections.models import Connection
@@ -277,3 +278,32 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
         commands = (await api.get("/api/outbox", params={"deal_id": local.id})).json()
     assert [c["status"] for c in commands if c["kind"] == "move"] == ["done"]
+
+
+async def test_metrics_expose_events_queues_and_push_latency(flow: Flow) -> None:
+    deal = flow.create("Метрики", "LEADS")
+    await flow.deliver_and_process()
+    local = await flow.deal(deal)
+    assert local is not None
+    headers = {"Authorization": "Bearer test-token-123"}
+    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+        assert (
+            await api.post(f"/api/deals/{local.id}/move", json={"stage": "NEW_REQUEST"})
+        ).status_code == 202
+        connector = flow.p.sandbox.connector()
+        try:
+            await drain_connection(flow.p.sessions, flow.p.record, connector)
+        finally:
+            await connector.aclose()
+        text = (await api.get("/metrics")).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("funnelsync_outbox_commands", (("status", "done"),))] == 1
+    assert samples[("funnelsync_outbox_commands", (("status", "pending"),))] == 0
+    assert samples[("funnelsync_inbox_events", (("status", "processed"),))] >= 1
+    accepted = (("crm", flow.crm), ("outcome", "accepted"))
+    assert samples[("funnelsync_webhook_events_received_total", accepted)] >= 1
+    assert samples[("funnelsync_push_latency_seconds_count", (("kind", "move"),))] >= 1

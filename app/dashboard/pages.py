@@ -29,6 +29,7 @@ from app.dashboard.render import is_partial, render
 from app.db import utcnow
 from app.deals.service import DealNotFound, get_deal
 from app.library.service import TemplateNotFound, get_template, list_templates, niches
+from app.outbox import service as outbox
 from app.security import tokens_match
 
 router = APIRouter(include_in_schema=False)
@@ -98,10 +99,33 @@ async def overview_page(request: Request, _: SessionDep, sessions: SessionsDep) 
 
 
 @router.get("/failures")
-async def failures_page(request: Request, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+async def failures_page(
+    request: Request, _: SessionDep, sessions: SessionsDep, retried: int | None = None
+) -> HTMLResponse:
     async with sessions() as session:
         data = await overview.failures(session)
-    return render(request, "failures.html", {"failures": data, "active": "failures"})
+    return render(request, "failures.html", {"failures": data, "active": "failures", "retried": retried})
+
+
+@router.post("/failures/retry")
+async def retry_failures(
+    _: CsrfDep,
+    sessions: SessionsDep,
+    scope: Annotated[str, Form()] = "selected",
+    command_id: Annotated[list[int] | None, Form()] = None,
+    only: Annotated[int | None, Form()] = None,
+) -> Response:
+    """Queue failed or dead commands again: one (its row's button), the ticked ones, or all of a status."""
+    async with sessions.begin() as session:
+        if only is not None:
+            count = await outbox.retry_matching(session, ids=[only])
+        elif scope in ("dead", "failed"):
+            count = await outbox.retry_matching(session, status=scope)
+        elif scope == "selected":
+            count = await outbox.retry_matching(session, ids=command_id or []) if command_id else 0
+        else:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown retry scope {scope!r}")
+    return RedirectResponse(f"/failures?retried={count}", status.HTTP_303_SEE_OTHER)
 
 
 def _not_found(request: Request, message: str) -> HTMLResponse:

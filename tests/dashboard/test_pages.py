@@ -9,7 +9,14 @@ import httpx
 import pytest
 
 from app.dashboard.i18n import LANG_COOKIE
-from tests.dashboard.support import CRM_ERROR_DEAD, CRM_ERROR_FAILED, FAILED_EVENT_ERROR, Running, login
+from tests.dashboard.support import (
+    CRM_ERROR_DEAD,
+    CRM_ERROR_FAILED,
+    FAILED_EVENT_ERROR,
+    Running,
+    csrf_of,
+    login,
+)
 
 
 @pytest.fixture
@@ -49,12 +56,27 @@ def test_overview_partial_is_the_live_fragment(client: httpx.Client) -> None:
     assert "<html" not in html and 'data-outbox="dead"' in html
 
 
-def test_failures_show_error_texts_without_dead_buttons(client: httpx.Client) -> None:
+def test_failures_show_error_texts_and_retry_from_the_page(client: httpx.Client) -> None:
     html = client.get("/failures").text
     assert FAILED_EVENT_ERROR in html and "event=ONCRMDEALUPDATE" in html
     assert CRM_ERROR_DEAD in html and CRM_ERROR_FAILED in html
     assert value(html, 'data-count="commands"') == "3" and value(html, 'data-count="events"') == "1"
-    assert "/failures/retry" not in html  # no control is shown before it works
+    dead = re.findall(r'<tr id="command-(\d+)" class="st-dead">', html)
+    assert len(dead) == 2
+
+    refused = client.post("/failures/retry", data={"csrf_token": "forged", "only": dead[0]})
+    assert refused.status_code == 403
+    one = client.post("/failures/retry", data={"csrf_token": csrf_of(html), "only": dead[0]})
+    assert one.status_code == 303 and one.headers["location"] == "/failures?retried=1"
+    after = client.get(one.headers["location"]).text
+    assert "Отправлено повторно: 1" in after and value(after, 'data-count="commands"') == "2"
+    rest = client.post("/failures/retry", data={"csrf_token": csrf_of(after), "scope": "dead"})
+    assert rest.headers["location"] == "/failures?retried=1"
+    selected = client.post(
+        "/failures/retry", data={"csrf_token": csrf_of(after), "scope": "selected", "command_id": []}
+    )
+    assert selected.headers["location"] == "/failures?retried=0"  # nothing ticked, nothing queued
+    assert value(client.get("/failures").text, 'data-count="commands"') == "1"  # only the failed one left
 
 
 def test_board_counts_and_highlights_overdue_deals(client: httpx.Client, dashboard: Running) -> None:

@@ -228,6 +228,15 @@ class NewTask:
 
 
 @dataclass(frozen=True)
+class TaskDeadline:
+    """Move an existing CRM task (created by us; `task_id` is the CRM's id) to a new deadline."""
+
+    ref: str
+    task_id: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
 class NewComment:
     ref: str
     deal_id: str
@@ -351,6 +360,8 @@ class CRMConnector(Protocol):
     async def move_deals(self, moves: Sequence[StageMove]) -> list[ItemResult]: ...
 
     async def create_tasks(self, tasks: Sequence[NewTask]) -> list[ItemResult]: ...
+
+    async def move_task_deadlines(self, changes: Sequence[TaskDeadline]) -> list[ItemResult]: ...
 
     async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]: ...
 

@@ -28,7 +28,7 @@ class BulkRetry(BaseModel):
 
     status: Literal["failed", "dead"] | None = None
     connection: str | None = None
-    kind: Literal["move", "task", "comment", "fields"] | None = None
+    kind: Literal["move", "task", "task_due", "comment", "fields"] | None = None
     ids: list[int] | None = None
 
 

@@ -35,9 +35,11 @@ from connectors.base import (
     NewTask,
     RateLimited,
     StageMove,
+    TaskDeadline,
 )
 
-KINDS = ("move", "task", "comment", "fields")
+# Delivery order within a drain: a task is created before a deadline move could name it.
+KINDS = ("move", "task", "task_due", "comment", "fields")
 LEASE_TTL = timedelta(minutes=5)
 
 
@@ -113,6 +115,8 @@ def _dto(command: OutboxCommand, crm_deal_id: str) -> Any:
             p.get("responsible_id"),
             p.get("description", ""),
         )
+    if command.kind == "task_due":
+        return TaskDeadline(ref, str(p["task_id"]), datetime.fromisoformat(p["due_at"]))
     if command.kind == "comment":
         return NewComment(ref, crm_deal_id, p["text"])
     return FieldUpdate(ref, crm_deal_id, p["values"])
@@ -123,6 +127,8 @@ async def _send(connector: CRMConnector, kind: str, items: Sequence[Any]) -> lis
         return await connector.move_deals(items)
     if kind == "task":
         return await connector.create_tasks(items)
+    if kind == "task_due":
+        return await connector.move_task_deadlines(items)
     if kind == "comment":
         return await connector.add_comments(items)
     return await connector.update_deal_fields(items)

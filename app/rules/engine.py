@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate, StageSpec
 
-EffectKind = Literal["move", "task", "comment"]
+# "redate" is not sent to the CRM: it changes the due date of a follow-up task still in the outbox.
+EffectKind = Literal["move", "task", "comment", "task_due", "redate"]
 
 # contact/company are not in the deal DTO: we cannot tell whether they are filled, so they are
 # never enforced (a false "missing" would revert good deals).
@@ -63,11 +64,15 @@ class Effect:
 
 @dataclass(frozen=True)
 class PreviousFollowUp:
-    """The follow-up task already queued for this stage entry (the outbox command)."""
+    """The follow-up task already queued for this stage entry: its create command, where it stands,
+    and the due date the newest command (the create, or the latest deadline move) gave it."""
 
-    command_id: int
+    command_id: int  # the task's create command
     due_at: datetime
     title: str
+    status: str = "pending"  # of the create command
+    crm_task_id: str | None = None  # once the CRM created it
+    last_command_id: int | None = None  # the command that set `due_at` (create or move)
 
 
 def stamp(at: datetime) -> str:
@@ -296,10 +301,11 @@ def follow_up(
     entry_id: int,
     previous: PreviousFollowUp | None,
 ) -> list[Effect]:
-    """The follow-up task for the field's current date. When the date changed since `previous`, a
-    new task for the new date and a comment that the old one is superseded (the connectors cannot
-    move a task's deadline yet). The previous command id is part of the key, so going back to an
-    earlier date is a change too, and the same date seen again is nothing."""
+    """The follow-up task for the field's current date. When the date changes the task moves with
+    it: a task the CRM already has gets its deadline moved, one still in the outbox is re-dated
+    there, and one that could not be created (dead) is created again. Keys carry the command that
+    set the previous date, so going back to an earlier date is a change too, and the same date seen
+    again is nothing."""
     stage = rules.template.stage(stage_code)
     spec = stage.follow_up
     if spec is None:
@@ -311,20 +317,23 @@ def follow_up(
     if previous is not None and previous.due_at == due:
         return []
     scope = entry_scope(deal.id, stage_code, entry_id)
-    key = f"{scope}:fu:{previous.command_id if previous else 0}:{stamp(due)}"
-    assignee, note = resolve_assignee(rules, spec.assignee, deal)
-    effects = [task_effect(key, deal, spec.title.ru, due, assignee, _describe(rules, stage, note))]
-    if previous is not None:
-        effects.append(
-            comment_effect(
-                f"{key}:superseded",
-                deal,
-                f"Дата в поле «{field_label(rules.template, spec.field)}» изменилась: задача "
-                f"«{previous.title}» на {_human(previous.due_at)} заменена новой на {_human(due)}. "
-                "Старую задачу закройте вручную.",
+    if previous is None or previous.status == "dead":
+        key = f"{scope}:fu:{previous.command_id if previous else 0}:{stamp(due)}"
+        assignee, note = resolve_assignee(rules, spec.assignee, deal)
+        return [task_effect(key, deal, spec.title.ru, due, assignee, _describe(rules, stage, note))]
+    after = previous.last_command_id or previous.command_id
+    due_iso = due.astimezone(UTC).isoformat()
+    if previous.crm_task_id is None:
+        return [
+            Effect(
+                "redate",
+                f"{scope}:fu-redate:{after}:{stamp(due)}",
+                {"command_id": previous.command_id, "due_at": due_iso},
             )
-        )
-    return effects
+        ]
+    payload = {"crm_deal_id": deal.crm_deal_id, "task_id": previous.crm_task_id, "due_at": due_iso,
+               "task_command_id": previous.command_id}  # fmt: skip
+    return [Effect("task_due", f"{scope}:fu-move:{after}:{stamp(due)}", payload)]
 
 
 def _human(at: datetime) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connections.models import Connection
@@ -137,6 +137,11 @@ async def enqueue_effects(
     """Queue effects; returns how many were new (a known idempotency key is skipped)."""
     added = 0
     for effect in effects:
+        if effect.kind == "redate":
+            added += await _redate_queued_task(
+                session, int(effect.payload["command_id"]), effect.payload["due_at"]
+            )
+            continue
         if await enqueue(
             session,
             connection_id=connection_id,
@@ -149,25 +154,51 @@ async def enqueue_effects(
     return added
 
 
+async def _redate_queued_task(session: AsyncSession, command_id: int, due_at: str) -> int:
+    """Give a follow-up task that has not reached the CRM yet its new due date, in the outbox."""
+    command = await session.get(OutboxCommand, command_id)
+    if (
+        command is None
+        or command.status not in ("pending", "failed")
+        or command.payload.get("due_at") == due_at
+    ):
+        return 0
+    command.payload = {**command.payload, "due_at": due_at}
+    return 1
+
+
 async def previous_follow_ups(session: AsyncSession, deal_ids: Sequence[int]) -> dict[str, PreviousFollowUp]:
-    """The newest queued follow-up task per stage entry (key scope), for the given deals."""
+    """Per stage entry (key scope) of the given deals: the newest follow-up task's create command,
+    and the due date the newest create or deadline move gave it."""
     if not deal_ids:
         return {}
     rows = await session.scalars(
         select(OutboxCommand)
         .where(
             OutboxCommand.deal_id.in_(list(deal_ids)),
-            OutboxCommand.kind == "task",
-            OutboxCommand.idempotency_key.like("rules:%:fu:%"),
+            OutboxCommand.kind.in_(("task", "task_due")),
+            or_(
+                OutboxCommand.idempotency_key.like("rules:%:fu:%"),
+                OutboxCommand.idempotency_key.like("rules:%:fu-move:%"),
+            ),
         )
         .order_by(OutboxCommand.id)
     )
     latest: dict[str, PreviousFollowUp] = {}
     for command in rows:
-        scope = command.idempotency_key.split(":fu:", 1)[0]
-        latest[scope] = PreviousFollowUp(
-            command.id, datetime.fromisoformat(command.payload["due_at"]), str(command.payload["title"])
-        )
+        scope = command.idempotency_key.split(":fu", 1)[0]
+        due = datetime.fromisoformat(command.payload["due_at"])
+        if command.kind == "task":
+            latest[scope] = PreviousFollowUp(
+                command.id,
+                due,
+                str(command.payload["title"]),
+                status=command.status,
+                crm_task_id=command.crm_result_id,
+                last_command_id=command.id,
+            )
+        elif scope in latest and command.payload.get("task_command_id") == latest[scope].command_id:
+            latest[scope] = replace(latest[scope], due_at=due, last_command_id=command.id)
     return latest
 
 

@@ -58,6 +58,7 @@ from connectors.base import (
     Stage,
     StageChange,
     StageMove,
+    TaskDeadline,
     TokenSaver,
     TokenSet,
     WebhookSubscription,
@@ -492,6 +493,14 @@ class AmoCRMConnector:
             items.append((task.ref, payload))
         # Not resent after a timeout (idempotent=False): amoCRM would create the task twice.
         return await self._bulk("POST", "/api/v4/tasks", "tasks", items, idempotent=False)
+
+    async def move_task_deadlines(self, changes: Sequence[TaskDeadline]) -> list[ItemResult]:
+        """PATCH /api/v4/tasks with {id, complete_till} items (Kommo "edit tasks"; the single-task
+        form PATCH /api/v4/tasks/{id} answers id and updated_at). Repeating it is harmless."""
+        items: list[Item] = [
+            (c.ref, {"id": int(c.task_id), "complete_till": int(c.due_at.timestamp())}) for c in changes
+        ]
+        return await self._bulk("PATCH", "/api/v4/tasks", "tasks", items, idempotent=True)
 
     async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]:
         items: list[Item] = [

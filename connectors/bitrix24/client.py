@@ -53,6 +53,7 @@ from connectors.base import (
     Stage,
     StageChange,
     StageMove,
+    TaskDeadline,
     WebhookSubscription,
     chunked,
 )
@@ -483,9 +484,7 @@ class Bitrix24Connector:
                         "TITLE": t.title,
                         "DESCRIPTION": t.description,
                         "RESPONSIBLE_ID": int(t.responsible_id or self.default_responsible_id),
-                        "DEADLINE": (t.due_at if t.due_at.tzinfo else t.due_at.replace(tzinfo=UTC)).isoformat(
-                            timespec="seconds"
-                        ),
+                        "DEADLINE": _iso(t.due_at),
                         "UF_CRM_TASK": [f"D_{t.deal_id}"],
                     }
                 },
@@ -500,6 +499,17 @@ class Bitrix24Connector:
             for o in outcomes
         ]
         return self._items(outcomes, ids)
+
+    async def move_task_deadlines(self, changes: Sequence[TaskDeadline]) -> list[ItemResult]:
+        """tasks.task.update(taskId, fields{DEADLINE}) per change, packed into batch (docs:
+        dev.1c-bitrix.ru rest_help tasks.task.update). Setting a deadline again is harmless, so
+        these are resent after a timeout."""
+        commands = [
+            (c.ref, "tasks.task.update", {"taskId": int(c.task_id), "fields": {"DEADLINE": _iso(c.due_at)}})
+            for c in changes
+        ]
+        outcomes = await self.transport.batch(commands, idempotent=True)
+        return self._items(outcomes, [c.task_id for c in changes])
 
     async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]:
         commands = [
@@ -562,3 +572,8 @@ class Bitrix24Connector:
             if str(row.get("handler")) == url
         ]
         self._raise_first(await self.transport.batch(commands, idempotent=True))
+
+
+def _iso(at: datetime) -> str:
+    """Bitrix24 takes ISO 8601 with an offset; a naive datetime is taken as UTC."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat(timespec="seconds")

@@ -137,18 +137,39 @@ def test_roles_supervisor_and_declared_roles() -> None:
     )
 
 
-def test_follow_up_task_at_the_date_and_superseded_when_it_changes() -> None:
+def test_follow_up_task_at_the_date_and_moved_with_it() -> None:
     when = NOW + timedelta(days=3)
     d = deal(UF_CRM_NEXT_CONTACT_AT=when.isoformat())
     [task] = enter("DEFERRED", d, frm="QUALIFIED")
     assert task.payload["title"] == "Следующий контакт по отложенной заявке"
     assert task.payload["due_at"] == when.isoformat()
-    previous = PreviousFollowUp(5, when, task.payload["title"])
-    assert follow_up(rules(), d, "DEFERRED", entry_id=ENTRY, previous=previous) == []
-    moved = deal(UF_CRM_NEXT_CONTACT_AT=str(int((when + timedelta(days=1)).timestamp())))  # amoCRM style
-    new_task, note = follow_up(rules(), moved, "DEFERRED", entry_id=ENTRY, previous=previous)
-    assert new_task.payload["due_at"] == (when + timedelta(days=1)).isoformat()
-    assert ":fu:5:" in new_task.key and note.kind == "comment" and "заменена" in note.payload["text"]
+    later = when + timedelta(days=1)
+    moved = deal(UF_CRM_NEXT_CONTACT_AT=str(int(later.timestamp())))  # amoCRM style: unix seconds
+
+    # In the CRM already: its deadline moves (no second task).
+    created = PreviousFollowUp(
+        5, when, task.payload["title"], status="done", crm_task_id="901", last_command_id=5
+    )
+    assert follow_up(rules(), d, "DEFERRED", entry_id=ENTRY, previous=created) == []
+    [move] = follow_up(rules(), moved, "DEFERRED", entry_id=ENTRY, previous=created)
+    assert move.kind == "task_due" and move.payload["task_id"] == "901"
+    assert move.payload["due_at"] == later.isoformat() and ":fu-move:5:" in move.key
+    # Moved once already (command 7): moving back is a new key, so it is not mistaken for a repeat.
+    again = PreviousFollowUp(
+        5, later, task.payload["title"], status="done", crm_task_id="901", last_command_id=7
+    )
+    [back] = follow_up(rules(), d, "DEFERRED", entry_id=ENTRY, previous=again)
+    assert back.payload["due_at"] == when.isoformat() and ":fu-move:7:" in back.key
+
+    # Still in the outbox: re-dated there.
+    queued = PreviousFollowUp(5, when, task.payload["title"], status="pending")
+    [redate] = follow_up(rules(), moved, "DEFERRED", entry_id=ENTRY, previous=queued)
+    assert redate.kind == "redate" and redate.payload == {"command_id": 5, "due_at": later.isoformat()}
+
+    # The CRM refused it for good: created again for the new date.
+    dead = PreviousFollowUp(5, when, task.payload["title"], status="dead")
+    [recreated] = follow_up(rules(), moved, "DEFERRED", entry_id=ENTRY, previous=dead)
+    assert recreated.kind == "task" and ":fu:5:" in recreated.key
 
 
 def test_follow_up_lead_time_is_taken_off_the_date() -> None:

@@ -59,6 +59,42 @@ async def account(request: Request) -> Response:
     )
 
 
+@router.get("/api/v4/tasks")
+async def list_tasks(request: Request) -> Response:
+    """Tasks, optionally of one entity (filter[entity_id][]); 204 when there are none, like the API."""
+    state = sandbox(request).state
+    wanted = {v for k, v in request.query_params.multi_items() if k.startswith("filter[entity_id]")}
+    tasks = [t for t in state.data["tasks"] if not wanted or str(t.get("entity_id")) in wanted]
+    if not tasks:
+        return no_content()
+    return hal({"_links": {"self": {"href": base(request) + "/api/v4/tasks"}}, "_embedded": {"tasks": tasks}})
+
+
+@router.patch("/api/v4/tasks")
+async def update_tasks(request: Request) -> Response:
+    """Edit tasks in bulk: each item names its task by `id`; the answer lists id and updated_at."""
+    state = sandbox(request).state
+    items = await array_body(request)
+    rids = request_ids(items)
+    tasks = {t["id"]: t for t in state.data["tasks"]}
+    errors = Errors()
+    for rid, item in zip(rids, items, strict=True):
+        if not is_int(item.get("id")) or item["id"] not in tasks:
+            errors.choice(rid, "id")
+        if "complete_till" in item and not is_int(item["complete_till"]):
+            errors.type(rid, "complete_till", "int")
+    errors.raise_if_any()
+    out = []
+    for rid, item in zip(rids, items, strict=True):
+        task = tasks[item["id"]]
+        for key in ("complete_till", "text", "responsible_user_id", "is_completed"):
+            if key in item:
+                task[key] = item[key]
+        task["updated_at"] = state.now()
+        out.append({"id": task["id"], "updated_at": task["updated_at"], "request_id": rid})
+    return hal({"_links": {"self": {"href": base(request) + "/api/v4/tasks"}}, "_embedded": {"tasks": out}})
+
+
 @router.post("/api/v4/tasks")
 async def create_tasks(request: Request) -> Response:
     state = sandbox(request).state

@@ -407,6 +407,25 @@ def task_add(ctx: Context, params: dict[str, Any]) -> Result:
     return Result({"task": {k: v for k, v in task.items() if k not in ("ID", "ufCrmTask")}})
 
 
+def task_update(ctx: Context, params: dict[str, Any]) -> Result:
+    """tasks.task.update(taskId, fields): only the fields FunnelSync changes (deadline, title)."""
+    raw_id = params.get("taskId")
+    fields = params.get("fields")
+    if not str(raw_id or "").isdigit():
+        raise ApiError(400, "100", "Could not find value for parameter {taskId}")
+    if not isinstance(fields, dict):
+        raise ApiError(400, "100", "Could not find value for parameter {fields}")
+    task = ctx.state.tasks.get(int(str(raw_id)))
+    if task is None:
+        raise ApiError(400, "ERROR_CORE", "Task not found or not accessible")
+    if "DEADLINE" in fields:
+        task["deadline"] = fields["DEADLINE"] or None
+    if fields.get("TITLE"):
+        task["title"] = str(fields["TITLE"])
+    ctx.touch()
+    return Result({"task": {k: v for k, v in task.items() if k not in ("ID", "ufCrmTask")}})
+
+
 def comment_add(ctx: Context, params: dict[str, Any]) -> Result:
     fields = params.get("fields")
     if not isinstance(fields, dict):
@@ -516,6 +535,7 @@ HANDLERS = {
     "crm.deal.userfield.get": userfield_get,
     "crm.deal.userfield.add": userfield_add,
     "tasks.task.add": task_add,
+    "tasks.task.update": task_update,
     "crm.timeline.comment.add": comment_add,
     "event.bind": event_bind,
     "event.get": event_get,

@@ -20,6 +20,7 @@ from connectors.base import (
     PermanentError,
     StageChange,
     StageMove,
+    TaskDeadline,
 )
 from tests.connectors.amocrm.conftest import Sandbox
 
@@ -219,6 +220,11 @@ async def test_deals_read_and_write(sandbox: Sandbox, connector: AmoCRMConnector
         ]
     )
     assert tasks[0].ok and tasks[0].crm_id
+    later = datetime(2031, 5, 6, 7, 0, tzinfo=UTC)
+    moved = await connector.move_task_deadlines([TaskDeadline("m1", tasks[0].crm_id, later)])
+    assert moved[0].ok
+    stored = sandbox.api("GET", "/api/v4/tasks").json()["_embedded"]["tasks"]
+    assert [t["complete_till"] for t in stored if str(t["id"]) == tasks[0].crm_id] == [int(later.timestamp())]
     notes = await connector.add_comments([NewComment("n1", str(lead["id"]), "Статус изменён интеграцией")])
     assert notes[0].ok and notes[0].crm_id
 

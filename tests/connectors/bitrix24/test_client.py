@@ -18,6 +18,7 @@ from connectors.base import (
     PermanentError,
     StageChange,
     StageMove,
+    TaskDeadline,
 )
 from connectors.bitrix24.client import Bitrix24Connector
 from tests.connectors.bitrix24.conftest import Sandbox
@@ -201,6 +202,13 @@ async def test_tasks_comments_and_field_updates(sandbox: Sandbox, connector: Bit
         and stored["responsibleId"] == "1"
         and stored["title"] == "Call back"
     )
+    later = due + timedelta(days=1)
+    assert task.crm_id is not None
+    moved, missing = await connector.move_task_deadlines(
+        [TaskDeadline("m1", task.crm_id, later), TaskDeadline("m2", "999999", later)]
+    )
+    assert moved.ok and datetime.fromisoformat(sandbox.state()["tasks"][0]["deadline"]) == later
+    assert missing.error is not None and "not found" in missing.error.crm_text
     comments = await connector.add_comments(
         [NewComment("c1", str(deal), "Pushed"), NewComment("c2", "999999", "x")]
     )

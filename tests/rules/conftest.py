@@ -55,23 +55,11 @@ class Bench:
 
     def create(self, title: str, stage: str) -> str:
         self.expected_hooks += 1
-        if self.crm == "bitrix24":
-            fields = {"TITLE": title, "CATEGORY_ID": int(self.pipeline_id), "STAGE_ID": self.stage_ids[stage]}
-            return str(self.box.create_deal(**fields))
-        lead = self.box.create_lead(
-            name=title, pipeline_id=int(self.pipeline_id), status_id=int(self.stage_ids[stage])
-        )
-        return str(lead["id"])
+        return self.p.sandbox.create_deal(title, self.pipeline_id, self.stage_ids[stage])
 
     def move(self, deal_id: str, stage: str) -> None:
         self.expected_hooks += 1
-        if self.crm == "bitrix24":
-            self.box.control(
-                "POST", f"/_sandbox/deals/{deal_id}", {"fields": {"STAGE_ID": self.stage_ids[stage]}}
-            )
-        else:
-            body = {"status_id": int(self.stage_ids[stage]), "pipeline_id": int(self.pipeline_id)}
-            self.box.control("POST", f"/_sandbox/deals/{deal_id}/move", body)
+        self.p.sandbox.move_deal(deal_id, self.pipeline_id, self.stage_ids[stage])
 
     async def edit(self, deal_id: str, stage: str | None = None, **values: Any) -> None:
         """A person edits the deal: template fields by code (datetimes as such), `loss_reason` by

@@ -87,6 +87,22 @@ class CRMSandbox:
         }[(self.crm, step)]
         self.box.fault(kind, count=count, method=method)
 
+    # --- a person using the CRM (user-action endpoints: the CRM posts its webhooks) -------------
+
+    def create_deal(self, title: str, pipeline_id: str, stage_id: str) -> str:
+        if self.crm == "bitrix24":
+            return str(self.box.create_deal(TITLE=title, CATEGORY_ID=int(pipeline_id), STAGE_ID=stage_id))
+        return str(
+            self.box.create_lead(name=title, pipeline_id=int(pipeline_id), status_id=int(stage_id))["id"]
+        )
+
+    def move_deal(self, deal_id: str, pipeline_id: str, stage_id: str) -> None:
+        if self.crm == "bitrix24":
+            self.box.control("POST", f"/_sandbox/deals/{deal_id}", {"fields": {"STAGE_ID": stage_id}})
+        else:
+            body = {"status_id": int(stage_id), "pipeline_id": int(pipeline_id)}
+            self.box.control("POST", f"/_sandbox/deals/{deal_id}/move", body)
+
     def clear_faults(self) -> None:
         self.box.control("DELETE", "/_sandbox/faults")
 

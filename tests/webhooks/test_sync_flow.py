@@ -56,24 +56,14 @@ class Flow:
 
     def create(self, title: str, stage: str) -> str:
         self.actions += 1
-        if self.crm == "bitrix24":
-            fields = {"TITLE": title, "CATEGORY_ID": int(self.pipeline_id), "STAGE_ID": self.stage_ids[stage]}
-            return str(self.box.create_deal(**fields))
-        lead = self.box.create_lead(
-            name=title, pipeline_id=int(self.pipeline_id), status_id=int(self.stage_ids[stage])
-        )
-        return str(lead["id"])
+        return self.p.sandbox.create_deal(title, self.pipeline_id, self.stage_ids[stage])
 
     def move(self, deal_id: str, stage: str) -> None:
         self.move_to_crm_stage(deal_id, self.stage_ids[stage])
 
     def move_to_crm_stage(self, deal_id: str, crm_stage_id: str) -> None:
         self.actions += 1
-        if self.crm == "bitrix24":
-            self.box.control("POST", f"/_sandbox/deals/{deal_id}", {"fields": {"STAGE_ID": crm_stage_id}})
-        else:
-            body = {"status_id": int(crm_stage_id), "pipeline_id": int(self.pipeline_id)}
-            self.box.control("POST", f"/_sandbox/deals/{deal_id}/move", body)
+        self.p.sandbox.move_deal(deal_id, self.pipeline_id, crm_stage_id)
 
     def delete(self, deal_id: str, *, silently: bool = False) -> None:
         if not silently:

@@ -32,7 +32,7 @@ class MappingStore(Protocol):
 
     async def stages(self, stages: Sequence[tuple[str, Stage]]) -> None: ...
 
-    async def fields(self, fields: Sequence[tuple[str, str]]) -> None: ...
+    async def fields(self, fields: Sequence[tuple[str, str, str]]) -> None: ...
 
     async def loss_reasons(self, reasons: Sequence[tuple[str, str]]) -> None: ...
 
@@ -110,15 +110,15 @@ async def _apply_stages(plan: Plan, connector: CRMConnector, store: MappingStore
 
 
 async def _apply_fields(plan: Plan, connector: CRMConnector, store: MappingStore) -> None:
-    known: list[tuple[str, str]] = []
+    known: list[tuple[str, str, str]] = []
     for item in plan.of("field", "unchanged", "blocked"):
         field: CustomField = item.payload
-        known.append((item.code, field.id))
+        known.append((item.code, field.id, field.crm_name))
     await store.fields(known)
     to_create: list[NewField] = [i.payload for i in plan.of("field", "create")]
     if to_create:
         created = await connector.create_fields(to_create)
-        await store.fields([(n.code, c.id) for n, c in zip(to_create, created, strict=True)])
+        await store.fields([(n.code, c.id, c.crm_name) for n, c in zip(to_create, created, strict=True)])
 
 
 async def _apply_requirements(

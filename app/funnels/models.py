@@ -51,3 +51,5 @@ class FunnelMapping(Base):
     kind: Mapped[str] = mapped_column(String(16))  # field | loss_reason | field_option
     code: Mapped[str] = mapped_column(String(255))
     crm_id: Mapped[str] = mapped_column(String(64))
+    # How deal snapshots name the thing, when that differs from its id (Bitrix24 "UF_CRM_...").
+    crm_name: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -109,7 +109,7 @@ class DatabaseMappingStore:
                 )
             )
 
-    async def _mappings(self, kind: str, pairs: Sequence[tuple[str, str]]) -> None:
+    async def _mappings(self, kind: str, pairs: Sequence[tuple[str, str] | tuple[str, str, str]]) -> None:
         if not pairs:
             return
         async with self._sessions.begin() as session:
@@ -122,14 +122,16 @@ class DatabaseMappingStore:
                     )
                 )
             }
-            for code, crm_id in pairs:
+            for code, crm_id, *name in pairs:
                 row = rows.get(code)
                 if row is None:
-                    session.add(FunnelMapping(funnel_id=funnel.id, kind=kind, code=code, crm_id=crm_id))
-                else:
-                    row.crm_id = crm_id
+                    row = FunnelMapping(funnel_id=funnel.id, kind=kind, code=code)
+                    session.add(row)
+                row.crm_id = crm_id
+                row.crm_name = name[0] if name else None
 
-    async def fields(self, fields: Sequence[tuple[str, str]]) -> None:
+    async def fields(self, fields: Sequence[tuple[str, str, str]]) -> None:
+        """(template code, CRM field id, the field's name in deal snapshots) per field."""
         await self._mappings("field", fields)
 
     async def loss_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:

@@ -82,19 +82,16 @@ async def load_funnel(
         if s.code in known and s.crm_stage_id
     ]
     mapped = {
-        m.code: m.crm_id
+        m.code: m
         for m in await session.scalars(
             select(FunnelMapping).where(FunnelMapping.funnel_id == funnel_id, FunnelMapping.kind == "field")
         )
     }
     field_keys: dict[str, list[str]] = {}
     for code in [f.code for f in template.fields] + [LOSS_REASON_FIELD]:
-        keys = [mapped[code]] if code in mapped else []
-        if connection.crm == "bitrix24":
-            # Bitrix24 snapshots key user fields by FIELD_NAME, the mapping holds the numeric ID;
-            # fields we create are named UF_CRM_<CODE> (Bitrix24Connector.create_fields).
-            keys.append(f"UF_CRM_{code.upper()}")
-        field_keys[code] = keys
+        row = mapped.get(code)
+        # Snapshots key custom fields by id (amoCRM) or by name (Bitrix24 "UF_CRM_..."): try both.
+        field_keys[code] = [k for k in (row.crm_id, row.crm_name) if k] if row else []
     field_keys[LOSS_REASON_FIELD].insert(0, "loss_reason_id")  # amoCRM's native reason (mirror)
     rules = FunnelRules(
         template=template,

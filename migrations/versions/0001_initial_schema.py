@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 13:07:43.051902
+Create Date: 2026-11-23 13:44:27.164781
 """
 
 from collections.abc import Sequence
@@ -113,6 +113,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("code", sa.String(length=255), nullable=False),
         sa.Column("crm_id", sa.String(length=64), nullable=False),
+        sa.Column("crm_name", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(
             ["funnel_id"],
             ["funnels.id"],

@@ -73,6 +73,13 @@ async def test_provision_then_rerun_writes_nothing(provisioner: Provisioner) -> 
         )
         extra = 0 if provisioner.sandbox.crm == "amocrm" else 1  # Bitrix24 loss reasons are a field
         assert fields == len(template.fields) + extra
+        # Bitrix24 deal snapshots name user fields by FIELD_NAME: the mapping records it.
+        names = {
+            m.code: m.crm_name
+            for m in await session.scalars(select(FunnelMapping).where(FunnelMapping.kind == "field"))
+        }
+        if provisioner.sandbox.crm == "bitrix24":
+            assert names["next_contact_at"] == "UF_CRM_NEXT_CONTACT_AT"
 
 
 async def test_dry_run_writes_nothing(provisioner: Provisioner) -> None:

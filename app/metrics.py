@@ -67,7 +67,7 @@ async def render(sessions: async_sessionmaker[AsyncSession]) -> tuple[bytes, str
         inbox = dict(
             (await session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status))).all()
         )
-    for status in ("pending", "failed", "dead", "done"):
+    for status in ("pending", "sending", "failed", "dead", "done"):
         OUTBOX_DEPTH.labels(status=status).set(outbox.get(status, 0))
     for status in ("pending", "processed", "failed"):
         INBOX_DEPTH.labels(status=status).set(inbox.get(status, 0))

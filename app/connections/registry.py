@@ -4,6 +4,7 @@ every job in the process; closed when the service stops."""
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,16 +19,18 @@ class ConnectorRegistry:
         self._sessions = sessions
         self._settings = settings
         self._connectors: dict[int, tuple[str, CRMConnector]] = {}
-        self._paused: set[int] = set()
+        self._seen: dict[int, datetime] = {}  # connection id -> updated_at when last handed out
         self._lock = asyncio.Lock()
 
     async def get(self, record: Connection) -> CRMConnector:
         connector = await self._get(record)
-        if record.status != "active":
-            self._paused.add(record.id)
-        elif record.id in self._paused:
-            self._paused.discard(record.id)
-            connector.connection_resumed()  # an operator resumed it since this process last looked
+        # Pausing and resuming both touch the row. A connection that is active again after any
+        # change since we last looked may have been resumed (e.g. after amoCRM lifted a block that
+        # this process still remembers): let the connector forget account-level refusals.
+        seen = self._seen.get(record.id)
+        if record.status == "active" and seen is not None and seen != record.updated_at:
+            connector.connection_resumed()
+        self._seen[record.id] = record.updated_at
         return connector
 
     async def _get(self, record: Connection) -> CRMConnector:

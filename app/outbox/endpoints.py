@@ -37,7 +37,9 @@ def command_out(command: OutboxCommand, connection: str) -> CommandOut:
 @router.get("")
 async def list_commands(
     sessions: SessionsDep,
-    status_: Annotated[Literal["pending", "failed", "dead", "done"] | None, Query(alias="status")] = None,
+    status_: Annotated[
+        Literal["pending", "sending", "failed", "dead", "done"] | None, Query(alias="status")
+    ] = None,
     connection: str | None = None,
     deal_id: int | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -24,7 +24,8 @@ class OutboxCommand(Base):
     kind: Mapped[str] = mapped_column(String(32))  # move | task | comment | fields
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
-    # pending -> done; or failed (retry at next_attempt_at) -> ... -> dead (permanent or out of attempts)
+    # pending -> sending -> done; or failed (retry at next_attempt_at) -> ... -> dead (permanent, out of
+    # attempts, or sent by a worker that died before recording the answer: see outbox.service)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

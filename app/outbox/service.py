@@ -40,6 +40,12 @@ from connectors.base import (
 
 # Delivery order within a drain: a task is created before a deadline move could name it.
 KINDS = ("move", "task", "task_due", "comment", "fields")
+# Sending these twice changes nothing in the CRM (a stage, a field value, a deadline set again).
+IDEMPOTENT_KINDS = frozenset({"move", "task_due", "fields"})
+UNCERTAIN = (
+    "delivery uncertain: the worker stopped after sending this to the CRM and before recording the "
+    "answer, so the CRM may or may not have it. Check the deal in the CRM; retry only if it is missing."
+)
 LEASE_TTL = timedelta(minutes=5)
 
 
@@ -150,6 +156,7 @@ async def drain_connection(
     if record.status != "active" or not await leases.acquire(sessions, key, LEASE_TTL):
         return result
     try:
+        await _recover_in_flight(sessions, record.id, result)
         async with sessions() as session:
             rows = await session.execute(
                 select(OutboxCommand, OutboxCommand.payload)
@@ -174,6 +181,29 @@ async def drain_connection(
     return result
 
 
+async def _recover_in_flight(
+    sessions: async_sessionmaker[AsyncSession], connection_id: int, result: DrainResult
+) -> None:
+    """Commands left "sending" by a worker that died mid-request. We hold the connection's lease,
+    so no live worker is sending them. What is safe to send twice goes back to the queue; a task or
+    comment may already exist in the CRM, so it is dead-lettered as uncertain rather than risk a
+    duplicate: visible, explained, retryable by hand."""
+    async with sessions.begin() as session:
+        stuck = list(
+            await session.scalars(
+                select(OutboxCommand).where(
+                    OutboxCommand.connection_id == connection_id, OutboxCommand.status == "sending"
+                )
+            )
+        )
+        for command in stuck:
+            if command.kind in IDEMPOTENT_KINDS:
+                command.status = "pending"
+            else:
+                command.status, command.last_error = "dead", UNCERTAIN
+                result.dead += 1
+
+
 async def _deliver_chunk(
     sessions: async_sessionmaker[AsyncSession],
     record: Connection,
@@ -185,13 +215,25 @@ async def _deliver_chunk(
 ) -> bool:
     items = [_dto(c, str(c.payload["crm_deal_id"])) for c in chunk]
     now = utcnow()
+    # Committed before the request: if this process dies before recording the answer, the next
+    # drain knows these may have reached the CRM (see _recover_in_flight).
+    async with sessions.begin() as session:
+        await session.execute(
+            update(OutboxCommand).where(OutboxCommand.id.in_([c.id for c in chunk])).values(status="sending")
+        )
     try:
         outcomes = await _send(connector, kind, items)
         result.requests += 1
     except (AuthError, AccountBlocked) as exc:
         metrics.crm_error(exc)
-        # The account, not the command, is the problem: pause the queue, keep the attempts.
+        # The account, not the command, is the problem: pause the queue, keep the attempts. The CRM
+        # refused the request as a whole, so the commands were not applied: back to the queue.
         async with sessions.begin() as session:
+            await session.execute(
+                update(OutboxCommand)
+                .where(OutboxCommand.id.in_([c.id for c in chunk]))
+                .values(status="pending")
+            )
             await session.execute(
                 update(Connection)
                 .where(Connection.id == record.id)

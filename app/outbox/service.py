@@ -43,8 +43,9 @@ KINDS = ("move", "task", "task_due", "comment", "fields")
 # Sending these twice changes nothing in the CRM (a stage, a field value, a deadline set again).
 IDEMPOTENT_KINDS = frozenset({"move", "task_due", "fields"})
 UNCERTAIN = (
-    "delivery uncertain: the worker stopped after sending this to the CRM and before recording the "
-    "answer, so the CRM may or may not have it. Check the deal in the CRM; retry only if it is missing."
+    "delivery uncertain: the request reached the CRM but its answer never came back (the worker "
+    "stopped, or the call timed out), so the CRM may or may not have it. Check the deal in the CRM; "
+    "retry only if it is missing."
 )
 LEASE_TTL = timedelta(minutes=5)
 
@@ -245,12 +246,22 @@ async def _deliver_chunk(
     except CRMError as exc:
         metrics.crm_error(exc)
         hint = exc.retry_after if isinstance(exc, RateLimited) else None
+        # A create that timed out may have been applied: sending it again could duplicate it.
+        uncertain = exc.crm_code == "TIMEOUT" and kind not in IDEMPOTENT_KINDS
+        values: dict[str, Any]
         async with sessions.begin() as session:
             for command in chunk:
                 attempts = command.attempts + 1
                 too_old = now - command.created_at > retry.max_age
-                if attempts >= retry.max_attempts or too_old:
-                    values: dict[str, Any] = {
+                if uncertain:
+                    values = {
+                        "status": "dead",
+                        "attempts": attempts,
+                        "last_error": f"{UNCERTAIN} ({exc.crm_text})",
+                    }
+                    result.dead += 1
+                elif attempts >= retry.max_attempts or too_old:
+                    values = {
                         "status": "dead",
                         "attempts": attempts,
                         "last_error": exc.crm_text,

@@ -36,9 +36,23 @@ class TransitionOut(BaseModel):
     source: str
 
 
+class DealCommandOut(BaseModel):
+    """What FunnelSync asked the CRM to do for this deal, and how it went."""
+
+    id: int
+    kind: str
+    status: str
+    attempts: int
+    last_error: str | None
+    crm_result_id: str | None
+    created_at: datetime
+    done_at: datetime | None
+
+
 class DealDetail(DealOut):
     fields: dict[str, Any]
     history: list[TransitionOut]
+    commands: list[DealCommandOut]
 
 
 class DealPage(BaseModel):

@@ -8,9 +8,10 @@ from sqlalchemy.orm import aliased
 
 from app.connections.models import Connection
 from app.deals.models import Deal, StageTransition
-from app.deals.schemas import DealDetail, DealOut, DealPage, TransitionOut
+from app.deals.schemas import DealCommandOut, DealDetail, DealOut, DealPage, TransitionOut
 from app.errors import NotFound
 from app.funnels.models import Funnel, FunnelStage
+from app.outbox.models import OutboxCommand
 
 
 class DealNotFound(NotFound):
@@ -85,9 +86,13 @@ async def get_deal(session: AsyncSession, deal_id: int) -> DealDetail:
         .where(StageTransition.deal_id == deal.id)
         .order_by(StageTransition.at, StageTransition.id)
     )
+    commands = await session.scalars(
+        select(OutboxCommand).where(OutboxCommand.deal_id == deal.id).order_by(OutboxCommand.id)
+    )
     return DealDetail(
         **_out(deal, connection, funnel, stage).model_dump(),
         fields=dict(deal.fields),
+        commands=[DealCommandOut.model_validate(c, from_attributes=True) for c in commands],
         history=[
             TransitionOut(
                 from_crm_stage_id=t.from_crm_stage_id,

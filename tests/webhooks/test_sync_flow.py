@@ -268,6 +268,9 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
         commands = (await api.get("/api/outbox", params={"deal_id": local.id})).json()
     assert [c["status"] for c in commands if c["kind"] == "move"] == ["done"]
+    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+        detail = (await api.get(f"/api/deals/{local.id}")).json()
+    assert [(c["kind"], c["status"]) for c in detail["commands"] if c["kind"] == "move"] == [("move", "done")]
 
 
 async def test_metrics_expose_events_queues_and_push_latency(flow: Flow) -> None:

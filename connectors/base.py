@@ -237,6 +237,16 @@ class TaskDeadline:
 
 
 @dataclass(frozen=True)
+class CreatedLookup:
+    """Find a task or comment we may have created: the one on deal `deal_id` whose text contains
+    `marker` (the outbox writes a marker into everything it creates, for crash recovery)."""
+
+    ref: str
+    deal_id: str
+    marker: str
+
+
+@dataclass(frozen=True)
 class NewComment:
     ref: str
     deal_id: str
@@ -364,6 +374,12 @@ class CRMConnector(Protocol):
     async def move_task_deadlines(self, changes: Sequence[TaskDeadline]) -> list[ItemResult]: ...
 
     async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]: ...
+
+    async def find_created(
+        self, kind: Literal["task", "comment"], lookups: Sequence[CreatedLookup]
+    ) -> dict[str, str]:
+        """ref -> CRM id of each looked-up task/comment that exists (absent refs: not created)."""
+        ...
 
     async def update_deal_fields(self, updates: Sequence[FieldUpdate]) -> list[ItemResult]: ...
 

@@ -27,6 +27,7 @@ from connectors.base import (
     MAX_BATCH,
     AccountBlocked,
     AuthError,
+    CreatedLookup,
     CRMConnector,
     CRMError,
     FieldUpdate,
@@ -42,11 +43,8 @@ from connectors.base import (
 KINDS = ("move", "task", "task_due", "comment", "fields")
 # Sending these twice changes nothing in the CRM (a stage, a field value, a deadline set again).
 IDEMPOTENT_KINDS = frozenset({"move", "task_due", "fields"})
-UNCERTAIN = (
-    "delivery uncertain: the request reached the CRM but its answer never came back (the worker "
-    "stopped, or the call timed out), so the CRM may or may not have it. Check the deal in the CRM; "
-    "retry only if it is missing."
-)
+# A create whose request timed out is recorded as in flight (see _recover_in_flight), not resent.
+UNCERTAIN = "the CRM's answer never came back; the next run looks it up in the CRM before sending again"
 LEASE_TTL = timedelta(minutes=5)
 
 
@@ -109,6 +107,16 @@ class DrainResult:
     errors: list[str] = field(default_factory=list)
 
 
+def marker(command_id: int) -> str:
+    """Written into every task and comment we create, so that after a crash we can tell whether
+    the CRM got it (see _recover_in_flight). Short, and unlikely to occur by accident."""
+    return f"[fs:{command_id}]"
+
+
+def _with_marker(text: str, command_id: int) -> str:
+    return f"{text}\n{marker(command_id)}" if text else marker(command_id)
+
+
 def _dto(command: OutboxCommand, crm_deal_id: str) -> Any:
     ref, p = str(command.id), command.payload
     if command.kind == "move":
@@ -120,12 +128,12 @@ def _dto(command: OutboxCommand, crm_deal_id: str) -> Any:
             p["title"],
             datetime.fromisoformat(p["due_at"]),
             p.get("responsible_id"),
-            p.get("description", ""),
+            _with_marker(p.get("description", ""), command.id),
         )
     if command.kind == "task_due":
         return TaskDeadline(ref, str(p["task_id"]), datetime.fromisoformat(p["due_at"]))
     if command.kind == "comment":
-        return NewComment(ref, crm_deal_id, p["text"])
+        return NewComment(ref, crm_deal_id, _with_marker(p["text"], command.id))
     return FieldUpdate(ref, crm_deal_id, p["values"])
 
 
@@ -157,7 +165,7 @@ async def drain_connection(
     if record.status != "active" or not await leases.acquire(sessions, key, LEASE_TTL):
         return result
     try:
-        await _recover_in_flight(sessions, record.id, result)
+        await _recover_in_flight(sessions, record.id, connector, result)
         async with sessions() as session:
             rows = await session.execute(
                 select(OutboxCommand, OutboxCommand.payload)
@@ -183,13 +191,17 @@ async def drain_connection(
 
 
 async def _recover_in_flight(
-    sessions: async_sessionmaker[AsyncSession], connection_id: int, result: DrainResult
+    sessions: async_sessionmaker[AsyncSession],
+    connection_id: int,
+    connector: CRMConnector,
+    result: DrainResult,
 ) -> None:
     """Commands left "sending" by a worker that died mid-request. We hold the connection's lease,
-    so no live worker is sending them. What is safe to send twice goes back to the queue; a task or
-    comment may already exist in the CRM, so it is dead-lettered as uncertain rather than risk a
-    duplicate: visible, explained, retryable by hand."""
-    async with sessions.begin() as session:
+    so no live worker is sending them. What is safe to send twice goes back to the queue. A task or
+    comment may already exist: it is looked up in the CRM by its marker and recorded as done when
+    found, queued again when not. If the CRM cannot be asked now, they stay "sending" for the next
+    drain: never a duplicate, never dropped."""
+    async with sessions() as session:
         stuck = list(
             await session.scalars(
                 select(OutboxCommand).where(
@@ -197,12 +209,38 @@ async def _recover_in_flight(
                 )
             )
         )
+    if not stuck:
+        return
+    found: dict[str, str] = {}
+    for kind in ("task", "comment"):
+        lookups = [
+            CreatedLookup(str(c.id), str(c.payload["crm_deal_id"]), marker(c.id))
+            for c in stuck
+            if c.kind == kind
+        ]
+        if lookups:
+            try:
+                found |= await connector.find_created(kind, lookups)
+            except CRMError as exc:
+                metrics.crm_error(exc)
+                stuck = [c for c in stuck if c.kind != kind]  # ask again next time
+    now = utcnow()
+    async with sessions.begin() as session:
         for command in stuck:
-            if command.kind in IDEMPOTENT_KINDS:
-                command.status = "pending"
-            else:
-                command.status, command.last_error = "dead", UNCERTAIN
-                result.dead += 1
+            crm_id = found.get(str(command.id))
+            if crm_id is not None:
+                values: dict[str, Any] = {
+                    "status": "done",
+                    "crm_result_id": crm_id,
+                    "done_at": now,
+                    "last_error": None,
+                }
+                result.delivered += 1
+            else:  # never reached the CRM (or is harmless to send again): back to the queue
+                values = {"status": "pending"}
+            await session.execute(
+                update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
+            )
 
 
 async def _deliver_chunk(
@@ -254,12 +292,13 @@ async def _deliver_chunk(
                 attempts = command.attempts + 1
                 too_old = now - command.created_at > retry.max_age
                 if uncertain:
+                    # In flight: the next drain asks the CRM whether it has it (_recover_in_flight).
                     values = {
-                        "status": "dead",
+                        "status": "sending",
                         "attempts": attempts,
                         "last_error": f"{UNCERTAIN} ({exc.crm_text})",
                     }
-                    result.dead += 1
+                    result.retried += 1
                 elif attempts >= retry.max_attempts or too_old:
                     values = {
                         "status": "dead",

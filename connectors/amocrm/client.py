@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -40,6 +40,7 @@ from connectors.base import (
     AccountInfo,
     BatchTooLarge,
     Capabilities,
+    CreatedLookup,
     CRMKind,
     CustomField,
     DealSnapshot,
@@ -501,6 +502,32 @@ class AmoCRMConnector:
             (c.ref, {"id": int(c.task_id), "complete_till": int(c.due_at.timestamp())}) for c in changes
         ]
         return await self._bulk("PATCH", "/api/v4/tasks", "tasks", items, idempotent=True)
+
+    async def find_created(
+        self, kind: Literal["task", "comment"], lookups: Sequence[CreatedLookup]
+    ) -> dict[str, str]:
+        """GET /api/v4/tasks (entity_type leads) or /api/v4/leads/notes (common notes) filtered by
+        the deals' ids, paginated; a task's marker is in its `text`, a note's in `params.text`."""
+        deals = sorted({item.deal_id for item in lookups})
+        texts: list[tuple[str, str, str]] = []  # (deal id, crm id, text)
+        path, key = ("/api/v4/tasks", "tasks") if kind == "task" else ("/api/v4/leads/notes", "notes")
+        for chunk in chunked(deals, MAX_BATCH):
+            params: list[tuple[str, Any]] = [("limit", 250)] + [("filter[entity_id][]", d) for d in chunk]
+            params.append(
+                ("filter[entity_type]", "leads") if kind == "task" else ("filter[note_type]", "common")
+            )
+            async for page in self._pages(path, params, key):
+                for row in page:
+                    text = row.get("text") if kind == "task" else (row.get("params") or {}).get("text")
+                    texts.append((str(row.get("entity_id")), str(row.get("id")), str(text or "")))
+        found: dict[str, str] = {}
+        for item in lookups:
+            match = next(
+                (crm_id for deal, crm_id, text in texts if deal == item.deal_id and item.marker in text), None
+            )
+            if match is not None:
+                found[item.ref] = match
+        return found
 
     async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]:
         items: list[Item] = [

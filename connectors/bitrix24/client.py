@@ -30,12 +30,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from connectors.base import (
     MAX_BATCH,
     AccountInfo,
     Capabilities,
+    CreatedLookup,
     CRMKind,
     CustomField,
     DealSnapshot,
@@ -510,6 +511,46 @@ class Bitrix24Connector:
         ]
         outcomes = await self.transport.batch(commands, idempotent=True)
         return self._items(outcomes, [c.task_id for c in changes])
+
+    async def find_created(
+        self, kind: Literal["task", "comment"], lookups: Sequence[CreatedLookup]
+    ) -> dict[str, str]:
+        """One list command per deal, packed into batch: tasks.task.list filtered by the deal binding
+        (UF_CRM_TASK "D_{id}", newest first), or crm.timeline.comment.list {ENTITY_ID, ENTITY_TYPE:
+        deal} (dev.1c-bitrix.ru). Only the first page (50) of a deal's items is read: what we look
+        for was created moments before the crash, so it is among the newest."""
+        deals = sorted({item.deal_id for item in lookups})
+        if kind == "task":
+            commands = [
+                (deal, "tasks.task.list", {"filter": {"UF_CRM_TASK": f"D_{deal}"}, "select": ["ID", "DESCRIPTION"],
+                                           "order": {"ID": "desc"}})
+                for deal in deals
+            ]  # fmt: skip
+        else:
+            commands = [
+                (deal, "crm.timeline.comment.list", {"filter": {"ENTITY_ID": int(deal), "ENTITY_TYPE": "deal"},
+                                                     "select": ["ID", "COMMENT"], "order": {"ID": "desc"}})
+                for deal in deals
+            ]  # fmt: skip
+        texts: dict[str, list[tuple[str, str]]] = {}
+        for deal, outcome in zip(deals, await self.transport.batch(commands, idempotent=True), strict=True):
+            if outcome.error is not None:
+                raise outcome.error
+            rows = outcome.result.get("tasks", []) if isinstance(outcome.result, dict) else outcome.result
+            texts[deal] = [
+                (
+                    str(r.get("id") or r.get("ID")),
+                    str(r.get("description") or r.get("DESCRIPTION") or r.get("COMMENT") or ""),
+                )
+                for r in rows or []
+            ]
+        found: dict[str, str] = {}
+        for item in lookups:
+            for crm_id, text in texts.get(item.deal_id, []):
+                if item.marker in text:
+                    found[item.ref] = crm_id
+                    break
+        return found
 
     async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]:
         commands = [

@@ -195,7 +195,7 @@ class Outbox:
     async def open_count(self) -> int:
         async with self.sessions() as session:
             count = await session.scalar(
-                select(func.count()).where(OutboxCommand.status.in_(("pending", "failed")))
+                select(func.count()).where(OutboxCommand.status.in_(("pending", "sending", "failed")))
             )
         return int(count or 0)
 

@@ -10,9 +10,9 @@ from datetime import timedelta
 import pytest
 
 from app.connections.registry import ConnectorRegistry
-from app.outbox.service import RetrySettings
+from app.outbox.service import RetrySettings, drain_connection
 from app.scheduler import Runtime, run_outbox
-from tests.outbox.conftest import CONNECTOR_RETRY, OUTAGE_FAULT, Outbox
+from tests.outbox.conftest import CONNECTOR_RETRY, NO_DELAY, OUTAGE_FAULT, Outbox
 
 OUTAGE = {"bitrix24": (OUTAGE_FAULT["bitrix24"], "html_503"), "amocrm": (OUTAGE_FAULT["amocrm"], "503")}
 STORM = {"bitrix24": ("rate_limit", "QUERY_LIMIT_EXCEEDED"), "amocrm": ("rate_limit", "429")}
@@ -208,15 +208,18 @@ async def test_a_running_worker_delivers_after_unblock_and_resume(outbox: Outbox
 
 
 @pytest.mark.parametrize("outbox", ["bitrix24", "amocrm"], indirect=True)
-async def test_a_timed_out_task_batch_is_not_sent_again(outbox: Outbox) -> None:
-    """A create whose answer never came may exist in the CRM: dead-lettered as uncertain, not resent."""
+async def test_a_timed_out_task_batch_is_looked_up_before_it_is_sent_again(outbox: Outbox) -> None:
+    """A create whose answer never came may exist in the CRM: the next drain asks the CRM (by the
+    marker in the task) and sends again only what is missing, so every task exists exactly once."""
     deals = outbox.seed(3)
     await outbox.enqueue_tasks(deals, "Перезвонить")
     method = "batch" if outbox.crm == "bitrix24" else "POST /api/v4/tasks"
     outbox.box.fault("timeout", count=1, method=method, seconds=3, delay=3)
     connector = outbox.connector(timeout=0.5)
-    results = await outbox.drain(connector)
+    first = await drain_connection(outbox.sessions, await outbox.record(), connector, retry=NO_DELAY)
+    assert first.retried == 3 and first.delivered == 0
+    assert {c.status for c in await outbox.commands()} == {"sending"}  # in flight, not resent
+    await outbox.drain(outbox.connector())
     commands = await outbox.commands()
-    assert {c.status for c in commands} == {"dead"} and sum(r.dead for r in results) == 3
-    assert all(c.last_error and c.last_error.startswith("delivery uncertain") for c in commands)
-    assert sum(r.retried for r in results) == 0  # never sent a second time
+    assert {c.status for c in commands} == {"done"} and all(c.crm_result_id for c in commands)
+    assert outbox.tasks() == {(d, "Перезвонить"): 1 for d in deals}

@@ -147,6 +147,26 @@ async def create_tasks(request: Request) -> Response:
     return hal({"_links": {"self": {"href": base(request) + "/api/v4/tasks"}}, "_embedded": {"tasks": out}})
 
 
+@router.get("/api/v4/leads/notes")
+async def list_notes(request: Request) -> Response:
+    """Notes of leads, optionally of some leads (filter[entity_id][]) and one type; 204 when none."""
+    state = sandbox(request).state
+    query = request.query_params
+    wanted = {v for k, v in query.multi_items() if k.startswith("filter[entity_id]")}
+    note_type = query.get("filter[note_type]")
+    notes = [
+        n
+        for n in state.data["notes"]
+        if (not wanted or str(n.get("entity_id")) in wanted)
+        and (not note_type or n.get("note_type") == note_type)
+    ]
+    if not notes:
+        return no_content()
+    return hal(
+        {"_links": {"self": {"href": base(request) + "/api/v4/leads/notes"}}, "_embedded": {"notes": notes}}
+    )
+
+
 @router.post("/api/v4/leads/notes")
 async def create_notes(request: Request) -> Response:
     state = sandbox(request).state

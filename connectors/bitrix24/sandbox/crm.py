@@ -426,6 +426,41 @@ def task_update(ctx: Context, params: dict[str, Any]) -> Result:
     return Result({"task": {k: v for k, v in task.items() if k not in ("ID", "ufCrmTask")}})
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def task_list(ctx: Context, params: dict[str, Any]) -> Result:
+    """tasks.task.list: the filter FunnelSync uses is the CRM binding (UF_CRM_TASK "D_{id}");
+    {"tasks": [...]} in camelCase like the real answer, newest first when ordered by ID desc."""
+    flt = _mapping(params.get("filter"))
+    wanted = flt.get("UF_CRM_TASK")
+    bindings = {str(b) for b in (wanted if isinstance(wanted, list) else [wanted])} if wanted else None
+    rows = [t for t in ctx.state.tasks.values() if bindings is None or bindings & set(t.get("ufCrmTask", []))]
+    order = _mapping(params.get("order"))
+    rows.sort(key=lambda t: t["ID"], reverse=str(order.get("ID", "asc")).lower() == "desc")
+    page = rows[:50]
+    tasks = [{k: v for k, v in t.items() if k not in ("ID", "ufCrmTask")} for t in page]
+    return Result({"tasks": tasks}, total=len(rows), next=50 if len(rows) > 50 else None)
+
+
+def comment_list(ctx: Context, params: dict[str, Any]) -> Result:
+    """crm.timeline.comment.list: ENTITY_ID and ENTITY_TYPE are required in the filter (docs)."""
+    flt = _mapping(params.get("filter"))
+    if not flt.get("ENTITY_ID") or not flt.get("ENTITY_TYPE"):
+        raise ApiError(400, "", "Required filter fields ENTITY_ID and ENTITY_TYPE are missing")
+    entity_id = _int(flt["ENTITY_ID"], "ENTITY_ID")
+    entity_type = str(flt["ENTITY_TYPE"]).lower()
+    rows = [
+        c
+        for c in ctx.state.comments.values()
+        if c["ENTITY_ID"] == entity_id and c["ENTITY_TYPE"] == entity_type
+    ]
+    order = _mapping(params.get("order"))
+    rows.sort(key=lambda c: c["ID"], reverse=str(order.get("ID", "asc")).lower() == "desc")
+    return Result([dict(c) for c in rows[:50]], total=len(rows), next=50 if len(rows) > 50 else None)
+
+
 def comment_add(ctx: Context, params: dict[str, Any]) -> Result:
     fields = params.get("fields")
     if not isinstance(fields, dict):
@@ -536,6 +571,8 @@ HANDLERS = {
     "crm.deal.userfield.add": userfield_add,
     "tasks.task.add": task_add,
     "tasks.task.update": task_update,
+    "tasks.task.list": task_list,
+    "crm.timeline.comment.list": comment_list,
     "crm.timeline.comment.add": comment_add,
     "event.bind": event_bind,
     "event.get": event_get,

@@ -9,6 +9,7 @@ import pytest
 
 from connectors.amocrm import AmoCRMConnector
 from connectors.base import (
+    CreatedLookup,
     CRMConnector,
     FieldRequirement,
     FieldUpdate,
@@ -225,8 +226,16 @@ async def test_deals_read_and_write(sandbox: Sandbox, connector: AmoCRMConnector
     assert moved[0].ok
     stored = sandbox.api("GET", "/api/v4/tasks").json()["_embedded"]["tasks"]
     assert [t["complete_till"] for t in stored if str(t["id"]) == tasks[0].crm_id] == [int(later.timestamp())]
-    notes = await connector.add_comments([NewComment("n1", str(lead["id"]), "Статус изменён интеграцией")])
+    notes = await connector.add_comments(
+        [NewComment("n1", str(lead["id"]), "Статус изменён интеграцией [fs:7]")]
+    )
     assert notes[0].ok and notes[0].crm_id
+    # Crash recovery: what we created is found by the marker in its text, what we did not is absent.
+    lookups = [CreatedLookup("a", str(lead["id"]), "[fs:7]"), CreatedLookup("b", str(lead["id"]), "[fs:8]")]
+    assert await connector.find_created("comment", lookups) == {"a": notes[0].crm_id}
+    assert await connector.find_created("task", [CreatedLookup("t", str(lead["id"]), "про ИНН")]) == {
+        "t": tasks[0].crm_id
+    }
 
     counts = await connector.count_deals_in_stages(
         [

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from connectors.base import (
+    CreatedLookup,
     CRMConnector,
     FieldRequirement,
     FieldUpdate,
@@ -210,9 +211,13 @@ async def test_tasks_comments_and_field_updates(sandbox: Sandbox, connector: Bit
     assert moved.ok and datetime.fromisoformat(sandbox.state()["tasks"][0]["deadline"]) == later
     assert missing.error is not None and "not found" in missing.error.crm_text
     comments = await connector.add_comments(
-        [NewComment("c1", str(deal), "Pushed"), NewComment("c2", "999999", "x")]
+        [NewComment("c1", str(deal), "Pushed [fs:7]"), NewComment("c2", "999999", "x")]
     )
     assert comments[0].ok and comments[0].crm_id
+    # Crash recovery: what we created is found by the marker in its text, what we did not is absent.
+    lookups = [CreatedLookup("a", str(deal), "[fs:7]"), CreatedLookup("b", str(deal), "[fs:8]")]
+    assert await connector.find_created("comment", lookups) == {"a": comments[0].crm_id}
+    assert await connector.find_created("task", [CreatedLookup("t", str(deal), "d")]) == {"t": task.crm_id}
     assert comments[1].error is not None and comments[1].error.crm_code == "OWNER_NOT_FOUND"
     assert comments[1].error.item_ref == "c2"
     [update] = await connector.update_deal_fields([FieldUpdate("u1", str(deal), {field.crm_name: "big"})])

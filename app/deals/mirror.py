@@ -89,13 +89,19 @@ async def mirror_snapshots(
     result = MirrorResult()
     ordered = sorted(snapshots, key=lambda s: s.updated_at)
     existing = await _existing(session, connection_id, list({s.id for s in ordered}))
+    # New deals first, all in one flush (one batched INSERT per page, not one per deal): their
+    # transitions need their ids. Each is created from its earliest snapshot; later ones update it.
+    created: dict[str, DealSnapshot] = {}
     for snapshot in ordered:
-        deal = existing.get(snapshot.id)
-        if deal is None:
-            deal = _new_deal(connection_id, snapshot, index)
-            session.add(deal)
-            existing[snapshot.id] = deal
-            await session.flush()
+        if snapshot.id not in existing:
+            existing[snapshot.id] = _new_deal(connection_id, snapshot, index)
+            session.add(existing[snapshot.id])
+            created[snapshot.id] = snapshot
+    if created:
+        await session.flush()
+    for snapshot in ordered:
+        deal = existing[snapshot.id]
+        if created.get(snapshot.id) is snapshot:
             result.created += 1
             _record_transition(session, result, deal, None, None, snapshot, source)
             continue

@@ -15,8 +15,7 @@ from sqlalchemy import func, select
 
 from app.connections.models import Connection
 from app.deals.models import Deal
-from app.funnels.models import Funnel, FunnelMapping, FunnelStage
-from app.main import create_app
+from app.funnels.models import FunnelMapping
 from app.outbox.models import OutboxCommand
 from app.outbox.service import DrainResult, drain_connection
 from app.rules.service import on_mirrored
@@ -24,32 +23,13 @@ from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.amocrm.sandbox.state import ADMIN_ID
 from connectors.base import CRMConnector
 from connectors.events import parse_deal_events
-from funnel_templates.loader import library
-from tests.funnels.conftest import Provisioner
-from tests.support.crm import crm_sandbox, settings_for
-from tests.support.db import open_sessions
-from tests.support.notify import RequestCounter
-from tests.support.server import free_port, serve_asgi
-
-TYPICAL = library()["general.typical"]
+from tests.support.live import LiveFunnel, live_funnel
 
 
 @dataclass
-class Bench:
-    p: Provisioner
-    hooks: RequestCounter
-    stage_ids: dict[str, str]  # template stage code -> CRM stage id
-    pipeline_id: str
-    state_file: Path
-    expected_hooks: int = 0
-
-    @property
-    def crm(self) -> str:
-        return self.p.sandbox.crm
-
-    @property
-    def box(self) -> Any:
-        return self.p.sandbox.box
+class Bench(LiveFunnel):
+    state_file: Path = Path()  # where the amoCRM sandbox saves its state (read back by the tests)
+    expected_hooks: int = 0  # webhooks the CRM owes us for what the test and our pushes did
 
     # --- a person using the CRM ---------------------------------------------------------------
 
@@ -196,28 +176,12 @@ SUPERVISOR = {"bitrix24": "1", "amocrm": str(ADMIN_ID)}
 
 @pytest.fixture(params=["bitrix24", "amocrm"])
 async def bench(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
-    port = free_port()
-    settings = settings_for(tmp_path, database_url).model_copy(
-        update={"public_url": f"http://127.0.0.1:{port}"}
-    )
-    hooks = RequestCounter(create_app(settings))
     state_file = tmp_path / "amocrm-state.json"
-    options: dict[str, Any] = (
-        {"webhook_url": f"http://127.0.0.1:{port}/webhooks/bitrix24/bitrix24"}
-        if request.param == "bitrix24"
-        else {"state_file": state_file}
-    )
-    with serve_asgi(hooks, port=port), crm_sandbox(request.param, **options) as sandbox:
-        async with open_sessions(database_url) as sessions:
-            record = sandbox.connection(settings, name=request.param)
-            record.settings = {**(record.settings or {}), "supervisor_id": SUPERVISOR[request.param]}
-            async with sessions.begin() as session:
-                session.add(record)
-            p = Provisioner(sandbox, sessions, settings, record)
-            assert (await p.run(TYPICAL)).applied
-            async with sessions() as session:
-                funnel = await session.scalar(select(Funnel))
-                assert funnel is not None and funnel.crm_pipeline_id
-                rows = await session.scalars(select(FunnelStage).where(FunnelStage.funnel_id == funnel.id))
-                stage_ids = {s.code: str(s.crm_stage_id) for s in rows if s.crm_stage_id}
-            yield Bench(p, hooks, stage_ids, funnel.crm_pipeline_id, state_file)
+    async with live_funnel(
+        request.param,
+        database_url,
+        tmp_path,
+        sandbox_options={"state_file": state_file} if request.param == "amocrm" else None,
+        connection_settings={"supervisor_id": SUPERVISOR[request.param]},
+    ) as live:
+        yield Bench.extend(live, state_file=state_file)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,39 +17,17 @@ from app.connections.models import Connection
 from app.deals.models import Deal
 from app.deals.reconcile import reconcile
 from app.deals.service import get_deal
-from app.funnels.models import Funnel, FunnelStage
-from app.main import create_app
 from app.outbox.service import drain_connection
 from app.webhooks.models import InboxEvent
 from app.webhooks.processor import process_inbox
 from connectors.base import CRMConnector, NewStage
 from connectors.events import parse_deal_events
-from funnel_templates.loader import library
-from tests.funnels.conftest import Provisioner
-from tests.support.crm import crm_sandbox, settings_for
-from tests.support.db import open_sessions
-from tests.support.notify import RequestCounter
-from tests.support.server import free_port, serve_asgi
-
-TYPICAL = library()["general.typical"]
+from tests.support.live import LiveFunnel, live_funnel
 
 
 @dataclass
-class Flow:
-    p: Provisioner
-    hooks: RequestCounter
-    stage_ids: dict[str, str]  # template stage code -> CRM stage id
-    pipeline_id: str
-    url: str
-    actions: int = 0
-
-    @property
-    def crm(self) -> str:
-        return self.p.sandbox.crm
-
-    @property
-    def box(self) -> Any:
-        return self.p.sandbox.box
+class Flow(LiveFunnel):
+    actions: int = 0  # webhooks the CRM owes us for what the test did
 
     # --- a person using the CRM ---------------------------------------------------------------
 
@@ -126,29 +103,8 @@ class Flow:
 
 @pytest.fixture(params=["bitrix24", "amocrm"])
 async def flow(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Flow]:
-    port = free_port()
-    settings = settings_for(tmp_path, database_url).model_copy(
-        update={"public_url": f"http://127.0.0.1:{port}"}
-    )
-    hooks = RequestCounter(create_app(settings))
-    options = (
-        {"webhook_url": f"http://127.0.0.1:{port}/webhooks/bitrix24/bitrix24"}
-        if request.param == "bitrix24"
-        else {}
-    )
-    with serve_asgi(hooks, port=port), crm_sandbox(request.param, **options) as sandbox:
-        async with open_sessions(database_url) as sessions:
-            record = sandbox.connection(settings, name=request.param)
-            async with sessions.begin() as session:
-                session.add(record)
-            p = Provisioner(sandbox, sessions, settings, record)
-            assert (await p.run(TYPICAL)).applied
-            async with sessions() as session:
-                funnel = await session.scalar(select(Funnel))
-                assert funnel is not None and funnel.crm_pipeline_id
-                rows = await session.scalars(select(FunnelStage).where(FunnelStage.funnel_id == funnel.id))
-                stage_ids = {s.code: s.crm_stage_id for s in rows if s.crm_stage_id}
-            yield Flow(p, hooks, stage_ids, funnel.crm_pipeline_id, f"http://127.0.0.1:{port}")
+    async with live_funnel(request.param, database_url, tmp_path) as live:
+        yield Flow.extend(live)
 
 
 async def test_changes_reach_the_mirror_once_and_in_order(flow: Flow) -> None:

@@ -15,7 +15,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from app.analytics import board, overview, service
 from app.analytics.funnels import BadPeriod, FunnelNotFound, load_funnel, parse_period
-from app.api.deps import SessionsDep
+from app.api.deps import SessionsDep, SettingsDep
+from app.connections import service as connections
+from app.connections.connector import connected
 from app.dashboard.auth import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
@@ -28,6 +30,9 @@ from app.dashboard.auth import (
 from app.dashboard.render import is_partial, render
 from app.db import utcnow
 from app.deals.service import DealNotFound, get_deal
+from app.errors import NotFound
+from app.funnels.plan import PlanLimitError
+from app.funnels.service import provision
 from app.library.service import TemplateNotFound, get_template, list_templates, niches
 from app.outbox import service as outbox
 from app.security import tokens_match
@@ -203,9 +208,44 @@ async def templates_page(request: Request, _: SessionDep, niche: str | None = No
 
 
 @router.get("/templates/{key}")
-async def template_page(request: Request, key: str, _: SessionDep) -> HTMLResponse:
+async def template_page(request: Request, key: str, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
     try:
         template = get_template(key)
     except TemplateNotFound as exc:
         return _not_found(request, str(exc))
-    return render(request, "template_detail.html", {"tpl": template, "active": "templates"})
+    async with sessions() as session:
+        choices = await connections.list_connections(session)
+    return render(
+        request, "template_detail.html", {"tpl": template, "active": "templates", "connections": choices}
+    )
+
+
+@router.post("/templates/{key}/provision")
+async def provision_page(
+    request: Request,
+    key: str,
+    _: CsrfDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    connection: Annotated[str, Form()],
+    apply: Annotated[int, Form()] = 0,
+) -> HTMLResponse:
+    """The plan first (nothing written); the page's own button applies it, as `provision` does."""
+    try:
+        template = get_template(key)
+        async with connected(sessions, settings, connection) as (record, connector):
+            outcome = await provision(sessions, settings, record, connector, template, dry_run=not apply)
+    except NotFound as exc:
+        return _not_found(request, str(exc))
+    except PlanLimitError as exc:
+        return render(request, "error.html", {"message": f"{exc}; nothing was written"}, status_code=422)
+    context = {
+        "tpl": template,
+        "connection": connection,
+        "plan": outcome.plan.as_json(),
+        "has_writes": outcome.plan.has_writes,
+        "applied": outcome.applied,
+        "error": outcome.error,
+        "active": "templates",
+    }
+    return render(request, "provision.html", context, status_code=502 if outcome.error else 200)

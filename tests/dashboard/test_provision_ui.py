@@ -1,0 +1,71 @@
+"""Provisioning from the dashboard: the plan first with nothing written, then apply; CSRF-checked."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.main import create_app
+from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
+from tests.support.db import open_sessions
+from tests.support.server import serve_asgi
+
+
+@pytest.fixture
+def ui(database_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, CRMSandbox]]:
+    settings = settings_for(tmp_path, database_url)
+    with crm_sandbox("bitrix24") as sandbox:
+
+        async def add() -> None:
+            async with open_sessions(database_url) as sessions, sessions.begin() as session:
+                session.add(sandbox.connection(settings, name="b24"))
+
+        asyncio.run(add())
+        with serve_asgi(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
+            assert client.post("/login", data={"token": "test-token-123", "next": "/"}).status_code == 303
+            yield client, sandbox
+
+
+def csrf(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match
+    return match.group(1)
+
+
+def test_plan_then_apply_from_the_template_page(ui: tuple[httpx.Client, CRMSandbox]) -> None:
+    client, sandbox = ui
+    page = client.get("/templates/general.typical").text
+    assert '<option value="b24">b24 (bitrix24)</option>' in page
+    token = csrf(page)
+
+    assert client.post("/templates/general.typical/provision", data={"connection": "b24"}).status_code == 403
+    sandbox.reset_stats()
+    plan = client.post(
+        "/templates/general.typical/provision", data={"csrf_token": token, "connection": "b24"}
+    )
+    assert plan.status_code == 200
+    assert plan.text.count('class="plan-create"') >= 12 and "Применить план" in plan.text
+    assert sandbox.writes() == 0  # the plan alone writes nothing
+
+    applied = client.post(
+        "/templates/general.typical/provision",
+        data={"csrf_token": csrf(plan.text), "connection": "b24", "apply": "1"},
+    )
+    assert applied.status_code == 200 and "План применён." in applied.text
+    assert sandbox.writes() > 0
+    again = client.post(
+        "/templates/general.typical/provision", data={"csrf_token": token, "connection": "b24"}
+    )
+    assert (
+        'class="plan-create"' not in again.text and "Применить план" not in again.text
+    )  # nothing left to do
+
+    missing = client.post(
+        "/templates/general.typical/provision", data={"csrf_token": token, "connection": "nope"}
+    )
+    assert missing.status_code == 404 and "no connection named &#39;nope&#39;" in missing.text

@@ -3,7 +3,8 @@
 Every path that learns about a deal (webhook, reconcile, our own push) ends here. A snapshot older
 than what we hold is ignored (the mirror never goes back in time); one with the same modify time is a
 duplicate and changes nothing; a newer one updates the deal and, when the stage changed, appends a
-stage transition stamped with the CRM's modify time.
+stage transition stamped with the CRM's modify time and with when the deal had entered the stage it
+left (its stage_entered_at before the move), so analytics can pair an exit with its entry.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ async def mirror_snapshots(
         deal = existing[snapshot.id]
         if created.get(snapshot.id) is snapshot:
             result.created += 1
-            _record_transition(session, result, deal, None, None, snapshot, source)
+            _record_transition(session, result, deal, None, None, None, snapshot, source)
             continue
         if snapshot.updated_at < deal.crm_updated_at:
             result.stale += 1
@@ -113,13 +114,24 @@ async def mirror_snapshots(
             # applied: Bitrix24 stamps modify times to the second, and a later fetch is newer.)
             result.unchanged += 1
             continue
+        # _apply overwrites all three when the stage changes: the transition records what they were.
         previous_crm_stage, previous_stage = deal.crm_stage_id, deal.stage_id
+        previous_entered_at = deal.stage_entered_at
         moved = (deal.crm_pipeline_id, deal.crm_stage_id) != (snapshot.pipeline_id, snapshot.stage_id)
         _apply(deal, snapshot, index)
         deal.deleted_at = None  # a restored deal comes back
         result.updated += 1
         if moved:
-            _record_transition(session, result, deal, previous_crm_stage, previous_stage, snapshot, source)
+            _record_transition(
+                session,
+                result,
+                deal,
+                previous_crm_stage,
+                previous_stage,
+                previous_entered_at,
+                snapshot,
+                source,
+            )
     return result
 
 
@@ -178,9 +190,12 @@ def _record_transition(
     deal: Deal,
     from_crm_stage: str | None,
     from_stage: int | None,
+    from_stage_entered_at: datetime | None,
     snapshot: DealSnapshot,
     source: str,
 ) -> None:
+    """Append the move to `snapshot`'s stage; the from_* values are the deal's before the move (all
+    None for the transition that creates the deal)."""
     transition = StageTransition(
         deal_id=deal.id,
         from_crm_stage_id=from_crm_stage,
@@ -188,6 +203,7 @@ def _record_transition(
         from_stage_id=from_stage,
         to_stage_id=deal.stage_id,
         at=snapshot.updated_at,
+        from_stage_entered_at=from_stage_entered_at,
         source=source,
     )
     session.add(transition)

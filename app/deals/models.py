@@ -52,7 +52,21 @@ class Deal(Base):
 
 class StageTransition(Base):
     __tablename__ = "stage_transitions"
-    __table_args__ = (Index("ix_stage_transitions_deal_at", "deal_id", "at"),)
+    __table_args__ = (
+        # A deal's history; to_stage_id rides along for the analytics' won entries (index only).
+        Index("ix_stage_transitions_deal_at", "deal_id", "at", "to_stage_id"),
+        # Funnel analytics (app.analytics.transitions), both read from the index alone: entries into a
+        # stage in a period, and exits from a stage whose entry was in the period.
+        Index("ix_stage_transitions_to_stage_at", "to_stage_id", "at", "deal_id"),
+        Index(
+            "ix_stage_transitions_from_stage_entered",
+            "from_stage_id",
+            "from_stage_entered_at",
+            "at",
+            "to_stage_id",
+            "deal_id",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     deal_id: Mapped[int] = mapped_column(ForeignKey("deals.id", ondelete="CASCADE"))
@@ -61,6 +75,9 @@ class StageTransition(Base):
     from_stage_id: Mapped[int | None] = mapped_column(ForeignKey("stages.id", ondelete="SET NULL"))
     to_stage_id: Mapped[int | None] = mapped_column(ForeignKey("stages.id", ondelete="SET NULL"))
     at: Mapped[datetime] = mapped_column(UTCDateTime())  # the CRM's modify time
+    # When the deal entered the stage it leaves here (its previous transition's `at`); None for the
+    # transition that created the deal. Lets analytics pair an exit with its entry without a window.
+    from_stage_entered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     source: Mapped[str] = mapped_column(String(16))  # webhook | reconcile | funnelsync
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 

@@ -137,3 +137,58 @@ async def test_tombstone_and_restore(sessions: async_sessionmaker[AsyncSession])
     assert (await get_deal(sessions, "1")).deleted_at is not None
     await mirror(sessions, snap("1", "C5:NEW", 2))
     assert (await get_deal(sessions, "1")).deleted_at is None
+
+
+async def entered_history(
+    factory: async_sessionmaker[AsyncSession], crm_id: str
+) -> list[tuple[str, datetime | None, datetime]]:
+    """(to stage, from_stage_entered_at, at) of a deal's transitions, oldest first."""
+    async with factory() as session:
+        deal = await session.scalar(select(Deal).where(Deal.crm_deal_id == crm_id))
+        assert deal is not None
+        rows = await session.scalars(
+            select(StageTransition).where(StageTransition.deal_id == deal.id).order_by(StageTransition.id)
+        )
+        return [(t.to_crm_stage_id, t.from_stage_entered_at, t.at) for t in rows]
+
+
+def at(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+async def test_transitions_record_when_the_left_stage_was_entered(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    await mirror(sessions, snap("1", "C5:NEW", 0))
+    # Same stage, other content: no transition, and the deal is still in NEW since minute 0.
+    await mirror(sessions, snap("1", "C5:NEW", 3, responsible_id="7"))
+    await mirror(sessions, snap("1", "C5:QUALIFIED", 5))
+    await mirror(sessions, snap("1", "C5:NEW", 8), source="reconcile")  # back again
+    assert await entered_history(sessions, "1") == [
+        ("C5:NEW", None, at(0)),  # creation: no stage was left
+        ("C5:QUALIFIED", at(0), at(5)),
+        ("C5:NEW", at(5), at(8)),
+    ]
+    assert (await get_deal(sessions, "1")).stage_entered_at == at(8)
+
+
+async def test_entered_at_within_one_batch_and_across_pipelines(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    # Created and moved twice in one batch (delivered out of order): each move sees the previous one.
+    await mirror(sessions, snap("2", "C5:WON", 9), snap("2", "C5:NEW", 1), snap("2", "C5:QUALIFIED", 4))
+    assert await entered_history(sessions, "2") == [
+        ("C5:NEW", None, at(1)),
+        ("C5:QUALIFIED", at(1), at(4)),
+        ("C5:WON", at(4), at(9)),
+    ]
+    # Into a pipeline FunnelSync does not manage and back: the time carries over unmanaged stages.
+    await mirror(sessions, snap("2", "C9:NEW", 20, pipeline="9"))
+    await mirror(sessions, snap("2", "C5:NEW", 30))
+    assert (await entered_history(sessions, "2"))[-2:] == [
+        ("C9:NEW", at(9), at(20)),
+        ("C5:NEW", at(20), at(30)),
+    ]
+    # A duplicate or stale delivery records nothing.
+    await mirror(sessions, snap("2", "C5:NEW", 30), snap("2", "C5:WON", 25))
+    assert len(await entered_history(sessions, "2")) == 5

@@ -8,8 +8,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from app.analytics import board, overview, service
 from app.analytics.funnels import BadPeriod, FunnelNotFound, load_funnel, parse_period
-from app.analytics.schemas import Board, Failures, FunnelAnalytics, Overview
+from app.analytics.schemas import Board, CommandKind, Failures, FunnelAnalytics, Overview, RetryableStatus
 from app.api.deps import SessionsDep
+from app.connections import service as connections
 from app.db import utcnow
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
@@ -30,9 +31,22 @@ async def get_overview(sessions: SessionsDep) -> Overview:
 
 
 @router.get("/failures")
-async def get_failures(sessions: SessionsDep, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> Failures:
+async def get_failures(
+    sessions: SessionsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    connection: Annotated[
+        str | None, Query(description="Connection name: narrows events and commands")
+    ] = None,
+    kind: Annotated[CommandKind | None, Query(description="Command kind: narrows the commands")] = None,
+    status_: Annotated[
+        RetryableStatus | None, Query(alias="status", description="failed or dead: narrows the commands")
+    ] = None,
+) -> Failures:
     async with sessions() as session:
-        return await overview.failures(session, limit)
+        connection_id = None
+        if connection is not None:  # an unknown name is ConnectionNotFound: 404
+            connection_id = (await connections.get_connection(session, connection)).id
+        return await overview.failures(session, limit, connection_id=connection_id, kind=kind, status=status_)
 
 
 @router.get("/funnels/{funnel_id}")

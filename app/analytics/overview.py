@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlencode
 
 from sqlalchemy import LargeBinary, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,12 +19,13 @@ from app.analytics.schemas import (
     Overview,
 )
 from app.connections.models import Connection
-from app.connections.service import list_connections
+from app.connections.service import get_connection, list_connections
 from app.connections.status import connection_status
 from app.db import utcnow
 from app.deals.models import Deal
 from app.funnels.models import Funnel
 from app.outbox.models import OutboxCommand
+from app.outbox.service import KINDS, RETRYABLE_STATUSES
 from app.webhooks.models import InboxEvent
 
 OUTBOX_STATUSES = ("pending", "failed", "dead", "done")
@@ -74,9 +78,71 @@ def body_preview(body: bytes) -> str:
     return text + ("…" if len(body) > BODY_PREVIEW_BYTES else "")
 
 
-async def failures(session: AsyncSession, limit: int = 200) -> Failures:
+class BadFilter(ValueError):
+    """A filter value the failure lists do not know; the message names the ones they do."""
+
+
+def check_filter(kind: str | None, status: str | None) -> None:
+    """BadFilter unless `kind` is an outbox command kind and `status` failed or dead (None: any)."""
+    if kind is not None and kind not in KINDS:
+        raise BadFilter(f"unknown command kind {kind!r}; one of: {', '.join(KINDS)}")
+    if status is not None and status not in RETRYABLE_STATUSES:
+        raise BadFilter(f"unknown status {status!r}; one of: {', '.join(RETRYABLE_STATUSES)}")
+
+
+@dataclass(frozen=True)
+class FailureFilter:
+    """What the failures page narrows its lists to, as the operator chose it; None means all.
+
+    The connection narrows both lists; kind and status only apply to commands (a failed inbox event
+    has neither)."""
+
+    connection: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    connection_id: int | None = None  # resolved from `connection`
+
+    def params(self) -> Iterator[tuple[str, str]]:
+        """The chosen values as (name, value) pairs: hidden form fields and the query string."""
+        for name in ("connection", "kind", "status"):
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value
+
+    def query(self, **extra: int) -> str:
+        """The filter (and `extra`) as a query string, for the redirect after a retry."""
+        return urlencode([*self.params(), *((k, str(v)) for k, v in extra.items())])
+
+    @property
+    def active(self) -> bool:
+        return (self.connection, self.kind, self.status) != (None, None, None)
+
+
+async def failure_filter(
+    session: AsyncSession, connection: str = "", kind: str = "", status: str = ""
+) -> FailureFilter:
+    """Read the filter from form or query strings, where "" means all (so a connection may be named
+    "all"). BadFilter for an unknown kind or status, ConnectionNotFound (a NotFound) for an unknown
+    connection name; nothing is written either way."""
+    check_filter(kind or None, status or None)
+    connection_id = (await get_connection(session, connection)).id if connection else None
+    return FailureFilter(connection or None, kind or None, status or None, connection_id)
+
+
+async def failures(
+    session: AsyncSession,
+    limit: int = 200,
+    *,
+    connection_id: int | None = None,
+    kind: str | None = None,
+    status: str | None = None,
+) -> Failures:
+    """Failed inbox events and failed or dead commands, newest first, at most `limit` of each.
+
+    `connection_id` narrows both lists; `kind` and `status` (failed or dead) narrow the commands."""
+    check_filter(kind, status)
     # Only the columns shown, and only the head of each body: bodies can be up to a megabyte.
-    events = await session.execute(
+    event_query = (
         select(
             InboxEvent.id,
             Connection.name,
@@ -87,16 +153,19 @@ async def failures(session: AsyncSession, limit: int = 200) -> Failures:
         )
         .join(Connection, Connection.id == InboxEvent.connection_id)
         .where(InboxEvent.status == "failed")
-        .order_by(InboxEvent.id.desc())
-        .limit(limit)
     )
-    commands = await session.execute(
+    command_query = (
         select(OutboxCommand, Connection.name)
         .join(Connection, Connection.id == OutboxCommand.connection_id)
-        .where(OutboxCommand.status.in_(["failed", "dead"]))
-        .order_by(OutboxCommand.id.desc())
-        .limit(limit)
+        .where(OutboxCommand.status.in_([status] if status else RETRYABLE_STATUSES))
     )
+    if connection_id is not None:
+        event_query = event_query.where(InboxEvent.connection_id == connection_id)
+        command_query = command_query.where(OutboxCommand.connection_id == connection_id)
+    if kind is not None:
+        command_query = command_query.where(OutboxCommand.kind == kind)
+    events = await session.execute(event_query.order_by(InboxEvent.id.desc()).limit(limit))
+    commands = await session.execute(command_query.order_by(OutboxCommand.id.desc()).limit(limit))
     return Failures(
         events=[
             FailedEvent(

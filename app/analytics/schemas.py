@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -127,6 +128,11 @@ class ConnectionOverview(BaseModel):
 class Overview(BaseModel):
     connections: list[ConnectionOverview]
     generated_at: datetime
+
+
+# The filter values of the failure lists: app.outbox.service.KINDS and RETRYABLE_STATUSES.
+CommandKind = Literal["move", "task", "task_due", "comment", "fields"]
+RetryableStatus = Literal["failed", "dead"]
 
 
 class FailedEvent(BaseModel):

@@ -84,13 +84,9 @@ def build_record(
             }
         # The webhook URL carries this secret: amoCRM webhooks are not signed.
         credentials["webhook_secret"] = secrets.token_urlsafe(24)
-    return Connection(
-        name=data.name,
-        crm=data.crm,
-        base_url=base_url,
-        credentials_encrypted=encrypt(settings, json.dumps(credentials)),
-        settings=record_settings,
-    )
+    record = Connection(name=data.name, crm=data.crm, base_url=base_url, settings=record_settings)
+    store_credentials(settings, record, credentials)
+    return record
 
 
 async def add_connection(session: AsyncSession, record: Connection) -> Connection:
@@ -121,6 +117,9 @@ def credentials(settings: Settings, record: Connection) -> dict[str, Any]:
 
 def store_credentials(settings: Settings, record: Connection, values: dict[str, Any]) -> None:
     record.credentials_encrypted = encrypt(settings, json.dumps(values))
+    # When the access token runs out is not a secret, and the overview shows it without decrypting.
+    if values.get("expires_at"):
+        record.settings = {**(record.settings or {}), "token_expires_at": str(values["expires_at"])}
 
 
 def webhook_url(settings: Settings, record: Connection, *, reveal_secret: bool) -> str:

@@ -37,6 +37,8 @@ class ConnectionStatus(BaseModel):
     unknown_stages: list[UnknownStage]
     # What the webhook check last found and did (amoCRM disables failing destinations).
     webhook: dict[str, str] | None = None
+    # When the OAuth access token expires (None: a webhook URL or a long-lived token).
+    token_expires_at: datetime | None = None
 
 
 async def connection_status(session: AsyncSession, record: Connection) -> ConnectionStatus:
@@ -77,8 +79,18 @@ async def connection_status(session: AsyncSession, record: Connection) -> Connec
         reconcile_error=sync.last_error if sync else None,
         deals=deals or 0,
         webhook=record.settings.get("webhook"),
+        token_expires_at=_parse_time(record.settings.get("token_expires_at")),
         unknown_stages=[UnknownStage(crm_pipeline_id=p, crm_stage_id=s, deals=n) for p, s, n in unknown],
     )
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return _aware(datetime.fromisoformat(value))
+    except ValueError:  # a hand-edited setting: show nothing rather than fail the overview
+        return None
 
 
 def _aware(value: datetime) -> datetime:

@@ -35,7 +35,9 @@ from app.funnels.plan import PlanLimitError
 from app.funnels.service import provision
 from app.library.service import TemplateNotFound, get_template, list_templates, niches
 from app.outbox import service as outbox
+from app.scheduler import INBOX_JOB, wake
 from app.security import tokens_match
+from app.webhooks import service as inbox
 
 router = APIRouter(include_in_schema=False)
 
@@ -103,34 +105,119 @@ async def overview_page(request: Request, _: SessionDep, sessions: SessionsDep) 
     return render(request, template, {"overview": data, "active": "overview"})
 
 
+FilterField = Annotated[str, Form()]
+StatusField = Annotated[str, Form(alias="status")]
+RETRY_SCOPES = ("selected", "matching")
+
+
 @router.get("/failures")
 async def failures_page(
-    request: Request, _: SessionDep, sessions: SessionsDep, retried: int | None = None
+    request: Request,
+    _: SessionDep,
+    sessions: SessionsDep,
+    connection: str = "",
+    kind: str = "",
+    status_: Annotated[str, Query(alias="status")] = "",
+    retried: int | None = None,
 ) -> HTMLResponse:
+    """Failed events and failed or dead commands, narrowed by the filter form ("" means all)."""
     async with sessions() as session:
-        data = await overview.failures(session)
-    return render(request, "failures.html", {"failures": data, "active": "failures", "retried": retried})
+        try:
+            chosen = await overview.failure_filter(session, connection, kind, status_)
+        except (overview.BadFilter, NotFound) as exc:
+            return _filter_error(request, exc)
+        data = await overview.failures(
+            session, connection_id=chosen.connection_id, kind=chosen.kind, status=chosen.status
+        )
+        choices = await connections.list_connections(session)
+    context = {
+        "failures": data,
+        "filter": chosen,
+        "connections": choices,
+        "kinds": outbox.KINDS,
+        "statuses": outbox.RETRYABLE_STATUSES,
+        "active": "failures",
+        "retried": retried,
+    }
+    return render(request, "failures.html", context)
 
 
 @router.post("/failures/retry")
 async def retry_failures(
+    request: Request,
     _: CsrfDep,
     sessions: SessionsDep,
     scope: Annotated[str, Form()] = "selected",
     command_id: Annotated[list[int] | None, Form()] = None,
     only: Annotated[int | None, Form()] = None,
+    connection: FilterField = "",
+    kind: FilterField = "",
+    status_: StatusField = "",
 ) -> Response:
-    """Queue failed or dead commands again: one (its row's button), the ticked ones, or all of a status."""
+    """Queue failed or dead commands again: one (its row's button), the ticked ones, or all matching
+    the page's filter (carried in hidden fields). Back to the page with the same filter."""
+    if scope not in RETRY_SCOPES:
+        return _bad_request(request, f"unknown retry scope {scope!r}")
     async with sessions.begin() as session:
+        try:
+            chosen = await overview.failure_filter(session, connection, kind, status_)
+        except (overview.BadFilter, NotFound) as exc:
+            return _filter_error(request, exc)
         if only is not None:
             count = await outbox.retry_matching(session, ids=[only])
-        elif scope in ("dead", "failed"):
-            count = await outbox.retry_matching(session, status=scope)
-        elif scope == "selected":
-            count = await outbox.retry_matching(session, ids=command_id or []) if command_id else 0
+        elif scope == "matching":
+            count = await outbox.retry_matching(
+                session, status=chosen.status, connection_id=chosen.connection_id, kind=chosen.kind
+            )
         else:
-            raise HTTPException(status.HTTP_400_BAD_REQUEST, f"unknown retry scope {scope!r}")
-    return RedirectResponse(f"/failures?retried={count}", status.HTTP_303_SEE_OTHER)
+            count = await outbox.retry_matching(session, ids=command_id) if command_id else 0
+    return RedirectResponse(f"/failures?{chosen.query(retried=count)}", status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/failures/retry-events")
+async def retry_failed_events(
+    request: Request,
+    _: CsrfDep,
+    sessions: SessionsDep,
+    scope: Annotated[str, Form()] = "selected",
+    event_id: Annotated[list[int] | None, Form()] = None,
+    only: Annotated[int | None, Form()] = None,
+    connection: FilterField = "",
+    kind: FilterField = "",
+    status_: StatusField = "",
+) -> Response:
+    """Send failed inbox events back to the processor: one, the ticked ones, or all of the filter's
+    connection (kind and status are commands' filters: only carried back to the page)."""
+    if scope not in RETRY_SCOPES:
+        return _bad_request(request, f"unknown retry scope {scope!r}")
+    async with sessions.begin() as session:
+        try:
+            chosen = await overview.failure_filter(session, connection, kind, status_)
+        except (overview.BadFilter, NotFound) as exc:
+            return _filter_error(request, exc)
+        if only is not None:
+            count = await inbox.retry_events(session, ids=[only])
+        elif scope == "matching":
+            count = await inbox.retry_events(session, connection_id=chosen.connection_id)
+        else:
+            count = await inbox.retry_events(session, ids=event_id or [])
+    if count:
+        wake(getattr(request.app.state, "scheduler", None), INBOX_JOB)
+    return RedirectResponse(f"/failures?{chosen.query(retried=count)}", status.HTTP_303_SEE_OTHER)
+
+
+def _bad_request(request: Request, message: str) -> HTMLResponse:
+    context = {"message": message, "heading": "bad_request", "back_url": "/failures"}
+    return render(request, "error.html", context, status_code=status.HTTP_400_BAD_REQUEST)
+
+
+def _filter_error(request: Request, exc: Exception) -> HTMLResponse:
+    """An unknown connection name is 404, a kind or status the lists do not know is 400; the page
+    links back to the unfiltered list."""
+    if isinstance(exc, NotFound):
+        context = {"message": str(exc), "back_url": "/failures"}
+        return render(request, "error.html", context, status_code=status.HTTP_404_NOT_FOUND)
+    return _bad_request(request, str(exc))
 
 
 def _not_found(request: Request, message: str) -> HTMLResponse:

@@ -1,10 +1,10 @@
-"""Inbox event API shape."""
+"""Inbox event API shapes."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 
 class InboxEventOut(BaseModel):
@@ -18,3 +18,16 @@ class InboxEventOut(BaseModel):
     processed_at: datetime | None
     content_type: str
     body_preview: str
+
+
+class EventRetry(BaseModel):
+    """Failed events to queue again: all of them, one connection's, and/or the listed ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection: str | None = None
+    ids: list[int] | None = None
+
+
+class EventRetryResult(BaseModel):
+    retried: int

@@ -1,4 +1,5 @@
-"""Inbox: durable storage of webhook deliveries, and reading it back for the API and dashboard."""
+"""Inbox: durable storage of webhook deliveries, reading it back for the API and dashboard, and
+sending failed events back to the processor."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
+from app.errors import NotFound
 from app.webhooks.models import InboxEvent
 
 
@@ -75,3 +77,44 @@ async def counts_by_status(session: AsyncSession, connection_id: int | None = No
     if connection_id is not None:
         query = query.where(InboxEvent.connection_id == connection_id)
     return {status: count for status, count in await session.execute(query)}
+
+
+class EventNotFound(NotFound):
+    pass
+
+
+class EventNotRetryable(ValueError):
+    pass
+
+
+async def retry_event(session: AsyncSession, event_id: int) -> InboxEvent:
+    """Queue a failed event for the inbox job to parse again: worth doing after upgrading FunnelSync
+    with a parser fix (with the same parser it simply fails again, one attempt more).
+
+    `error` is kept until the event is processed again: it is still the last known reason, shown
+    beside the pending event the way a deferred event's is, and the processor replaces it either way
+    (cleared on success, the new reason on failure). `attempts` keeps counting across retries.
+    `processed_at` is cleared: the event is waiting again, not processed."""
+    event = await session.get(InboxEvent, event_id)
+    if event is None:
+        raise EventNotFound(f"no inbox event with id {event_id}")
+    if event.status != "failed":
+        raise EventNotRetryable(f"event {event_id} is {event.status}; only failed events are retried")
+    event.status, event.processed_at = "pending", None
+    return event
+
+
+async def retry_events(
+    session: AsyncSession, *, connection_id: int | None = None, ids: Sequence[int] | None = None
+) -> int:
+    """Bulk replay: every failed event matching the filter goes back to pending (as retry_event
+    does); returns how many."""
+    if ids is not None and not ids:
+        return 0
+    query = update(InboxEvent).where(InboxEvent.status == "failed")
+    if connection_id is not None:
+        query = query.where(InboxEvent.connection_id == connection_id)
+    if ids is not None:
+        query = query.where(InboxEvent.id.in_(list(ids)))
+    result = await session.execute(query.values(status="pending", processed_at=None))
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ registered again. amoCRM sandbox over real HTTP, both databases."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from app.connections.connector import exchange_amocrm_code, open_connector
 from app.connections.jobs import check_webhooks, refresh_tokens
 from app.connections.models import Connection
 from app.connections.schemas import AmoCRMConnectionCreate
+from app.connections.status import connection_status
 from app.db import utcnow
 from connectors.base import CRMConnector
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
@@ -83,6 +84,11 @@ async def test_tokens_are_refreshed_ahead_of_expiry_and_saved(
             await connector.aclose()
     after = await stored(sessions, settings)
     assert after["refresh_token"] != before["refresh_token"]
+    # The new expiry is also kept in the clear for the overview, which never decrypts credentials.
+    async with sessions() as session:
+        health = await connection_status(session, await service.get_connection(session, "amo"))
+    assert health.token_expires_at == datetime.fromisoformat(after["expires_at"])
+    assert health.token_expires_at > utcnow() + timedelta(hours=1)
     assert after["access_token"] != before["access_token"]
     connector = await open_connector(sessions, settings, record)
     try:

@@ -146,6 +146,10 @@ async def _seed(url: str) -> Seeded:
                 credentials_encrypted="x",
                 status="paused",
                 paused_reason="amoCRM refused the refresh token",
+                settings={
+                    "token_expires_at": (T0 - timedelta(hours=1)).isoformat(),
+                    "webhook": {"status": "re-enabled", "at": T0.isoformat()},
+                },
             )
             session.add_all([b24, amo])
             await session.flush()

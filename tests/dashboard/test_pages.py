@@ -43,7 +43,12 @@ def test_overview_shows_health_and_queues(client: httpx.Client) -> None:
     page = client.get("/").text
     amo, html = page.split('<section class="card"')[1:3]  # connections in name order
     assert "amoCRM refused the refresh token" in amo and value(amo, 'data-outbox="dead"') == "0"
+    # The expired OAuth token and the hook amoCRM had disabled (and FunnelSync re-enabled).
+    assert re.search(r'data-metric="token-expires"><time [^>]*class="bad">2026-11-01 08:00', amo)
+    assert "истёк" in amo
+    assert 'data-webhook="re-enabled"' in amo and "CRM отключила наш вебхук" in amo
     assert "b24" in html
+    assert "бессрочный" in value(html, 'data-metric="token-expires"')
     assert value(html, 'data-outbox="dead"') == "2" and value(html, 'data-outbox="done"') == "3"
     assert value(html, 'data-events="failed"') == "1" and value(html, 'data-events="processed"') == "2"
     assert value(html, 'data-metric="dead-letters"') == "2"
@@ -70,8 +75,10 @@ def test_failures_show_error_texts_and_retry_from_the_page(client: httpx.Client)
     assert one.status_code == 303 and one.headers["location"] == "/failures?retried=1"
     after = client.get(one.headers["location"]).text
     assert "Отправлено повторно: 1" in after and value(after, 'data-count="commands"') == "2"
-    rest = client.post("/failures/retry", data={"csrf_token": csrf_of(after), "scope": "dead"})
-    assert rest.headers["location"] == "/failures?retried=1"
+    rest = client.post(
+        "/failures/retry", data={"csrf_token": csrf_of(after), "scope": "matching", "status": "dead"}
+    )
+    assert rest.headers["location"] == "/failures?status=dead&retried=1"
     selected = client.post(
         "/failures/retry", data={"csrf_token": csrf_of(after), "scope": "selected", "command_id": []}
     )

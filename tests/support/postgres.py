@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.apt import PackageUnavailable, apt_install
 from tests.support.server import free_port
 
 
@@ -32,11 +33,10 @@ def _find_bin_dir() -> Path | None:
 
 
 def _install_with_apt() -> None:
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise PostgresUnavailable("PostgreSQL binaries are missing and cannot be installed (need root + apt)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env=env, capture_output=True)
+    try:
+        apt_install("postgresql", "the tests need a PostgreSQL server")
+    except PackageUnavailable as exc:
+        raise PostgresUnavailable(str(exc)) from exc
 
 
 @dataclass

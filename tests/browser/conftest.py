@@ -1,0 +1,123 @@
+"""Browser tests: Playwright for Python driving Debian's Chromium against FunnelSync served on a real
+port, with a Bitrix24 sandbox posting its webhooks to it.
+
+Chromium is `/usr/bin/chromium` (or FUNNELSYNC_CHROMIUM); when it is missing the setup installs the
+`chromium` package with apt, and fails with the reason when it cannot. Playwright's own browser
+download is never used. Every test leaves screenshots under artifacts/browser/ (or
+FUNNELSYNC_ARTIFACTS_DIR/browser), the last one taken at teardown whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from tests.rules.conftest import Bench
+from tests.support.apt import PackageUnavailable, apt_install
+from tests.support.live import live_funnel
+
+CHROMIUM = Path(os.environ.get("FUNNELSYNC_CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = (
+    Path(os.environ.get("FUNNELSYNC_ARTIFACTS_DIR", Path(__file__).parents[2] / "artifacts")) / "browser"
+)
+TOKEN = "test-token-123"  # tests.support.crm.settings_for
+# Root in CI needs --no-sandbox; the closed network here refuses Chromium's background connections,
+# so everything that phones home is switched off.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if not CHROMIUM.exists():
+        try:
+            apt_install("chromium", "the browser tests drive Debian's Chromium")
+        except PackageUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is still missing after installing the chromium package", pytrace=False)
+    return str(CHROMIUM)
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@dataclass
+class UI:
+    """One browser page on FunnelSync, with the screenshots it leaves behind."""
+
+    page: Page
+    base_url: str
+    name: str
+    shots: list[Path] = field(default_factory=list)
+
+    async def open(self, path: str) -> None:
+        await self.page.goto(self.base_url + path)
+
+    async def shot(self, label: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        target = ARTIFACTS / f"{self.name}-{label}.png"
+        await self.page.screenshot(path=str(target), full_page=True)
+        self.shots.append(target)
+        return target
+
+    async def log_in(self, token: str = TOKEN) -> None:
+        """Log in through the form, by keyboard: the token field has focus when the page opens."""
+        await self.open("/login")
+        await self.page.keyboard.type(token)
+        await self.page.keyboard.press("Enter")
+        await self.page.wait_for_url(re.compile(r"/(\?.*)?$"))
+
+
+UIFactory = Callable[..., Awaitable[UI]]
+
+
+@pytest.fixture
+async def ui_factory(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[UIFactory]:
+    made: list[UI] = []
+    test_name = re.sub(r"[^\w.-]+", "_", request.node.name).strip("_")
+
+    async def make(base_url: str, viewport: dict[str, int] = DESKTOP, label: str = "") -> UI:
+        context = await browser.new_context(viewport=viewport)  # type: ignore[arg-type]
+        page = await context.new_page()
+        ui = UI(page, base_url.rstrip("/"), test_name + (f"-{label}" if label else ""))
+        made.append(ui)
+        return ui
+
+    yield make
+    for ui in made:
+        if not ui.page.is_closed():
+            await ui.shot("final")
+            await ui.page.context.close()
+
+
+@pytest.fixture
+async def live(database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
+    """The typical funnel provisioned into a Bitrix24 sandbox, FunnelSync serving the dashboard."""
+    async with live_funnel(
+        "bitrix24", database_url, tmp_path, connection_settings={"supervisor_id": "1"}
+    ) as funnel:
+        yield Bench.extend(funnel)

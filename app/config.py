@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # SLA escalations and follow-up tasks are checked this often.
     rules_interval_seconds: float = Field(default=30, gt=0)
     reconcile_interval_seconds: float = Field(default=300, gt=0)
+    # The outbox's retry budget: a command the CRM keeps refusing is dead-lettered after this many
+    # attempts or this many hours, whichever comes first (then an operator retries it by hand).
+    outbox_max_attempts: int = Field(default=8, ge=1)
+    outbox_max_age_hours: float = Field(default=24, gt=0)
     # Incremental reconciles re-read this far behind the cursor (coarse CRM clocks, skew).
     reconcile_overlap_seconds: float = Field(default=600, ge=0)
     # Largest webhook body accepted (the CRMs send a few KiB).

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import func, select
@@ -40,7 +41,23 @@ from connectors.bitrix24.sandbox import create_sandbox_app as bitrix24_sandbox
 from connectors.sandbox_user import SandboxUser, sandbox_user
 
 DEMO_APP_TOKEN = "demo-outgoing-webhook-token"
+# Some way into the demo the amoCRM sandbox answers every API call with HTTP 503 for a while: the
+# outbox retries, then dead-letters what it could not deliver, for an operator to retry by hand.
+OUTAGE_START, OUTAGE_LENGTH = 30.0, 90.0
 PLAN = (("bitrix24", "demo-bitrix24", "general.typical"), ("amocrm", "demo-amocrm", "auto_service.repair"))
+
+
+async def _amocrm_outage(ports: DemoPorts, start: float, length: float) -> None:
+    if length <= 0:
+        return
+    control = f"http://127.0.0.1:{ports.amocrm}/_sandbox/faults"
+    async with httpx.AsyncClient(timeout=10) as client:
+        await asyncio.sleep(start)
+        await client.post(control, json={"kind": "http_503", "count": 1_000_000})
+        try:
+            await asyncio.sleep(length)
+        finally:
+            await client.delete(control)
 
 
 class _Server(uvicorn.Server):
@@ -88,6 +105,8 @@ def demo_settings(settings: Settings, ports: DemoPorts) -> Settings:
             "auto_migrate": True,
             "inbox_interval_seconds": 1.0,
             "outbox_interval_seconds": 1.0,
+            # A short retry budget, so the simulated outage below leaves dead letters to retry.
+            "outbox_max_attempts": 3,
             "port": ports.service,
         }
     )
@@ -245,7 +264,10 @@ async def run_demo(
     announce: Callable[[str, str], Awaitable[None] | None],
     tick: float = 1.0,
     seed: int = 7,
+    stop: asyncio.Event | None = None,
+    outage: tuple[float, float] = (OUTAGE_START, OUTAGE_LENGTH),
 ) -> dict[str, int]:
+    """Run until `duration` seconds have passed or `stop` is set (never, without either)."""
     settings = demo_settings(settings, ports)
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     app = create_app(settings)
@@ -269,7 +291,7 @@ async def run_demo(
         for asgi, port in [(app, ports.service), *sandboxes]
     ]
     tasks = [asyncio.create_task(server.serve()) for server in servers]
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     try:
         for server, task in zip(servers, tasks, strict=True):
             waiter = asyncio.create_task(server.listening.wait())
@@ -285,6 +307,7 @@ async def run_demo(
         if result is not None:
             await result
         funnels = await _funnels(settings, sessions, ports)
+        outage_task = asyncio.create_task(_amocrm_outage(ports, *outage))
         rng, counter = random.Random(seed), [0]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + duration if duration is not None else None
@@ -294,6 +317,8 @@ async def run_demo(
                     await _simulate_step(funnel, rng, counter)
                 await asyncio.sleep(tick)  # the pace of the simulated sales team, not synchronisation
         finally:
+            outage_task.cancel()
+            await asyncio.gather(outage_task, return_exceptions=True)
             for funnel in funnels:
                 await funnel.user.aclose()
         # Let what the last ticks caused finish (webhooks processed, tasks pushed) so the summary

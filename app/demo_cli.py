@@ -9,7 +9,7 @@ import typer
 
 from app.config import get_settings
 from app.console import fail, out, print_json
-from app.demo import DemoPorts, run_demo
+from app.demo import OUTAGE_LENGTH, OUTAGE_START, DemoPorts, run_demo
 
 
 def demo_command(
@@ -21,10 +21,18 @@ def demo_command(
     port: Annotated[int, typer.Option(help="Port of the FunnelSync service.")] = 8000,
     bitrix24_port: Annotated[int, typer.Option(help="Port of the Bitrix24 sandbox.")] = 8024,
     amocrm_port: Annotated[int, typer.Option(help="Port of the amoCRM sandbox.")] = 8025,
+    outage_at: Annotated[
+        float, typer.Option(help="Seconds into the demo when the amoCRM sandbox starts answering 503.")
+    ] = OUTAGE_START,
+    outage_for: Annotated[
+        float, typer.Option(help="How long the outage lasts; 0: no outage.")
+    ] = OUTAGE_LENGTH,
 ) -> None:
     """FunnelSync with a Bitrix24 and an amoCRM sandbox, provisioned and simulating a sales team."""
     if duration is not None and duration <= 0:
         fail("--duration must be a positive number of seconds")
+    if outage_at < 0 or outage_for < 0:
+        fail("--outage-at and --outage-for must not be negative")
     ports = DemoPorts(port, bitrix24_port, amocrm_port)
 
     def announce(url: str, token: str) -> None:
@@ -36,10 +44,19 @@ def demo_command(
         out.print(
             f"  sandboxes   : Bitrix24 http://127.0.0.1:{ports.bitrix24}, amoCRM http://127.0.0.1:{ports.amocrm}"
         )
+        if outage_for:
+            out.print(
+                f"  outage      : from {outage_at:g} s the amoCRM sandbox answers HTTP 503 for {outage_for:g} s;"
+                " what cannot be delivered ends on the Failures page, to retry from there"
+            )
         out.print("  Ctrl+C stops it." if duration is None else f"  stopping in {duration:g} s.")
 
     try:
-        result = asyncio.run(run_demo(get_settings(), ports, duration=duration, announce=announce))
+        result = asyncio.run(
+            run_demo(
+                get_settings(), ports, duration=duration, announce=announce, outage=(outage_at, outage_for)
+            )
+        )
     except KeyboardInterrupt:
         return
     except RuntimeError as exc:

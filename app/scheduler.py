@@ -19,7 +19,7 @@ from app.connections.registry import ConnectorRegistry
 from app.deals.mirror import MirrorResult
 from app.deals.models import SyncState
 from app.deals.reconcile import reconcile
-from app.outbox.service import DrainResult, drain_connection
+from app.outbox.service import DrainResult, RetrySettings, drain_connection
 from app.rules.service import on_mirrored as rules_on_mirrored
 from app.rules.timers import run_timers
 from app.webhooks.processor import ProcessResult, process_inbox
@@ -54,8 +54,13 @@ async def run_outbox(runtime: Runtime) -> DrainResult:
     total = DrainResult()
     async with runtime.sessions() as session:
         records = list(await session.scalars(select(Connection).where(Connection.status == "active")))
+    retry = RetrySettings(
+        max_attempts=runtime.settings.outbox_max_attempts,
+        max_age=timedelta(hours=runtime.settings.outbox_max_age_hours),
+    )
     for record in records:
-        result = await drain_connection(runtime.sessions, record, await runtime.connectors.get(record))
+        connector = await runtime.connectors.get(record)
+        result = await drain_connection(runtime.sessions, record, connector, retry=retry)
         total.delivered += result.delivered
         total.retried += result.retried
         total.dead += result.dead

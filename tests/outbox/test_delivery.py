@@ -207,6 +207,25 @@ async def test_a_running_worker_delivers_after_unblock_and_resume(outbox: Outbox
         await runtime.connectors.aclose()
 
 
+@pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+async def test_the_workers_retry_budget_comes_from_the_settings(outbox: Outbox) -> None:
+    """FUNNELSYNC_OUTBOX_MAX_ATTEMPTS reaches the scheduler's drain: with 1, one failed attempt is
+    enough to dead-letter a command (the default of 8 would only reschedule it)."""
+    deals = outbox.seed(2)
+    await outbox.enqueue_moves(deals, outbox.stages[0])
+    kind, _ = OUTAGE[outbox.crm]
+    outbox.box.fault(kind, count=1000)
+    settings = outbox.settings.model_copy(update={"outbox_max_attempts": 1})
+    runtime = Runtime(outbox.sessions, settings, ConnectorRegistry(outbox.sessions, settings))
+    try:
+        result = await run_outbox(runtime)
+    finally:
+        await runtime.connectors.aclose()
+        outbox.sandbox.clear_faults()
+    assert result.dead == 2
+    assert {(c.status, c.attempts) for c in await outbox.commands()} == {("dead", 1)}
+
+
 @pytest.mark.parametrize("outbox", ["bitrix24", "amocrm"], indirect=True)
 async def test_a_timed_out_task_batch_is_looked_up_before_it_is_sent_again(outbox: Outbox) -> None:
     """A create whose answer never came may exist in the CRM: the next drain asks the CRM (by the

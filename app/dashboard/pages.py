@@ -6,12 +6,14 @@ page but /login needs the session cookie; every POST form needs the session's CS
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.analytics import board, overview, service
 from app.analytics.funnels import BadPeriod, FunnelNotFound, load_funnel, parse_period
@@ -142,6 +144,38 @@ async def failures_page(
     return render(request, "failures.html", context)
 
 
+def _chosen_ids(scope: str, only: int | None, ticked: list[int] | None) -> list[int] | None:
+    """A row's own button wins; then "all matching" (None: the filter decides); else the ticked ones."""
+    if only is not None:
+        return [only]
+    return None if scope == "matching" else list(ticked or [])
+
+
+# Retry what the page's form chose: these ids, or None for everything the filter matches.
+RetryChosen = Callable[[AsyncSession, overview.FailureFilter, list[int] | None], Awaitable[int]]
+
+
+async def _retry_from_page(
+    request: Request,
+    sessions: async_sessionmaker[AsyncSession],
+    scope: str,
+    ids: list[int] | None,
+    fields: tuple[str, str, str],
+    retry: RetryChosen,
+) -> tuple[int, Response]:
+    """The two retry forms' common path: check the scope and the filter carried in hidden fields
+    (nothing is written when either is bad), retry, and go back to the page with the same filter."""
+    if scope not in RETRY_SCOPES:
+        return 0, _bad_request(request, f"unknown retry scope {scope!r}")
+    async with sessions.begin() as session:
+        try:
+            chosen = await overview.failure_filter(session, *fields)
+        except (overview.BadFilter, NotFound) as exc:
+            return 0, _filter_error(request, exc)
+        count = await retry(session, chosen, ids)
+    return count, RedirectResponse(f"/failures?{chosen.query(retried=count)}", status.HTTP_303_SEE_OTHER)
+
+
 @router.post("/failures/retry")
 async def retry_failures(
     request: Request,
@@ -156,22 +190,19 @@ async def retry_failures(
 ) -> Response:
     """Queue failed or dead commands again: one (its row's button), the ticked ones, or all matching
     the page's filter (carried in hidden fields). Back to the page with the same filter."""
-    if scope not in RETRY_SCOPES:
-        return _bad_request(request, f"unknown retry scope {scope!r}")
-    async with sessions.begin() as session:
-        try:
-            chosen = await overview.failure_filter(session, connection, kind, status_)
-        except (overview.BadFilter, NotFound) as exc:
-            return _filter_error(request, exc)
-        if only is not None:
-            count = await outbox.retry_matching(session, ids=[only])
-        elif scope == "matching":
-            count = await outbox.retry_matching(
+
+    async def retry(session: AsyncSession, chosen: overview.FailureFilter, ids: list[int] | None) -> int:
+        if ids is None:
+            return await outbox.retry_matching(
                 session, status=chosen.status, connection_id=chosen.connection_id, kind=chosen.kind
             )
-        else:
-            count = await outbox.retry_matching(session, ids=command_id) if command_id else 0
-    return RedirectResponse(f"/failures?{chosen.query(retried=count)}", status.HTTP_303_SEE_OTHER)
+        return await outbox.retry_matching(session, ids=ids) if ids else 0
+
+    ids = _chosen_ids(scope, only, command_id)
+    _count, response = await _retry_from_page(
+        request, sessions, scope, ids, (connection, kind, status_), retry
+    )
+    return response
 
 
 @router.post("/failures/retry-events")
@@ -188,22 +219,19 @@ async def retry_failed_events(
 ) -> Response:
     """Send failed inbox events back to the processor: one, the ticked ones, or all of the filter's
     connection (kind and status are commands' filters: only carried back to the page)."""
-    if scope not in RETRY_SCOPES:
-        return _bad_request(request, f"unknown retry scope {scope!r}")
-    async with sessions.begin() as session:
-        try:
-            chosen = await overview.failure_filter(session, connection, kind, status_)
-        except (overview.BadFilter, NotFound) as exc:
-            return _filter_error(request, exc)
-        if only is not None:
-            count = await inbox.retry_events(session, ids=[only])
-        elif scope == "matching":
-            count = await inbox.retry_events(session, connection_id=chosen.connection_id)
-        else:
-            count = await inbox.retry_events(session, ids=event_id or [])
+
+    async def retry(session: AsyncSession, chosen: overview.FailureFilter, ids: list[int] | None) -> int:
+        if ids is None:
+            return await inbox.retry_events(session, connection_id=chosen.connection_id)
+        return await inbox.retry_events(session, ids=ids)
+
+    ids = _chosen_ids(scope, only, event_id)
+    count, response = await _retry_from_page(
+        request, sessions, scope, ids, (connection, kind, status_), retry
+    )
     if count:
         wake(getattr(request.app.state, "scheduler", None), INBOX_JOB)
-    return RedirectResponse(f"/failures?{chosen.query(retried=count)}", status.HTTP_303_SEE_OTHER)
+    return response
 
 
 def _bad_request(request: Request, message: str) -> HTMLResponse:

@@ -41,7 +41,7 @@ from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
 from app.deals.models import Deal, StageTransition
 from app.funnels.models import Funnel, FunnelStage
 from connectors.base import DealSnapshot
-from tests.support.db import open_sessions
+from tests.support.db import add_funnel, open_sessions
 
 P0 = datetime(2026, 3, 2, tzinfo=UTC)
 DAY = Period(start=P0, end=P0 + timedelta(days=1))
@@ -81,28 +81,8 @@ def snapshot(deal: str, code: str, minutes: int) -> DealSnapshot:
 async def seeded(database_url: str) -> AsyncIterator[Seeded]:
     async with open_sessions(database_url) as sessions:
         async with sessions.begin() as session:
-            connection = Connection(
-                name="b24", crm="bitrix24", base_url="http://x/", credentials_encrypted="x"
-            )
-            session.add(connection)
-            await session.flush()
             # A template key the library does not have: the stages come from the database alone.
-            funnel = Funnel(
-                connection_id=connection.id, template_key="hand.built", name="Flow", crm_pipeline_id="5"
-            )
-            session.add(funnel)
-            await session.flush()
-            for sort, (code, semantics) in enumerate(STAGES):
-                session.add(
-                    FunnelStage(
-                        funnel_id=funnel.id,
-                        code=code,
-                        name=code,
-                        sort=sort,
-                        semantics=semantics,
-                        crm_stage_id=f"C5:{code}",
-                    )
-                )
+            connection, funnel = await add_funnel(session, STAGES, template_key="hand.built", name="Flow")
         # One webhook batch per deal, in the order the CRM would have sent them.
         for deal, moves in HISTORY.items():
             async with sessions.begin() as session:

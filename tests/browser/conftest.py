@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.rules.conftest import Bench
 from tests.support.apt import PackageUnavailable, apt_install
@@ -84,10 +84,15 @@ class UI:
         self.shots.append(target)
         return target
 
+    async def type_token(self, token: str) -> None:
+        """Type into the login form's token field, which takes the focus by itself (autofocus)."""
+        await expect(self.page.locator("#token")).to_be_focused()
+        await self.page.keyboard.type(token)
+
     async def log_in(self, token: str = TOKEN) -> None:
         """Log in through the form, by keyboard: the token field has focus when the page opens."""
         await self.open("/login")
-        await self.page.keyboard.type(token)
+        await self.type_token(token)
         await self.page.keyboard.press("Enter")
         await self.page.wait_for_url(re.compile(r"/(\?.*)?$"))
 

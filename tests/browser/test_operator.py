@@ -47,7 +47,7 @@ async def test_log_in_and_read_a_connections_health(live: Bench, ui_factory: UIF
     ui = await ui_factory(live.url)
     await ui.open("/")
     await expect(ui.page).to_have_url(re.compile(r"/login"))  # nothing without a session
-    await ui.page.keyboard.type("not-the-token")
+    await ui.type_token("not-the-token")
     await ui.page.keyboard.press("Enter")
     await expect(ui.page.get_by_role("alert")).to_contain_text("Неверный токен")
     await ui.shot("wrong-token")

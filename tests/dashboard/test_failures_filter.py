@@ -173,7 +173,14 @@ def test_retry_all_matching_touches_only_what_the_filter_shows(page: Page) -> No
 
     response = page.client.post(
         "/failures/retry",
-        data={"csrf_token": csrf_of(html), "scope": "matching", "connection": "b24", "status": "dead"},
+        # A ticked row does not narrow "all matching": the filter decides.
+        data={
+            "csrf_token": csrf_of(html),
+            "scope": "matching",
+            "connection": "b24",
+            "status": "dead",
+            "command_id": [str(shown[0])],
+        },
     )
 
     assert response.status_code == 303

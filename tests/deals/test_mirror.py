@@ -10,12 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.connections.models import Connection
 from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
 from app.deals.models import Deal, StageTransition
-from app.funnels.models import Funnel, FunnelStage
 from connectors.base import DealSnapshot
-from tests.support.db import open_sessions
+from tests.support.db import add_funnel, open_sessions
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
@@ -24,27 +22,8 @@ T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
     async with open_sessions(database_url) as factory:
         async with factory.begin() as session:
-            connection = Connection(
-                name="b24", crm="bitrix24", base_url="http://x/", credentials_encrypted="x"
-            )
-            session.add(connection)
-            await session.flush()
-            funnel = Funnel(
-                connection_id=connection.id, template_key="general.typical", name="T", crm_pipeline_id="5"
-            )
-            session.add(funnel)
-            await session.flush()
-            for sort, code in enumerate(["NEW", "QUALIFIED", "WON"]):
-                session.add(
-                    FunnelStage(
-                        funnel_id=funnel.id,
-                        code=code,
-                        name=code,
-                        sort=sort,
-                        semantics="process",
-                        crm_stage_id=f"C5:{code}",
-                    )
-                )
+            stages = [(code, "process") for code in ("NEW", "QUALIFIED", "WON")]
+            await add_funnel(session, stages, template_key="general.typical", name="T")
         yield factory
 
 

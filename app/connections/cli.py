@@ -1,4 +1,4 @@
-"""`funnelsync connections add|list|check`."""
+"""`funnelsync connections add|list|check|resume|assignees`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pydantic import TypeAdapter, ValidationError
 from rich.table import Table
 
 from app.config import Settings
-from app.connections import service
+from app.connections import assignees, service
 from app.connections.connector import connected, exchange_amocrm_code
-from app.connections.schemas import AmoCRMConnectionCreate, CheckResult, ConnectionCreate
+from app.connections.schemas import AmoCRMConnectionCreate, AssigneesOut, CheckResult, ConnectionCreate
 from app.console import fail, out, print_json
 from app.runtime import Sessions, run_with_database
 
@@ -181,3 +181,88 @@ def resume_command(name: str) -> None:
 
     run_with_database(work)
     out.print(f"connection {name} resumed")
+
+
+def _role_assignments(pairs: list[str], unset: list[str]) -> dict[str, str | None]:
+    """--role CODE=ID and --unset-role CODE as one mapping (None removes); fails on bad shapes."""
+    roles: dict[str, str | None] = {}
+    for pair in pairs:
+        code, sep, user = pair.partition("=")
+        code, user = code.strip(), user.strip()
+        if not sep or not code or not user:
+            fail(f"--role takes CODE=USER_ID, e.g. --role mechanic=17; got {pair!r}")
+        if code in roles and roles[code] != user:
+            fail(f"--role {code} is given twice with different users")
+        roles[code] = user
+    for code in (c.strip() for c in unset):
+        if not code:
+            fail("--unset-role takes a role code")
+        if roles.get(code) is not None:
+            fail(f"role {code!r} is both set (--role) and removed (--unset-role)")
+        roles[code] = None
+    return roles
+
+
+@connections_cli.command("assignees")
+def assignees_command(
+    name: Annotated[str, typer.Argument(help="Connection name.")],
+    supervisor: Annotated[
+        str | None, typer.Option("--supervisor", metavar="ID", help="CRM user id for SLA escalations.")
+    ] = None,
+    no_supervisor: Annotated[bool, typer.Option("--no-supervisor", help="Clear the supervisor.")] = False,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", metavar="CODE=ID", help="Give a template role to a CRM user (repeatable)."),
+    ] = None,
+    unset_role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--unset-role",
+            metavar="CODE",
+            help="Remove a role; its tasks go to the deal's responsible user (repeatable).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show or set who gets the tasks the rules assign to the supervisor and to template roles."""
+    if supervisor is not None and no_supervisor:
+        fail("give either --supervisor or --no-supervisor, not both")
+    roles = _role_assignments(role or [], unset_role or [])
+    supervisor_id = None if no_supervisor else assignees.KEEP if supervisor is None else supervisor
+    changing = supervisor_id is not assignees.KEEP or bool(roles)
+
+    async def work(settings: Settings, sessions: Sessions) -> AssigneesOut:
+        try:
+            if not changing:
+                async with sessions() as session:
+                    return await assignees.get_assignees(session, name)
+            async with sessions.begin() as session:
+                return await assignees.set_assignees(session, name, supervisor_id=supervisor_id, roles=roles)
+        except (service.ConnectionNotFound, assignees.InvalidAssignees) as exc:
+            fail(str(exc))
+
+    result = run_with_database(work)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    if changing:
+        out.print(f"assignees of {name} updated")
+    _print_assignees(name, result)
+
+
+def _print_assignees(name: str, result: AssigneesOut) -> None:
+    fallback = "- (the deal's responsible user)"
+    table = Table(title=f"assignees of {name}")
+    for column in ("role", "name", "user id"):
+        table.add_column(column)
+    table.add_row("supervisor", "Руководитель / Supervisor", result.supervisor_id or fallback)
+    declared: set[str] = set()
+    for spec in result.available_roles:
+        declared.add(spec.code)
+        table.add_row(spec.code, f"{spec.name_ru} / {spec.name_en}", result.roles.get(spec.code, fallback))
+    for code, user in sorted(result.roles.items()):
+        if code not in declared:  # left from a template no longer provisioned here
+            table.add_row(code, "(no provisioned template declares it)", user)
+    out.print(table)
+    if not result.available_roles:
+        out.print("No provisioned template of this connection declares roles.")

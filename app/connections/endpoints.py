@@ -1,4 +1,4 @@
-"""/api/connections: add, list, show, check."""
+"""/api/connections: add, list, show, check, resume, assignees."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, status
 
 from app.api.deps import SessionsDep, SettingsDep
-from app.connections import service
+from app.connections import assignees, service
 from app.connections.check import check_connection
 from app.connections.connector import connected, exchange_amocrm_code
-from app.connections.schemas import AmoCRMConnectionCreate, CheckResult, ConnectionCreate, ConnectionOut
+from app.connections.schemas import (
+    AmoCRMConnectionCreate,
+    AssigneesOut,
+    AssigneesUpdate,
+    CheckResult,
+    ConnectionCreate,
+    ConnectionOut,
+)
 from app.connections.status import ConnectionStatus, connection_status
 from connectors.base import CRMError
 
@@ -74,3 +81,23 @@ async def resume(name: str, sessions: SessionsDep, settings: SettingsDep) -> Con
     """Resume a connection paused by an auth failure or a CRM block; its queue runs again."""
     async with sessions.begin() as session:
         return service.to_out(settings, await service.resume_connection(session, name))
+
+
+@router.get("/{name}/assignees")
+async def get_assignees(name: str, sessions: SessionsDep) -> AssigneesOut:
+    """Who gets the tasks the rules assign to the supervisor and to template roles, and the roles
+    the connection's provisioned templates declare."""
+    async with sessions() as session:
+        return await assignees.get_assignees(session, name)
+
+
+@router.patch("/{name}/assignees")
+async def set_assignees(name: str, body: AssigneesUpdate, sessions: SessionsDep) -> AssigneesOut:
+    """Set or clear the supervisor and role users; keys left out stay as they are, null clears.
+    An unknown role or a non-numeric user id is a 422 and changes nothing."""
+    supervisor = body.supervisor_id if "supervisor_id" in body.model_fields_set else assignees.KEEP
+    async with sessions.begin() as session:
+        try:
+            return await assignees.set_assignees(session, name, supervisor_id=supervisor, roles=body.roles)
+        except assignees.InvalidAssignees as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc

@@ -143,3 +143,32 @@ class CheckResult(BaseModel):
     scopes: list[str] = []
     missing_scopes: list[str] = []
     problem: str | None = None
+
+
+class AssigneesUpdate(BaseModel):
+    """PATCH body for a connection's assignees: only the keys present change, null clears."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    supervisor_id: str | None = Field(
+        default=None, description="CRM user id that receives SLA escalations; null clears it."
+    )
+    roles: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Template role code -> CRM user id; null removes the role (its tasks then go to "
+        "the deal's responsible user). Roles not named here keep their user.",
+    )
+
+
+class RoleOut(BaseModel):
+    code: str
+    name_ru: str
+    name_en: str
+
+
+class AssigneesOut(BaseModel):
+    """Who gets the tasks the rules assign to template roles, for one connection."""
+
+    supervisor_id: str | None
+    roles: dict[str, str]  # role code -> CRM user id
+    available_roles: list[RoleOut]  # roles declared by the templates provisioned in this connection

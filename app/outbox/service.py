@@ -34,6 +34,7 @@ from connectors.base import (
     ItemResult,
     NewComment,
     NewTask,
+    PermanentError,
     RateLimited,
     StageMove,
     TaskDeadline,
@@ -243,6 +244,25 @@ async def _recover_in_flight(
             )
 
 
+# Request-level refusals that are about the account, not the request: amoCRM's 402 (the subscription
+# has lapsed) and a JSON 403 from either CRM (the integration lost its rights, the server's IP is not
+# allowed). Every command would get the same answer until someone fixes the account, so the queue
+# pauses instead of spending each command's attempts into dead letters.
+ACCOUNT_REFUSALS = (402, 403)
+
+
+def refuses_account(exc: CRMError) -> bool:
+    if isinstance(exc, AuthError | AccountBlocked):
+        return True
+    return isinstance(exc, PermanentError) and exc.item_ref is None and exc.status in ACCOUNT_REFUSALS
+
+
+def _pause_reason(exc: CRMError) -> str:
+    if isinstance(exc, PermanentError):
+        return f"the CRM refused this account (HTTP {exc.status}): {exc.crm_text}"
+    return f"{type(exc).__name__}: {exc.crm_text}"
+
+
 async def _deliver_chunk(
     sessions: async_sessionmaker[AsyncSession],
     record: Connection,
@@ -263,26 +283,25 @@ async def _deliver_chunk(
     try:
         outcomes = await _send(connector, kind, items)
         result.requests += 1
-    except (AuthError, AccountBlocked) as exc:
-        metrics.crm_error(exc)
-        # The account, not the command, is the problem: pause the queue, keep the attempts. The CRM
-        # refused the request as a whole, so the commands were not applied: back to the queue.
-        async with sessions.begin() as session:
-            await session.execute(
-                update(OutboxCommand)
-                .where(OutboxCommand.id.in_([c.id for c in chunk]))
-                .values(status="pending")
-            )
-            await session.execute(
-                update(Connection)
-                .where(Connection.id == record.id)
-                .values(status="paused", paused_reason=f"{type(exc).__name__}: {exc.crm_text}")
-            )
-        result.paused = True
-        result.errors.append(exc.crm_text)
-        return False
     except CRMError as exc:
         metrics.crm_error(exc)
+        if refuses_account(exc):
+            # The account, not the command, is the problem: pause the queue, keep the attempts. The
+            # CRM refused the request as a whole, so the commands were not applied: back to the queue.
+            async with sessions.begin() as session:
+                await session.execute(
+                    update(OutboxCommand)
+                    .where(OutboxCommand.id.in_([c.id for c in chunk]))
+                    .values(status="pending")
+                )
+                await session.execute(
+                    update(Connection)
+                    .where(Connection.id == record.id)
+                    .values(status="paused", paused_reason=_pause_reason(exc))
+                )
+            result.paused = True
+            result.errors.append(exc.crm_text)
+            return False
         hint = exc.retry_after if isinstance(exc, RateLimited) else None
         # A create that timed out may have been applied: sending it again could duplicate it.
         uncertain = exc.crm_code == "TIMEOUT" and kind not in IDEMPOTENT_KINDS

@@ -160,6 +160,34 @@ async def test_bitrix24_sends_120_tasks_in_3_batch_requests(outbox: Outbox) -> N
 
 
 @pytest.mark.parametrize("outbox", ["amocrm"], indirect=True)
+@pytest.mark.parametrize(
+    ("fault", "words"), [("http_402", "Подписка закончилась"), ("http_403", "Access denied")]
+)
+async def test_an_unpaid_or_unauthorised_account_pauses_instead_of_dead_lettering(
+    outbox: Outbox, fault: str, words: str
+) -> None:
+    """amoCRM's 402 (subscription over) and a JSON 403 (rights, IP) refuse the account, not the
+    request: every command would get the same answer, so the queue pauses with the CRM's words and
+    no attempt is used up; once the account is fixed, a resume delivers everything."""
+    deals, _, _ = await _seed_work(outbox, moves=3, tasks=3)
+    outbox.box.fault(fault, count=1)
+
+    [result] = await outbox.drain(outbox.connector())
+
+    assert result.paused and result.dead == result.delivered == 0
+    record = await outbox.record()
+    assert record.status == "paused" and record.paused_reason
+    assert f"HTTP {fault.removeprefix('http_')}" in record.paused_reason and words in record.paused_reason
+    assert {(c.status, c.attempts) for c in await outbox.commands()} == {("pending", 0)}
+
+    await outbox.resume()
+    results = await outbox.drain(outbox.connector())
+    assert sum(r.delivered for r in results) == 6
+    assert {c.status for c in await outbox.commands()} == {"done"}
+    _assert_each_effect_once(outbox, deals, moves=3, tasks=3)
+
+
+@pytest.mark.parametrize("outbox", ["amocrm"], indirect=True)
 async def test_amocrm_sends_120_tasks_in_3_bulk_requests(outbox: Outbox) -> None:
     deals = outbox.seed(120)
     await outbox.enqueue_tasks(deals, "Перезвонить клиенту")

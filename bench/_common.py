@@ -41,6 +41,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def server_process(command: Sequence[str], env: dict[str, str], name: str) -> Iterator[subprocess.Popen[str]]:
     """Start `command`, block on its stderr until uvicorn logs that startup is complete, keep
@@ -72,12 +82,7 @@ def server_process(command: Sequence[str], env: dict[str, str], name: str) -> It
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         for thread in drains:
             thread.join(timeout=5)
         # Summarise tracebacks by their final line (e.g. a job cancelled at shutdown).

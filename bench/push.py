@@ -50,6 +50,7 @@ from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCr
 from app.db import create_engine, session_factory  # noqa: E402
 from app.outbox.models import OutboxCommand  # noqa: E402
 from app.outbox.service import RetrySettings, drain_connection, enqueue  # noqa: E402
+from bench._common import stop_process  # noqa: E402
 from connectors.amocrm.client import AmoCRMConnector  # noqa: E402
 from connectors.base import MAX_BATCH, CRMConnector  # noqa: E402
 from connectors.bitrix24.client import Bitrix24Connector  # noqa: E402
@@ -144,12 +145,7 @@ def sandbox_process(crm: str, speed: float, workdir: Path) -> Iterator[Sandbox]:
     try:
         yield box
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def seed(box: Sandbox, n: int) -> tuple[list[str], str, list[str]]:

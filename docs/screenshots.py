@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.demo import DemoPorts, run_demo
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE
 from tests.support.server import free_port
 
 OUT = Path(__file__).parent / "screenshots"

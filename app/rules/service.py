@@ -283,9 +283,9 @@ async def apply_rules(
 
 
 def is_person_move(payload: dict[str, Any]) -> bool:
-    """Moves queued for a person (POST /api/deals/{id}/move: app.deals.moves marks them
-    reason=manual, request_move below origin=api), as opposed to the rules' own reverts."""
-    return payload.get("origin") == "api" or payload.get("reason") == "manual"
+    """Moves queued for a person (POST /api/deals/{id}/move: request_move below marks them
+    origin=api), as opposed to the rules' own reverts."""
+    return payload.get("origin") == "api"
 
 
 async def match_echo(session: AsyncSession, deal: Deal, transition: StageTransition) -> OutboxCommand | None:
@@ -357,7 +357,7 @@ async def request_move(
 ) -> MoveQueued:
     """Queue a move of a deal to a stage of its funnel, refused when the target stage's required
     fields are empty. The stage's entry rules run when the CRM confirms the move (its webhook is
-    matched to this command). app.deals.moves does the same minus the field check; see the report."""
+    matched to this command)."""
     deal = await session.get(Deal, deal_id)
     if deal is None or deal.deleted_at is not None:
         raise DealNotFound(f"no deal with id {deal_id}")

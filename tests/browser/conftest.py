@@ -20,27 +20,13 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.rules.conftest import Bench
 from tests.support.apt import PackageUnavailable, apt_install
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP
 from tests.support.live import live_funnel
 
-CHROMIUM = Path(os.environ.get("FUNNELSYNC_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = (
     Path(os.environ.get("FUNNELSYNC_ARTIFACTS_DIR", Path(__file__).parents[2] / "artifacts")) / "browser"
 )
 TOKEN = "test-token-123"  # tests.support.crm.settings_for
-# Root in CI needs --no-sandbox; the closed network here refuses Chromium's background connections,
-# so everything that phones home is switched off.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="session")

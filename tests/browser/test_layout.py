@@ -9,8 +9,9 @@ from playwright.async_api import Page, expect
 from sqlalchemy import select
 
 from app.funnels.models import Funnel
-from tests.browser.conftest import DESKTOP, PHONE, UIFactory
+from tests.browser.conftest import UIFactory
 from tests.rules.conftest import Bench
+from tests.support.browser import DESKTOP, PHONE
 
 OVERFLOW = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
 # The innermost elements that stick out on the right: named in the failure message.

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from app import __version__, metrics, migrate
 from app.api.router import api_router
 from app.config import Settings, get_settings
+from app.connections.health import crm_problem, failure_line
 from app.connections.registry import ConnectorRegistry
 from app.dashboard.pages import router as dashboard_router
 from app.db import create_engine, session_factory
@@ -21,6 +22,7 @@ from app.errors import NotFound
 from app.scheduler import Runtime, build_scheduler
 from app.security import api_token
 from app.webhooks.receivers import router as webhooks_router
+from connectors.base import CRMError
 
 log = logging.getLogger("funnelsync")
 
@@ -69,6 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(CRMError)
+    async def crm_failed(request: Request, exc: CRMError) -> JSONResponse:
+        # Any CRM failure an endpoint does not handle itself: the CRM's words as a 503 (transient,
+        # with Retry-After when known) or 502 (refused), never a bare 500 with a traceback.
+        log.warning("%s %s: %s", request.method, request.url.path, failure_line(exc))
+        problem = crm_problem(exc)
+        return JSONResponse(status_code=problem.status_code, content=problem.body, headers=problem.headers)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def prometheus_metrics() -> Response:

@@ -13,14 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases
 from app.config import Settings
+from app.connections import health
 from app.connections.jobs import check_webhooks, refresh_tokens
 from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
-from app.deals.mirror import MirrorResult
 from app.deals.models import SyncState
 from app.deals.reconcile import reconcile
 from app.outbox.service import DrainResult, RetrySettings, drain_connection
-from app.rules.service import on_mirrored as rules_on_mirrored
 from app.rules.timers import run_timers
 from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.base import CRMError
@@ -42,9 +41,7 @@ class Runtime:
 
 
 async def run_inbox(runtime: Runtime) -> None:
-    result = await process_inbox(
-        runtime.sessions, runtime.connectors.get, parse_deal_events, on_mirrored=rules_on_mirrored
-    )
+    result = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
     if result.processed or result.failed:
         log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)
 
@@ -74,9 +71,7 @@ async def run_until_idle(runtime: Runtime) -> tuple[ProcessResult, DrainResult]:
     """Process the inbox and drain due outbox commands until neither has work (`worker --once`)."""
     inbox, outbox = ProcessResult(), DrainResult()
     while True:
-        processed = await process_inbox(
-            runtime.sessions, runtime.connectors.get, parse_deal_events, on_mirrored=rules_on_mirrored
-        )
+        processed = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
         drained = await run_outbox(runtime)
         inbox.processed += processed.processed
         inbox.failed += processed.failed
@@ -97,12 +92,10 @@ async def run_reconcile(runtime: Runtime) -> None:
             continue
         try:
             connector = await runtime.connectors.get(record)
-
-            async def hook(session: AsyncSession, result: MirrorResult, record: Connection = record) -> None:
-                await rules_on_mirrored(session, record, result)
-
-            await reconcile(runtime.sessions, record.id, connector, overlap=overlap, on_mirrored=hook)
+            await reconcile(runtime.sessions, record.id, connector, overlap=overlap)
+            await health.record_success(runtime.sessions, record.id)
         except CRMError as exc:
+            await health.record_failure(runtime.sessions, record.id, exc)
             async with runtime.sessions.begin() as session:
                 state = await session.get(SyncState, record.id)
                 if state is not None:

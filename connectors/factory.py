@@ -12,7 +12,7 @@ from connectors.amocrm.oauth import OAuthApp as AmoOAuthApp
 from connectors.base import CRMConnector, TokenSaver, TokenSet
 from connectors.bitrix24.client import Bitrix24Connector
 from connectors.bitrix24.transport import OAuthApp as Bitrix24OAuthApp
-from connectors.http import BITRIX24_ENTERPRISE, BITRIX24_STANDARD, RatePolicy
+from connectors.http import BITRIX24_ENTERPRISE, BITRIX24_STANDARD, DomainSaver, RatePolicy
 
 __all__ = ["build_connector", "exchange_amocrm_code", "token_set_from", "token_set_to"]
 
@@ -28,11 +28,15 @@ def token_set_from(credentials: dict[str, Any]) -> TokenSet:
 
 
 def token_set_to(tokens: TokenSet) -> dict[str, Any]:
-    return {
+    values = {
         "access_token": tokens.access_token,
         "refresh_token": tokens.refresh_token,
         "expires_at": tokens.expires_at.isoformat(),
     }
+    # Bitrix24: the OAuth server the token answer's server_endpoint names; the next refresh goes there.
+    if tokens.extra.get("oauth_server"):
+        values["oauth_server_url"] = str(tokens.extra["oauth_server"])
+    return values
 
 
 def account_key(crm: str, base_url: str) -> str:
@@ -47,12 +51,17 @@ def build_connector(
     settings: dict[str, Any],
     *,
     token_saver: TokenSaver | None = None,
+    domain_saver: DomainSaver | None = None,
 ) -> CRMConnector:
+    """`domain_saver` is told (old origin, new origin) when the portal/account answered from a new
+    address (renamed), so the caller records it; calls go to the new address either way."""
     key = account_key(crm, base_url)
     if crm == "bitrix24":
         rate = BITRIX24_ENTERPRISE if settings.get("plan") == "enterprise" else BITRIX24_STANDARD
         if credentials["auth"] == "webhook":
-            return Bitrix24Connector(webhook_url=credentials["webhook_url"], rate=rate, account_key=key)
+            return Bitrix24Connector(
+                webhook_url=credentials["webhook_url"], rate=rate, account_key=key, domain_saver=domain_saver
+            )
         if token_saver is None:
             raise ValueError("a Bitrix24 OAuth connection needs a token saver")
         oauth = Bitrix24OAuthApp(
@@ -64,14 +73,19 @@ def build_connector(
             oauth_server=credentials.get("oauth_server_url") or "https://oauth.bitrix.info",
             member_id=settings.get("member_id"),
         )
-        return Bitrix24Connector(oauth=oauth, rate=rate, account_key=key)
+        return Bitrix24Connector(oauth=oauth, rate=rate, account_key=key, domain_saver=domain_saver)
     if crm == "amocrm":
         per_second = float(settings.get("requests_per_second") or 7)
         rate = RatePolicy(per_second=per_second, burst=max(1, int(per_second)))
         subdomain = str(settings["subdomain"])
         if credentials["auth"] == "token":
             return AmoCRMConnector(
-                subdomain, token=credentials["token"], base_url=base_url, rate=rate, account_key=key
+                subdomain,
+                token=credentials["token"],
+                base_url=base_url,
+                rate=rate,
+                account_key=key,
+                domain_saver=domain_saver,
             )
         if token_saver is None:
             raise ValueError("an amoCRM OAuth connection needs a token saver")
@@ -85,6 +99,7 @@ def build_connector(
             base_url=base_url,
             rate=rate,
             account_key=key,
+            domain_saver=domain_saver,
         )
     raise ValueError(f"unknown CRM {crm!r}")
 

@@ -10,6 +10,7 @@ outbox lease (one worker per account) keeps the limit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -27,9 +28,10 @@ from tenacity import (
     stop_after_delay,
 )
 
-from connectors.base import BatchTooLarge, CRMError, RateLimited, Retryable
+from connectors.base import AccountBlocked, BatchTooLarge, CRMError, RateLimited, Retryable
 
 T = TypeVar("T")
+log = logging.getLogger("funnelsync.connectors")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,16 @@ class RetryPolicy:
     max_elapsed: float = 120.0  # seconds across all attempts
     base_delay: float = 0.5
     max_delay: float = 30.0
+    # After a rate-limit refusal, wait at least this long before the next attempt: the window the
+    # CRM counts requests in. amoCRM counts per second and shares its account-wide pool with every
+    # other integration of the account, so a retry within the same second meets the same full
+    # window. 0 = no floor (exponential backoff only). A Retry-After the CRM sends raises it further.
+    rate_limit_wait: float = 0.0
+
+
+# Random extra wait after a rate-limit floor, as a fraction of `rate_limit_wait`: workers refused
+# in the same window spread over the next half window instead of all arriving at its start.
+RATE_LIMIT_JITTER = 0.5
 
 
 _limiters: dict[str, tuple[RatePolicy, AsyncLimiter]] = {}
@@ -96,9 +108,71 @@ def observe_rate_waits(observer: RateWaitObserver) -> None:
         _rate_wait_observers.append(observer)
 
 
+# A renamed Bitrix24 portal answers its old address with a redirect to the new one (PYSDK
+# errors/__init__.py BitrixResponse302JSONDecodeError.new_domain; docs/crm/bitrix24.md §5); amoCRM
+# renames are handled the same way (UNVERIFIED, docs/crm/amocrm.md §1).
+HOST_REDIRECTS = (301, 302, 307, 308)
+MAX_HOST_REDIRECTS = 3
+# (old origin, new origin), e.g. ("https://old.bitrix24.ru", "https://new.bitrix24.ru"): the app
+# records the account's new address. Origins carry no path, so never a webhook's secret code.
+DomainSaver = Callable[[str, str], Awaitable[None]]
+
+
+def origin(url: str | httpx.URL) -> str:
+    """scheme://host[:port] of a URL, nothing else (no path, no credentials)."""
+    parsed = httpx.URL(str(url))
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+def with_origin(url: str, old: str, new: str) -> str:
+    """`url` moved from origin `old` to `new`; unchanged when it is not on `old`."""
+    return new + url[len(old) :] if url.startswith(old) and url[len(old) : len(old) + 1] in ("", "/") else url
+
+
+class RedirectRefused(AccountBlocked):
+    """The CRM redirected a call somewhere other than the same path on another host. Not followed:
+    every call of the account gets the same answer, so it is account-level (the connection pauses
+    and queued writes wait instead of dying) until a person checks the account's address."""
+
+
+def host_redirect_target(response: httpx.Response) -> httpx.URL:
+    """The request's own URL on the host the redirect names, when the redirect changes the host
+    only (same scheme, same path). Anything else raises RedirectRefused; its text names origins
+    only, because a Bitrix24 inbound webhook's path is itself a credential."""
+    sent = response.request.url
+    location = response.headers.get("location")
+    if not location:
+        raise RedirectRefused(
+            f"{origin(sent)} answered HTTP {response.status_code} without a Location header",
+            crm_code=f"HTTP_{response.status_code}",
+            status=response.status_code,
+        )
+    target = sent.join(location)
+    changed = [
+        what
+        for what, same in (("scheme", target.scheme == sent.scheme), ("path", target.path == sent.path))
+        if not same
+    ]
+    if changed or not target.host:
+        raise RedirectRefused(
+            f"{origin(sent)} answered HTTP {response.status_code} redirecting to {origin(target)} with a "
+            f"different {' and '.join(changed) or 'host'}; not followed (a renamed account keeps the "
+            "scheme and the path): check the account's address and update the connection",
+            crm_code=f"HTTP_{response.status_code}",
+            status=response.status_code,
+        )
+    # The request's own path and query, so nothing the Location adds or drops changes the call.
+    return sent.copy_with(host=target.host, port=target.port)
+
+
 class ThrottledClient:
     """httpx.AsyncClient with a per-account limiter. Every request goes through the limiter first,
-    so the CRM's own limit is respected before it has to say no."""
+    so the CRM's own limit is respected before it has to say no.
+
+    A redirect to the same scheme and path on another host (a renamed portal/account) is followed:
+    the request is sent again there, later requests go there directly and `on_host_change` is told
+    once. Any other redirect raises RedirectRefused."""
 
     def __init__(
         self,
@@ -108,8 +182,10 @@ class ThrottledClient:
         *,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_host_change: DomainSaver | None = None,
     ) -> None:
         self.account_key = account_key
+        self.on_host_change = on_host_change
         self._limiter = limiter_for(account_key, with_headroom(rate))
         self._client = httpx.AsyncClient(
             base_url=base_url,
@@ -120,6 +196,38 @@ class ThrottledClient:
         self.requests_sent = 0
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = await self._send(method, url, **kwargs)
+        for _hop in range(MAX_HOST_REDIRECTS):
+            if response.status_code not in HOST_REDIRECTS:
+                return response
+            target = host_redirect_target(response)
+            await self._moved(origin(response.request.url), origin(target))
+            # `target` already carries the query: do not append the params a second time.
+            response = await self._send(
+                method, str(target), **{k: v for k, v in kwargs.items() if k != "params"}
+            )
+        if response.status_code in HOST_REDIRECTS:
+            raise RedirectRefused(
+                f"more than {MAX_HOST_REDIRECTS} redirects from {origin(response.request.url)}",
+                crm_code=f"HTTP_{response.status_code}",
+                status=response.status_code,
+            )
+        return response
+
+    async def _moved(self, old: str, new: str) -> None:
+        if str(self._client.base_url).startswith(old):
+            self._client.base_url = httpx.URL(with_origin(str(self._client.base_url), old, new))
+        log.warning("%s moved from %s to %s: following it", self.account_key, old, new)
+        if self.on_host_change is None:
+            return
+        try:
+            await self.on_host_change(old, new)
+        except Exception:
+            # The call itself can go on at the new address; the next process start meets the
+            # redirect again and records the move then.
+            log.exception("recording the move of %s to %s failed", self.account_key, new)
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         started = time.monotonic()
         await self._limiter.acquire()
         waited = time.monotonic() - started
@@ -157,8 +265,12 @@ def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
         exc = state.outcome.exception() if state.outcome else None
         backoff = min(policy.max_delay, policy.base_delay * 2 ** (state.attempt_number - 1))
         delay = random.uniform(backoff / 2, backoff)  # "equal jitter"
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
+        if isinstance(exc, RateLimited):
+            # Never sooner than the CRM's window or its Retry-After; the jitter goes on top of
+            # that floor, never below it (a policy without a window keeps the plain Retry-After).
+            floor = max(policy.rate_limit_wait, exc.retry_after or 0.0)
+            jitter = random.uniform(0.0, policy.rate_limit_wait * RATE_LIMIT_JITTER)
+            delay = max(delay, floor + jitter)
         return delay
 
     return wait

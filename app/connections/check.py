@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from app.connections.health import crm_error_text
 from app.connections.models import Connection
 from app.connections.schemas import CheckResult
 from connectors.base import (
@@ -20,24 +23,21 @@ _ADVICE = {
 }
 
 
-async def check_connection(record: Connection, connector: CRMConnector) -> CheckResult:
+@dataclass
+class Checked:
+    result: CheckResult
+    # The CRM failure behind `result.problem`; None when the CRM answered (missing rights included).
+    error: CRMError | None = None
+
+
+async def check_connection(record: Connection, connector: CRMConnector) -> Checked:
     try:
         info = await connector.check()
-    except AuthError as exc:
-        problem = f"the CRM rejected the credentials ({exc.crm_text}); {_ADVICE[record.crm]}"
-    except AccountBlocked as exc:
-        problem = f"the CRM has blocked this account's API access ({exc.crm_text}); contact the CRM's support"
-    except RateLimited as exc:
-        problem = f"the CRM is rate-limiting this account right now ({exc.crm_text}); try again shortly"
-    except Retryable as exc:
-        problem = f"the CRM could not be reached ({exc.crm_text}); check the URL and the network"
-    except PermanentError as exc:
-        problem = f"the CRM refused the request ({exc.crm_text})"
     except CRMError as exc:
-        problem = f"unexpected CRM error ({exc.crm_text})"
-    else:
-        missing = list(info.missing_scopes)
-        return CheckResult(
+        return Checked(CheckResult(name=record.name, ok=False, problem=_problem(record, exc)), exc)
+    missing = list(info.missing_scopes)
+    return Checked(
+        CheckResult(
             name=record.name,
             ok=not missing,
             account_id=info.account_id,
@@ -48,4 +48,19 @@ async def check_connection(record: Connection, connector: CRMConnector) -> Check
             if missing
             else None,
         )
-    return CheckResult(name=record.name, ok=False, problem=problem)
+    )
+
+
+def _problem(record: Connection, exc: CRMError) -> str:
+    text = crm_error_text(exc)
+    if isinstance(exc, AuthError):
+        return f"the CRM rejected the credentials ({text}); {_ADVICE[record.crm]}"
+    if isinstance(exc, AccountBlocked):
+        return f"the CRM has blocked this account's API access ({text}); contact the CRM's support"
+    if isinstance(exc, RateLimited):
+        return f"the CRM is rate-limiting this account right now ({text}); try again shortly"
+    if isinstance(exc, Retryable):
+        return f"the CRM could not be reached ({text}); check the URL and the network, or try again later"
+    if isinstance(exc, PermanentError):
+        return f"the CRM refused the request ({text})"
+    return f"unexpected CRM error ({text})"

@@ -6,10 +6,11 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from app.config import Settings
-from app.connections import assignees, service
+from app.connections import assignees, health, service
 from app.connections.connector import connected, exchange_amocrm_code
 from app.connections.schemas import AmoCRMConnectionCreate, AssigneesOut, CheckResult, ConnectionCreate
 from app.console import fail, out, print_json
@@ -123,7 +124,10 @@ def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     async def work(settings: Settings, sessions: Sessions) -> list[dict[str, Any]]:
         async with sessions() as session:
             return [
-                service.to_out(settings, r).model_dump(mode="json")
+                {
+                    **service.to_out(settings, r).model_dump(mode="json"),
+                    "health": health.health_of(r).model_dump(mode="json"),
+                }
                 for r in await service.list_connections(session)
             ]
 
@@ -132,12 +136,21 @@ def list_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         print_json(rows)
         return
     table = Table(title=f"{len(rows)} connection(s)")
-    for column in ("name", "crm", "base url", "auth", "status", "webhook url"):
+    for column in ("name", "crm", "base url", "auth", "health", "last push", "webhook url"):
         table.add_column(column)
     for row in rows:
-        status = row["status"] + (f" ({row['paused_reason']})" if row["paused_reason"] else "")
-        table.add_row(row["name"], row["crm"], row["base_url"], row["auth"], status, row["webhook_url"])
+        state, reason = row["health"]["state"], row["health"]["reason"]  # why it is not active
+        shown = escape(state + (f" ({reason})" if reason else ""))
+        pushed = _when(row["health"]["last_push_at"])
+        table.add_row(
+            row["name"], row["crm"], row["base_url"], row["auth"], shown, pushed, row["webhook_url"]
+        )
     out.print(table)
+
+
+def _when(value: str | None) -> str:
+    """An ISO time from the JSON rows as "YYYY-MM-DD HH:MM:SS UTC", or "never"."""
+    return f"{value[:19].replace('T', ' ')} UTC" if value else "never"
 
 
 @connections_cli.command("check")
@@ -151,9 +164,14 @@ def check_command(
 
         try:
             async with connected(sessions, settings, name) as (record, connector):
-                return await check_connection(record, connector)
+                checked = await check_connection(record, connector)
         except service.ConnectionNotFound as exc:
             fail(str(exc))
+        if checked.error is None:
+            await health.record_success(sessions, record.id)
+        else:
+            await health.record_failure(sessions, record.id, checked.error)
+        return checked.result
 
     result = run_with_database(work)
     if as_json:
@@ -163,7 +181,8 @@ def check_command(
         if result.scopes:
             out.print("rights: " + ", ".join(result.scopes))
     else:
-        out.print(f"[red]problem[/] {result.name}: {result.problem}")
+        # The problem carries the CRM's words: printed as text, never as rich markup.
+        out.print(f"[red]problem[/] {result.name}: {escape(result.problem or '')}")
     if not result.ok:
         raise typer.Exit(1)
 

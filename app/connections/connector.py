@@ -1,10 +1,15 @@
-"""Open a connector for a stored connection, persisting refreshed OAuth tokens as they rotate."""
+"""Open a connector for a stored connection, persisting refreshed OAuth tokens as they rotate and
+the new address of a renamed portal/account; when a refresh token lapses."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -12,8 +17,101 @@ from app.config import Settings
 from app.connections import service
 from app.connections.models import Connection
 from app.connections.schemas import AmoCRMConnectionCreate
+from app.db import utcnow
 from connectors import factory
 from connectors.base import CRMConnector, TokenSet
+from connectors.http import origin, with_origin
+
+log = logging.getLogger("funnelsync.connections")
+
+# How long a refresh token lives after it was issued (each refresh issues a new one): Bitrix24
+# 180 days (DOCS settings/oauth/auto-renewal.md), amoCRM 3 months (ISSUE amocrm-api-php #246).
+REFRESH_TOKEN_LIFETIME = {"bitrix24": timedelta(days=180), "amocrm": timedelta(days=90)}
+# The overview and the status warn this long before a refresh token lapses.
+LAPSE_WARNING = timedelta(days=14)
+# Settings keys (non-secret, readable without decrypting the credentials).
+ROTATED_AT = "refresh_token_rotated_at"
+PREVIOUS_DOMAINS = "previous_domains"
+_AMO_HOST = re.compile(r"^([a-z0-9][a-z0-9-]*)\.(?:amocrm\.ru|amocrm\.com|kommo\.com)$")
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:  # a hand-edited setting: unknown rather than a crash
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def refresh_token_rotated_at(record: Connection) -> datetime | None:
+    """When the stored refresh token was issued, if FunnelSync knows. An amoCRM connection made
+    with an authorization code got its first pair when it was created."""
+    rotated = _parse_time((record.settings or {}).get(ROTATED_AT))
+    if rotated is None and record.crm == "amocrm" and (record.settings or {}).get("token_expires_at"):
+        created = record.created_at
+        rotated = created.replace(tzinfo=created.tzinfo or UTC) if created else None
+    return rotated
+
+
+def refresh_token_lapses_at(record: Connection) -> datetime | None:
+    """When the stored refresh token stops working unless used before; None without OAuth or
+    when the issue date is unknown (the keep-alive job then refreshes, which records it)."""
+    lifetime = REFRESH_TOKEN_LIFETIME.get(record.crm)
+    rotated = refresh_token_rotated_at(record)
+    if lifetime is None or rotated is None or not (record.settings or {}).get("token_expires_at"):
+        return None
+    return rotated + lifetime
+
+
+def domain_of(record: Connection) -> str:
+    """The account's address as the CRM names it: the Bitrix24 portal host, the amoCRM subdomain."""
+    settings = record.settings or {}
+    key = "domain" if record.crm == "bitrix24" else "subdomain"
+    return str(settings.get(key) or urlsplit(record.base_url).netloc)
+
+
+def record_domain(record: Connection, new: str, source: str) -> bool:
+    """Make `new` the connection's domain (portal host / amoCRM subdomain), keeping the old one
+    in settings.previous_domains with the time and what told us. False when nothing changed."""
+    settings = dict(record.settings or {})
+    key = "domain" if record.crm == "bitrix24" else "subdomain"
+    old = domain_of(record)
+    if not new or old.lower() == new.lower():
+        return False
+    history = list(settings.get(PREVIOUS_DOMAINS) or [])
+    if source == "webhook" and any(str(h.get("domain", "")).lower() == new.lower() for h in history):
+        # An event queued before the rename and delivered after it: not a move back.
+        return False
+    history.append({"domain": old, "until": utcnow().isoformat(), "source": source})
+    settings[key] = new
+    settings[PREVIOUS_DOMAINS] = history[-20:]  # a bounded record, not a log
+    record.settings = settings
+    return True
+
+
+def move_connection(settings: Settings, record: Connection, old: str, new: str) -> None:
+    """The CRM answered from origin `new` instead of `old` (a renamed portal/account): call it
+    there from now on (base_url, and a Bitrix24 inbound webhook URL) and record the move."""
+    if origin(record.base_url) != old:
+        return  # already moved: concurrent calls each met the redirect, the first one recorded it
+    record.base_url = with_origin(record.base_url, old, new)
+    values = service.credentials(settings, record)
+    if isinstance(values.get("webhook_url"), str) and origin(values["webhook_url"]) == old:
+        values["webhook_url"] = with_origin(values["webhook_url"], old, new)
+        service.store_credentials(settings, record, values)
+    host = urlsplit(new).netloc
+    if record.crm == "bitrix24":
+        record_domain(record, host, "api")
+        return
+    found = _AMO_HOST.match(host.lower())
+    if found:
+        record_domain(record, found.group(1), "api")
+    else:  # a host outside amoCRM's own domains: the subdomain is unknown, note the host change
+        history = list((record.settings or {}).get(PREVIOUS_DOMAINS) or [])
+        history.append({"domain": urlsplit(old).netloc, "until": utcnow().isoformat(), "source": "api"})
+        record.settings = {**(record.settings or {}), PREVIOUS_DOMAINS: history[-20:]}
 
 
 async def open_connector(
@@ -31,6 +129,15 @@ async def open_connector(
             values = service.credentials(settings, current)
             values.update(factory.token_set_to(tokens))
             service.store_credentials(settings, current, values)
+            # Each refresh issues a new refresh token with a full life: when it lapses follows from this.
+            current.settings = {**current.settings, ROTATED_AT: utcnow().isoformat()}
+
+    async def save_domain(old: str, new: str) -> None:
+        async with sessions.begin() as session:
+            current = await session.get(Connection, connection_id, with_for_update=True)
+            if current is not None:
+                move_connection(settings, current, old, new)
+        log.warning("connection %s: the CRM moved from %s to %s; recorded", record.name, old, new)
 
     return factory.build_connector(
         record.crm,
@@ -38,6 +145,7 @@ async def open_connector(
         service.credentials(settings, record),
         dict(record.settings),
         token_saver=save_tokens,
+        domain_saver=save_domain,
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, status
+from fastapi.responses import JSONResponse
 
 from app.api.deps import SessionsDep, SettingsDep
-from app.connections import assignees, service
+from app.connections import assignees, health, service
 from app.connections.check import check_connection
 from app.connections.connector import connected, exchange_amocrm_code
 from app.connections.schemas import (
@@ -64,10 +65,20 @@ async def get_connection(name: str, sessions: SessionsDep, settings: SettingsDep
         return service.to_out(settings, await service.get_connection(session, name))
 
 
-@router.post("/{name}/check")
-async def check(name: str, sessions: SessionsDep, settings: SettingsDep) -> CheckResult:
+@router.post("/{name}/check", response_model=CheckResult)
+async def check(name: str, sessions: SessionsDep, settings: SettingsDep) -> CheckResult | JSONResponse:
+    """The account and its rights (200, `ok` false when rights are missing). When the CRM fails:
+    503 if it is down, timed out or rate-limiting (Retry-After when known), 502 if it refused (bad
+    credentials, blocked account), with the check's fields, `detail` in plain words and `crm_error`."""
     async with connected(sessions, settings, name) as (record, connector):
-        return await check_connection(record, connector)
+        checked = await check_connection(record, connector)
+    if checked.error is None:
+        await health.record_success(sessions, record.id)
+        return checked.result
+    await health.record_failure(sessions, record.id, checked.error)
+    problem = health.crm_problem(checked.error, "the check")
+    content = {**checked.result.model_dump(mode="json"), **problem.body, "detail": checked.result.problem}
+    return JSONResponse(status_code=problem.status_code, content=content, headers=problem.headers)
 
 
 @router.get("/{name}/status")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String, Text
+from sqlalchemy import JSON, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -25,5 +25,15 @@ class Connection(Base):
     # active | paused (auth failed, account blocked) ; paused_reason says why in plain words.
     status: Mapped[str] = mapped_column(String(16), default="active")
     paused_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # Health facts, written where CRM calls happen (app/connections/health.py reads them into a
+    # state): the last call the CRM answered, the last delivered push, and the failures since.
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_push_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The first failure after the last success (None: no failure since); the latest failure.
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_failure_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    last_failure: Mapped[str | None] = mapped_column(Text, default=None)
+    last_failure_class: Mapped[str | None] = mapped_column(String(32), default=None)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.connections.connector import (
+    LAPSE_WARNING,
+    PREVIOUS_DOMAINS,
+    domain_of,
+    refresh_token_lapses_at,
+)
+from app.connections.health import ConnectionHealth, health_of
 from app.connections.models import Connection
 from app.db import utcnow
 from app.deals.models import Deal, SyncState
@@ -39,6 +46,16 @@ class ConnectionStatus(BaseModel):
     webhook: dict[str, str] | None = None
     # When the OAuth access token expires (None: a webhook URL or a long-lived token).
     token_expires_at: datetime | None = None
+    # When the OAuth refresh token lapses unless used before (None: no refresh token, or not yet
+    # known), and a warning from LAPSE_WARNING before that.
+    refresh_token_lapses_at: datetime | None = None
+    token_warning: str | None = None
+    # The portal (Bitrix24) or subdomain (amoCRM) now, and the ones it had before a rename.
+    domain: str | None = None
+    previous_domains: list[dict[str, str]] = []
+    # active | degraded | unreachable | paused, from the last successful CRM call and push and the
+    # failures since (app/connections/health.py); `status` stays the stored active/paused switch.
+    health: ConnectionHealth
 
 
 async def connection_status(session: AsyncSession, record: Connection) -> ConnectionStatus:
@@ -65,6 +82,7 @@ async def connection_status(session: AsyncSession, record: Connection) -> Connec
         select(func.count()).where(Deal.connection_id == record.id, Deal.deleted_at.is_(None))
     )
     lag = (utcnow() - _aware(oldest_pending)).total_seconds() if oldest_pending else 0.0
+    lapses = refresh_token_lapses_at(record)
     return ConnectionStatus(
         name=record.name,
         crm=record.crm,
@@ -80,8 +98,35 @@ async def connection_status(session: AsyncSession, record: Connection) -> Connec
         deals=deals or 0,
         webhook=record.settings.get("webhook"),
         token_expires_at=_parse_time(record.settings.get("token_expires_at")),
+        refresh_token_lapses_at=lapses,
+        token_warning=_lapse_warning(lapses),
+        domain=domain_of(record),
+        previous_domains=[
+            {str(k): str(v) for k, v in entry.items()}
+            for entry in record.settings.get(PREVIOUS_DOMAINS) or []
+            if isinstance(entry, dict)
+        ],
         unknown_stages=[UnknownStage(crm_pipeline_id=p, crm_stage_id=s, deals=n) for p, s, n in unknown],
+        health=health_of(record),
     )
+
+
+def _lapse_warning(lapses: datetime | None) -> str | None:
+    if lapses is None:
+        return None
+    left = lapses - utcnow()
+    if left <= timedelta(0):
+        return (
+            f"the OAuth refresh token lapsed on {lapses:%Y-%m-%d %H:%M} UTC: re-authorize the app "
+            "and store its new tokens in the connection"
+        )
+    if left <= LAPSE_WARNING:
+        return (
+            f"the OAuth refresh token lapses on {lapses:%Y-%m-%d %H:%M} UTC (in {left.days} days) unless "
+            "a refresh succeeds before: check that the worker runs and the connection is not paused, "
+            "or re-authorize the app"
+        )
+    return None
 
 
 def _parse_time(value: object) -> datetime | None:

@@ -20,6 +20,7 @@ from app.analytics.funnels import BadPeriod, FunnelNotFound, load_funnel, parse_
 from app.api.deps import SessionsDep, SettingsDep
 from app.connections import service as connections
 from app.connections.connector import connected
+from app.connections.health import crm_problem, error_from
 from app.dashboard.auth import (
     SESSION_COOKIE,
     SESSION_MAX_AGE,
@@ -40,6 +41,7 @@ from app.outbox import service as outbox
 from app.scheduler import INBOX_JOB, wake
 from app.security import tokens_match
 from app.webhooks import service as inbox
+from connectors.base import CRMError
 
 router = APIRouter(include_in_schema=False)
 
@@ -305,10 +307,15 @@ async def deal_page(request: Request, deal_id: int, _: SessionDep, sessions: Ses
         except DealNotFound as exc:
             return _not_found(request, str(exc))
         commands = await board.deal_commands(session, deal_id)
+        # Every attempt of every command, manual retries included: what was tried, when, and why it
+        # failed, even after a retry by hand replaced the command's last error.
+        attempts = await outbox.attempt_history(session, [c.id for c in commands])
+        waits_for = await outbox.prerequisites(session, [c.id for c in commands])
         funnel_id = await board.deal_funnel_id(session, deal_id)
         ctx = await load_funnel(session, funnel_id) if funnel_id is not None else None
     stages = {s.code: s for s in ctx.stages} if ctx else {}
-    return render(request, "deal.html", {"deal": deal, "commands": commands, "ctx": ctx, "stages": stages})
+    context = {"deal": deal, "commands": commands, "ctx": ctx, "stages": stages}
+    return render(request, "deal.html", {**context, "attempts": attempts, "waits_for": waits_for})
 
 
 @router.get("/templates")
@@ -345,7 +352,9 @@ async def provision_page(
     connection: Annotated[str, Form()],
     apply: Annotated[int, Form()] = 0,
 ) -> HTMLResponse:
-    """The plan first (nothing written); the page's own button applies it, as `provision` does."""
+    """The plan first (nothing written); the page's own button applies it, as `provision` does.
+    A CRM failure is a readable page: 503 when transient (down, timed out, rate-limited), 502 when
+    the CRM refused; while applying, with the plan and the note that a second apply completes it."""
     try:
         template = get_template(key)
         async with connected(sessions, settings, connection) as (record, connector):
@@ -354,13 +363,26 @@ async def provision_page(
         return _not_found(request, str(exc))
     except PlanLimitError as exc:
         return render(request, "error.html", {"message": f"{exc}; nothing was written"}, status_code=422)
+    except CRMError as exc:  # while reading the CRM for the plan: nothing was written
+        problem = crm_problem(exc, "provisioning")
+        page = {
+            "message": f"{problem.body['detail']}; nothing was written",
+            "heading": "crm_failed",
+            "back_url": f"/templates/{key}",
+        }
+        response = render(request, "error.html", page, status_code=problem.status_code)
+        response.headers.update(problem.headers)  # Retry-After, when the CRM said how long
+        return response
+    failure = (
+        crm_problem(error_from(outcome.error_class, outcome.error), "provisioning") if outcome.error else None
+    )
     context = {
         "tpl": template,
         "connection": connection,
         "plan": outcome.plan.as_json(),
         "has_writes": outcome.plan.has_writes,
         "applied": outcome.applied,
-        "error": outcome.error,
+        "error": failure.body["detail"] if failure else None,
         "active": "templates",
     }
-    return render(request, "provision.html", context, status_code=502 if outcome.error else 200)
+    return render(request, "provision.html", context, status_code=failure.status_code if failure else 200)

@@ -22,7 +22,8 @@ def sync_command(
     full: Annotated[bool, typer.Option("--full", help="Walk every deal and detect deletions.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Reconcile the mirror with the CRM now (incremental from the cursor, or --full)."""
+    """Reconcile the mirror with the CRM now (incremental from the cursor, or --full), running the
+    stage rules on what it finds, like the webhooks and the scheduled reconcile do."""
 
     async def work(settings: Settings, sessions: Sessions) -> ReconcileResult:
         overlap = timedelta(seconds=settings.reconcile_overlap_seconds)
@@ -53,6 +54,9 @@ def sync_command(
         "created": result.created,
         "updated": result.updated,
         "deleted": result.deleted,
+        # Stage-entry work (tasks, comments...) queued for the CRM; `funnelsync worker` or a running
+        # `funnelsync serve` delivers it.
+        "commands_queued": result.queued,
         "cursor": result.cursor.isoformat() if result.cursor else None,
     }
     if as_json:
@@ -62,3 +66,5 @@ def sync_command(
             f"{'full' if result.full else 'incremental'} sync: {result.deals_seen} deals seen, "
             f"{result.created} new, {result.updated} updated, {result.deleted} deleted; cursor {summary['cursor']}"
         )
+        if result.queued:
+            out.print(f"{result.queued} CRM commands queued by the stage rules; the worker delivers them")

@@ -4,20 +4,25 @@ Incremental runs list deals modified since the cursor minus an overlap window (t
 times are coarse and clocks differ; the mirror ignores what it already has). A full run walks every
 deal in ascending id order and, page by page, tombstones local deals in the same id range that the
 CRM no longer has — so deletions are found without holding every id in memory. The cursor moves only
-after the page that justifies it is committed.
+once the whole pull is committed: pages come in id order, not modify-time order (paging by modify
+time skips a deal modified mid-pull), so the newest time on an early page says nothing about the
+deals on later pages, and a run cut off half-way must start again from the old cursor. Each page goes through the one ingest path (mirror +
+stage rules, app.deals.ingest) in the transaction that moves the cursor, so a move only reconcile
+saw (its webhook was lost) still gets its stage-entry work, whoever runs the reconcile.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import BigInteger, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.connections.models import Connection
 from app.db import utcnow
-from app.deals.mirror import MirrorResult, load_stage_index, mirror_snapshots
+from app.deals.ingest import ingest
 from app.deals.models import Deal, SyncState
 from connectors.base import CRMConnector, DealSnapshot
 
@@ -35,6 +40,7 @@ class ReconcileResult:
     deleted: int = 0
     cursor: datetime | None = None
     entered: int = 0
+    queued: int = 0  # CRM commands the stage rules queued (the outbox worker delivers them)
 
 
 async def get_sync_state(session: AsyncSession, connection_id: int) -> SyncState:
@@ -54,9 +60,11 @@ async def reconcile(
     full: bool = False,
     overlap: timedelta = DEFAULT_OVERLAP,
     progress: Progress | None = None,
-    on_mirrored: Callable[[AsyncSession, MirrorResult], Awaitable[None]] | None = None,
 ) -> ReconcileResult:
     async with sessions.begin() as session:
+        connection = await session.get(Connection, connection_id)
+        if connection is None:
+            raise LookupError(f"no connection with id {connection_id}")
         state = await get_sync_state(session, connection_id)
         cursor = state.cursor
     full = full or cursor is None
@@ -73,10 +81,8 @@ async def reconcile(
         if not page:
             continue
         async with sessions.begin() as session:
-            index = await load_stage_index(session, connection_id)
-            mirrored = await mirror_snapshots(session, connection_id, page, index, "reconcile")
-            if on_mirrored is not None:
-                await on_mirrored(session, mirrored)
+            ingested = await ingest(session, connection, page, source="reconcile")
+            mirrored = ingested.mirrored
             if full:
                 ids = sorted(int(s.id) for s in page)
                 result.deleted += await _tombstone_missing_in_range(
@@ -84,15 +90,12 @@ async def reconcile(
                 )
                 previous_max_id = ids[-1]
             newest = max(s.updated_at for s in page)
-            if not full:
-                state = await get_sync_state(session, connection_id)
-                if state.cursor is None or newest > state.cursor:
-                    state.cursor = newest
             result.cursor = max(result.cursor, newest) if result.cursor else newest
         result.deals_seen += len(page)
         result.created += mirrored.created
         result.updated += mirrored.updated
         result.entered += len(mirrored.entered)
+        result.queued += ingested.rules.enqueued
         if progress is not None:
             progress(len(page))
 
@@ -103,7 +106,7 @@ async def reconcile(
                 session, connection_id, previous_max_id, None, set()
             )
         state = await get_sync_state(session, connection_id)
-        if full and result.cursor is not None and (state.cursor is None or result.cursor > state.cursor):
+        if result.cursor is not None and (state.cursor is None or result.cursor > state.cursor):
             state.cursor = result.cursor
         state.last_run_at = utcnow()
         if full:

@@ -3,10 +3,18 @@
 Writes go in the fewest requests the connector can make (stage and field lists are batch-shaped).
 After each write the store records what now exists (and commits), so when a later write fails the
 next run sees those objects in its mapping and completes the rest without duplicates.
+
+A create that fails can still have created something: a Bitrix24 category whose stages could not be
+read back, user fields whose read-back failed, the first commands of a batch or the first chunk of a
+bulk POST. Then the CRM is read once more and whatever it now has that is ours (the planner's own
+identity rules: pipeline by name, stage by derived id or name, field by code, loss reason by name)
+is recorded before the error goes up. When that read fails too (the outage goes on), the next run's
+plan adopts those objects by the same rules instead of creating them again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,13 +24,26 @@ from app.funnels.plan import (
     Plan,
     PlanContext,
     PlanItem,
+    PlanLimitError,
     StoredMapping,
     plan_provisioning,
     requirement_for,
 )
-from connectors.base import CRMConnector, CustomField, LossReason, NewField, NewStage, Stage, StageChange
+from connectors.base import (
+    CRMConnector,
+    CRMError,
+    CustomField,
+    LossReason,
+    NewField,
+    NewStage,
+    Pipeline,
+    Stage,
+    StageChange,
+)
 from funnel_templates.schema import FunnelTemplate
 from funnel_templates.schema import LossReason as TemplateLossReason
+
+log = logging.getLogger("funnelsync.provisioning")
 
 
 class MappingStore(Protocol):
@@ -52,6 +73,26 @@ class ApplyResult:
     pipeline_id: str
 
 
+class _Creating:
+    """Remembers whether the write in flight creates objects, so a failure knows whether the CRM
+    may now hold objects the store has not recorded."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.pipeline = False
+
+    def __call__(self, *, pipeline: bool = False) -> _Creating:
+        self.pipeline = pipeline
+        return self
+
+    def __enter__(self) -> None:
+        self.active = True
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc is None:  # left set when the create failed: the error handler reads it
+            self.active = False
+
+
 async def apply_plan(
     plan: Plan,
     template: FunnelTemplate,
@@ -60,12 +101,69 @@ async def apply_plan(
     ctx: PlanContext,
     read_state: ReadState,
 ) -> ApplyResult:
+    creating = _Creating()
+    try:
+        return await _apply(plan, template, connector, store, ctx, read_state, creating)
+    except CRMError:
+        if creating.active:
+            await _record_what_exists(template, store, ctx, read_state, created_pipeline=creating.pipeline)
+        raise
+
+
+async def _record_what_exists(
+    template: FunnelTemplate,
+    store: MappingStore,
+    ctx: PlanContext,
+    read_state: ReadState,
+    *,
+    created_pipeline: bool,
+) -> None:
+    """After a failed create: read the CRM once and record what of ours it holds. Best effort: a
+    failing read is logged and the caller re-raises the original error."""
+    try:
+        mapping = await store.mapping()
+        plan = plan_provisioning(template, await read_state(), mapping, ctx)
+    except (CRMError, PlanLimitError) as exc:
+        # The original error matters more than this one: it goes up, this one is only logged.
+        log.warning(
+            "provisioning %s: could not re-read the CRM after a failed create (%s: %s); the next run "
+            "adopts what was created",
+            template.key,
+            type(exc).__name__,
+            exc.crm_text if isinstance(exc, CRMError) else exc,
+        )
+        return
+    if plan.pipeline_id is None:
+        return
+    if mapping.pipeline_id is None:
+        # Found by name: this run planned a create because no such pipeline existed, so it is ours.
+        await store.pipeline(plan.pipeline_id, created=created_pipeline)
+    await store.stages([(i.code, i.payload[1]) for i in plan.of("stage", "change", "unchanged")])
+    await store.fields(
+        [(i.code, i.payload.id, i.payload.crm_name) for i in plan.of("field", "unchanged", "blocked")]
+    )
+    await store.loss_reasons([(i.code, i.payload.id) for i in plan.of("loss_reason", "unchanged")])
+
+
+async def _apply(
+    plan: Plan,
+    template: FunnelTemplate,
+    connector: CRMConnector,
+    store: MappingStore,
+    ctx: PlanContext,
+    read_state: ReadState,
+    creating: _Creating,
+) -> ApplyResult:
     pipeline_items = plan.of("pipeline")
     if pipeline_items and pipeline_items[0].action == "create":
         payload = pipeline_items[0].payload
         process = [i.payload for i in plan.of("stage", "create") if i.payload.semantics == "process"]
-        created = await connector.create_pipeline(payload["name"], payload["sort"], process)
+        with creating(pipeline=True):
+            created = await connector.create_pipeline(payload["name"], payload["sort"], process)
         await store.pipeline(created.id, created=True)
+        # The stages it was created with (amoCRM: ours, embedded; Bitrix24: its defaults, of which
+        # WON/LOSE carry our codes) are recorded now, before the re-read below can fail.
+        await store.stages(_stages_by_identity(template, created, ctx))
         # The CRM filled the new pipeline with stages (its defaults, or the embedded ones): plan the
         # stages again against what is really there, reusing them instead of adding clutter.
         plan = plan_provisioning(template, await read_state(), await store.mapping(), ctx)
@@ -76,16 +174,40 @@ async def apply_plan(
     assert plan.pipeline_id is not None, "a pipeline exists after its creation"
     pipeline_id = plan.pipeline_id
 
-    await _apply_stages(plan, connector, store, pipeline_id)
-    await _apply_fields(plan, connector, store)
+    await _apply_stages(plan, connector, store, pipeline_id, creating)
+    await _apply_fields(plan, connector, store, creating)
     await _apply_requirements(plan, connector, store, pipeline_id)
-    await _apply_loss_reasons(plan, connector, store)
+    await _apply_loss_reasons(plan, connector, store, creating)
     await _apply_webhook(plan, connector, ctx)
     await store.finished()
     return ApplyResult(plan, pipeline_id)
 
 
-async def _apply_stages(plan: Plan, connector: CRMConnector, store: MappingStore, pipeline_id: str) -> None:
+def _stages_by_identity(
+    template: FunnelTemplate, pipeline: Pipeline, ctx: PlanContext
+) -> list[tuple[str, Stage]]:
+    """Template stages the pipeline already has, by the CRM's identity for them: the id it derives
+    from our code (Bitrix24 "C5:CODE") or the exact name, with the same semantics."""
+    pattern = ctx.capabilities.stage_id_format
+    found: list[tuple[str, Stage]] = []
+    taken: set[str] = set()
+    for spec in template.stages:
+        derived = pattern.format(pipeline_id=pipeline.id, code=spec.code) if pattern else None
+        for stage in pipeline.stages:
+            if (
+                stage.id not in taken
+                and stage.semantics == spec.semantics
+                and (stage.id == derived or stage.name == spec.name.ru)
+            ):
+                found.append((spec.code, stage))
+                taken.add(stage.id)
+                break
+    return found
+
+
+async def _apply_stages(
+    plan: Plan, connector: CRMConnector, store: MappingStore, pipeline_id: str, creating: _Creating
+) -> None:
     existing: list[tuple[str, Stage]] = []
     changes: list[StageChange] = []
     for item in plan.of("stage", "change", "unchanged"):
@@ -100,7 +222,8 @@ async def _apply_stages(plan: Plan, connector: CRMConnector, store: MappingStore
     to_create: list[PlanItem] = plan.of("stage", "create")
     if to_create:
         new: list[NewStage] = [i.payload for i in to_create]
-        created = await connector.add_stages(pipeline_id, new)
+        with creating():
+            created = await connector.add_stages(pipeline_id, new)
         by_code = dict(zip([s.code for s in new], created, strict=True))
         await store.stages(list(by_code.items()))
     deletions: list[Stage] = [i.payload for i in plan.of("stage", "delete")]
@@ -109,7 +232,9 @@ async def _apply_stages(plan: Plan, connector: CRMConnector, store: MappingStore
         await store.stages_deleted([s.id for s in deletions])
 
 
-async def _apply_fields(plan: Plan, connector: CRMConnector, store: MappingStore) -> None:
+async def _apply_fields(
+    plan: Plan, connector: CRMConnector, store: MappingStore, creating: _Creating
+) -> None:
     known: list[tuple[str, str, str]] = []
     for item in plan.of("field", "unchanged", "blocked"):
         field: CustomField = item.payload
@@ -117,7 +242,8 @@ async def _apply_fields(plan: Plan, connector: CRMConnector, store: MappingStore
     await store.fields(known)
     to_create: list[NewField] = [i.payload for i in plan.of("field", "create")]
     if to_create:
-        created = await connector.create_fields(to_create)
+        with creating():
+            created = await connector.create_fields(to_create)
         await store.fields([(n.code, c.id, c.crm_name) for n, c in zip(to_create, created, strict=True)])
 
 
@@ -135,7 +261,9 @@ async def _apply_requirements(
     await connector.set_field_requirements(requirements)
 
 
-async def _apply_loss_reasons(plan: Plan, connector: CRMConnector, store: MappingStore) -> None:
+async def _apply_loss_reasons(
+    plan: Plan, connector: CRMConnector, store: MappingStore, creating: _Creating
+) -> None:
     known: list[tuple[str, str]] = []
     for item in plan.of("loss_reason", "unchanged"):
         found: LossReason = item.payload
@@ -143,7 +271,8 @@ async def _apply_loss_reasons(plan: Plan, connector: CRMConnector, store: Mappin
     await store.loss_reasons(known)
     wanted: list[TemplateLossReason] = [i.payload for i in plan.of("loss_reason", "create")]
     if wanted:
-        created = await connector.create_loss_reasons([r.name.ru for r in wanted])
+        with creating():
+            created = await connector.create_loss_reasons([r.name.ru for r in wanted])
         await store.loss_reasons([(r.code, c.id) for r, c in zip(wanted, created, strict=True)])
 
 

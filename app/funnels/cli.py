@@ -10,11 +10,16 @@ from rich.markup import escape
 from app.config import Settings
 from app.connections import service as connections
 from app.connections.connector import connected
-from app.console import EXIT_BAD_INPUT, err, fail, out, print_json
+from app.connections.health import error_from, failure_line
+from app.console import EXIT_BAD_INPUT, fail, out, print_json
 from app.funnels.plan import Plan, PlanLimitError
 from app.funnels.service import ProvisionOutcome, provision
 from app.library import service as library
 from app.runtime import Sessions, run_with_database
+from connectors.base import CRMError
+
+# The CRM failed (down, rate-limited, refused): not the user's input, so not EXIT_BAD_INPUT.
+EXIT_CRM_FAILED = 1
 
 _STYLE = {"+": "green", "~": "yellow", "-": "red", "!": "bold red", "?": "cyan", "=": "dim"}
 
@@ -59,6 +64,8 @@ def provision_command(
             fail(str(exc))
         except PlanLimitError as exc:
             fail(f"cannot provision {template} into {connection}: {exc}. Nothing was written.")
+        except CRMError as exc:  # while reading the CRM for the plan: before any write
+            fail(f"{escape(failure_line(exc, 'provisioning'))} — nothing was written", code=EXIT_CRM_FAILED)
 
     outcome = run_with_database(work)
     if as_json:
@@ -71,14 +78,13 @@ def provision_command(
             out.print(line, highlight=False)
         if outcome.applied:
             out.print("[green]Applied.[/]" if outcome.plan.has_writes else "[green]Nothing to change.[/]")
-        elif outcome.error:
-            err.print(
-                f"[bold red]Failed[/] ({outcome.error_class}): {escape(outcome.error)}\n"
-                "What was created before the failure is recorded; run the same command again to complete.",
-                highlight=False,
-            )
     if outcome.error:
-        raise typer.Exit(1)
+        line = failure_line(error_from(outcome.error_class, outcome.error), "provisioning")
+        fail(
+            f"{escape(line)} — what was created before the failure is recorded: run the same command "
+            "again to complete",
+            code=EXIT_CRM_FAILED,
+        )
 
 
 __all__ = ["EXIT_BAD_INPUT", "plan_lines", "provision_command"]

@@ -9,12 +9,16 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import SessionsDep, SettingsDep
 from app.connections.connector import connected
+from app.connections.health import crm_problem, error_from
 from app.funnels.plan import PlanLimitError
 from app.funnels.schemas import ProvisionRequest
 from app.funnels.service import provision
 from app.library import service as library
+from connectors.base import CRMError
 
 router = APIRouter(tags=["provisioning"])
+
+APPLY_FAILED = "what was created before the failure is recorded: the same request again completes the rest"
 
 
 @router.post("/connections/{name}/provision", response_model=None)
@@ -23,8 +27,10 @@ async def provision_template(
 ) -> dict[str, Any] | JSONResponse:
     """Plan a template into the connection's CRM; apply it when `dry_run` is false.
 
-    A CRM error while applying answers 502 with the plan, the CRM's error text and the promise that
-    what was created is recorded: the same request again completes the rest."""
+    A CRM failure answers 503 when it is transient (down, timed out, rate-limited; Retry-After when
+    the CRM said) and 502 when the CRM refused, with `detail` and the CRM's text in `crm_error`. While
+    reading the CRM for the plan nothing was written; while applying, the body also carries the plan
+    and what was created is recorded: the same request again completes the rest."""
     template = library.get_template(body.template)
     try:
         async with connected(sessions, settings, name) as (record, connector):
@@ -34,6 +40,12 @@ async def provision_template(
             status.HTTP_422_UNPROCESSABLE_ENTITY,
             f"cannot provision {template.key}: {exc}; nothing was written",
         ) from exc
+    except CRMError as exc:
+        problem = crm_problem(exc, "provisioning")
+        content = {**problem.body, "detail": f"{problem.body['detail']}; nothing was written"}
+        return JSONResponse(status_code=problem.status_code, content=content, headers=problem.headers)
     if outcome.error:
-        return JSONResponse(status_code=status.HTTP_502_BAD_GATEWAY, content=outcome.as_json())
+        problem = crm_problem(error_from(outcome.error_class, outcome.error), "provisioning")
+        content = {**outcome.as_json(), **problem.body, "detail": f"{problem.body['detail']}; {APPLY_FAILED}"}
+        return JSONResponse(status_code=problem.status_code, content=content, headers=problem.headers)
     return outcome.as_json()

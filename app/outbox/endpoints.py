@@ -12,7 +12,7 @@ from app.connections import service as connections
 from app.connections.models import Connection
 from app.outbox import service
 from app.outbox.models import OutboxCommand
-from app.outbox.schemas import BulkRetry, BulkRetryResult, CommandOut
+from app.outbox.schemas import AttemptOut, BulkRetry, BulkRetryResult, CommandDetail, CommandOut
 
 router = APIRouter(prefix="/outbox", tags=["outbox"])
 
@@ -31,6 +31,7 @@ def command_out(command: OutboxCommand, connection: str) -> CommandOut:
         crm_result_id=command.crm_result_id,
         created_at=command.created_at,
         done_at=command.done_at,
+        after_command_id=command.after_command_id,
     )
 
 
@@ -56,6 +57,28 @@ async def list_commands(
     async with sessions() as session:
         rows = await session.execute(query.order_by(OutboxCommand.id.desc()).limit(limit))
         return [command_out(c, name) for c, name in rows]
+
+
+@router.get("/{command_id}")
+async def get_command(command_id: int, sessions: SessionsDep) -> CommandDetail:
+    """One command with its whole history: every request that carried it and what came back, and
+    when it was blocked, found in the CRM or retried by hand (manual retries keep it)."""
+    async with sessions() as session:
+        row = (
+            await session.execute(
+                select(OutboxCommand, Connection.name)
+                .join(Connection, Connection.id == OutboxCommand.connection_id)
+                .where(OutboxCommand.id == command_id)
+            )
+        ).first()
+        if row is None:
+            raise service.CommandNotFound(f"no outbox command with id {command_id}")
+        command, name = row
+        history = (await service.attempt_history(session, [command.id])).get(command.id, [])
+    return CommandDetail(
+        **command_out(command, name).model_dump(),
+        history=[AttemptOut.model_validate(a) for a in history],
+    )
 
 
 @router.post("/retry")

@@ -16,6 +16,7 @@ class OutboxCommand(Base):
     __table_args__ = (
         Index("ix_outbox_commands_due", "connection_id", "status", "next_attempt_at"),
         Index("ix_outbox_commands_deal_id", "deal_id"),
+        Index("ix_outbox_commands_after_command_id", "after_command_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -25,7 +26,8 @@ class OutboxCommand(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     # pending -> sending -> done; or failed (retry at next_attempt_at) -> ... -> dead (permanent, out of
-    # attempts, or sent by a worker that died before recording the answer: see outbox.service)
+    # attempts, or sent by a worker that died before recording the answer: see outbox.service; or
+    # never sent because the command it waits for is dead: last_error starts with "not sent:")
     status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -33,3 +35,32 @@ class OutboxCommand(Base):
     crm_result_id: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # The command this one must wait for: a comment that says a deal was moved is sent only once the
+    # move is done, and not at all (dead, "not sent: ...") when the move failed. CASCADE: removing a
+    # move removes what describes it, instead of freeing it to be sent about a move that never was.
+    after_command_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outbox_commands.id", ondelete="CASCADE"), default=None
+    )
+
+
+class OutboxAttempt(Base):
+    """What happened each time the worker dealt with a command: one row per request that carried it,
+    plus the decisions that changed it without a request (blocked by its prerequisite, found in the
+    CRM after an unanswered request, re-queued by hand). Append-only: a manual retry resets the
+    command's scheduling (status, attempts budget) but never this history."""
+
+    __tablename__ = "outbox_attempts"
+    __table_args__ = (Index("ix_outbox_attempts_command_id", "command_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    command_id: Mapped[int] = mapped_column(ForeignKey("outbox_commands.id", ondelete="CASCADE"))
+    # 1-based over the command's whole life (manual retries do not restart it); None for rows that
+    # record no request (blocked, found, requeued).
+    attempt: Mapped[int | None] = mapped_column(Integer, default=None)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # done | failed (retried later) | dead | uncertain (no answer) | paused (account refused) |
+    # blocked (not sent: prerequisite failed) | found (the CRM had it) | requeued (retry by hand)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    crm_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    batch_size: Mapped[int | None] = mapped_column(Integer, default=None)  # commands in that request

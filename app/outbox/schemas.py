@@ -21,6 +21,24 @@ class CommandOut(BaseModel):
     crm_result_id: str | None
     created_at: datetime
     done_at: datetime | None
+    after_command_id: int | None  # sent only once this command is done
+
+
+class AttemptOut(BaseModel):
+    """One entry of a command's history (see app.outbox.models.OutboxAttempt)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    attempt: int | None  # which request carried it, counted over its whole life; None: no request
+    at: datetime
+    outcome: Literal["done", "failed", "dead", "uncertain", "paused", "blocked", "found", "requeued"]
+    error: str | None
+    crm_code: str | None
+    batch_size: int | None
+
+
+class CommandDetail(CommandOut):
+    history: list[AttemptOut]
 
 
 class BulkRetry(BaseModel):

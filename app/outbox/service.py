@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases, metrics
+from app.connections import health
 from app.connections.models import Connection
 from app.db import utcnow
 from app.errors import NotFound
-from app.outbox.models import OutboxCommand
+from app.outbox.models import OutboxAttempt, OutboxCommand
 from connectors.base import (
     MAX_BATCH,
     AccountBlocked,
@@ -74,10 +75,26 @@ async def enqueue(
     idempotency_key: str,
     deal_id: int | None = None,
     not_before: datetime | None = None,
+    after_command_id: int | None = None,
 ) -> bool:
-    """Insert a command unless its idempotency key exists; True when it was new."""
+    """Insert a command unless its idempotency key exists; True when it was new.
+
+    `after_command_id`: a command of the same connection this one must wait for. It is sent only
+    once that one is done, and dead-lettered unsent ("not sent: ...") when that one is dead."""
     if kind not in KINDS:
         raise ValueError(f"unknown outbox command kind {kind!r}")
+    if after_command_id is not None:
+        owner = await session.scalar(
+            select(OutboxCommand.connection_id).where(OutboxCommand.id == after_command_id)
+        )
+        if owner is None:
+            raise ValueError(f"outbox command {after_command_id} (the prerequisite) does not exist")
+        if owner != connection_id:
+            # One connection's drain never sees another's commands: the wait could never end.
+            raise ValueError(
+                f"outbox command {after_command_id} belongs to another connection; "
+                "a command can only wait for a command of its own connection"
+            )
     now = utcnow()
     values = {
         "connection_id": connection_id,
@@ -89,6 +106,7 @@ async def enqueue(
         "attempts": 0,
         "next_attempt_at": not_before or now,
         "created_at": now,
+        "after_command_id": after_command_id,
     }
     dialect = session.bind.dialect.name if session.bind else "sqlite"
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -102,7 +120,8 @@ async def enqueue(
 class DrainResult:
     delivered: int = 0
     retried: int = 0
-    dead: int = 0
+    dead: int = 0  # includes `blocked`: those end dead too, and count as dead letters
+    blocked: int = 0  # not sent because the command they wait for is dead
     paused: bool = False
     requests: int = 0
     errors: list[str] = field(default_factory=list)
@@ -180,7 +199,9 @@ async def drain_connection(
             )
             commands = [c for c, _ in rows]
         for kind in KINDS:
-            batch = [c for c in commands if c.kind == kind]
+            # Decided per kind, after the kinds before it were sent: a comment waiting for a move
+            # goes in the same drain the move succeeded in.
+            batch = await _ready(sessions, [c for c in commands if c.kind == kind], result)
             for start in range(0, len(batch), MAX_BATCH):
                 chunk = batch[start : start + MAX_BATCH]
                 if not await _deliver_chunk(sessions, record, connector, kind, chunk, retry, result):
@@ -189,6 +210,98 @@ async def drain_connection(
     finally:
         await leases.release(sessions, key)
     return result
+
+
+# Statuses of a prerequisite that make its dependents wait (neither done nor given up).
+WAITING_FOR = ("pending", "sending", "failed")
+
+
+def not_sent_reason(dependent: OutboxCommand, prerequisite_kind: str, prerequisite_error: str | None) -> str:
+    what = (
+        "the move it describes"
+        if dependent.kind == "comment" and prerequisite_kind == "move"
+        else f"the {prerequisite_kind} it depends on"
+    )
+    return f"not sent: {what} failed: {prerequisite_error or 'no error recorded'}"
+
+
+async def _ready(
+    sessions: async_sessionmaker[AsyncSession],
+    batch: list[OutboxCommand],
+    result: DrainResult,
+) -> list[OutboxCommand]:
+    """The commands of `batch` that may be sent now. One waiting for a command that is not done yet
+    stays as it is (no attempt used, not rescheduled: it is looked at again by every drain). One
+    waiting for a dead command is never sent: it is dead-lettered with the reason, so the CRM is
+    never told about an effect that did not happen (a "moved back" comment without the move)."""
+    prerequisite_ids = {c.after_command_id for c in batch if c.after_command_id is not None}
+    if not prerequisite_ids:
+        return batch
+    async with sessions() as session:
+        rows = await session.execute(
+            select(
+                OutboxCommand.id, OutboxCommand.kind, OutboxCommand.status, OutboxCommand.last_error
+            ).where(OutboxCommand.id.in_(prerequisite_ids))
+        )
+        prerequisites = {row.id: row for row in rows}
+    ready: list[OutboxCommand] = []
+    blocked: list[tuple[OutboxCommand, str]] = []
+    for command in batch:
+        prerequisite = prerequisites.get(command.after_command_id) if command.after_command_id else None
+        if prerequisite is None or prerequisite.status == "done":
+            ready.append(command)  # None: the foreign key cascades, so only a command with none
+        elif prerequisite.status not in WAITING_FOR:  # dead
+            blocked.append((command, not_sent_reason(command, prerequisite.kind, prerequisite.last_error)))
+    if blocked:
+        now = utcnow()
+        async with sessions.begin() as session:
+            for command, reason in blocked:
+                await session.execute(
+                    update(OutboxCommand)
+                    .where(OutboxCommand.id == command.id)
+                    .values(status="dead", last_error=reason)
+                )
+            session.add_all(
+                OutboxAttempt(command_id=c.id, at=now, outcome="blocked", error=reason)
+                for c, reason in blocked
+            )
+        result.blocked += len(blocked)
+        result.dead += len(blocked)
+    return ready
+
+
+async def _next_attempt_numbers(session: AsyncSession, command_ids: Sequence[int]) -> dict[int, int]:
+    """The number the next request carrying each command gets in its history (1-based, never reset)."""
+    rows = await session.execute(
+        select(OutboxAttempt.command_id, func.max(OutboxAttempt.attempt))
+        .where(OutboxAttempt.command_id.in_(list(command_ids)))
+        .group_by(OutboxAttempt.command_id)
+    )
+    last = {command_id: number or 0 for command_id, number in rows}
+    return {command_id: last.get(command_id, 0) + 1 for command_id in command_ids}
+
+
+async def _log_attempts(
+    session: AsyncSession,
+    entries: Sequence[tuple[OutboxCommand, str, str | None, str | None]],
+    *,
+    at: datetime,
+    batch_size: int,
+) -> None:
+    """Append one history row per command carried by a request: (command, outcome, error, CRM code)."""
+    numbers = await _next_attempt_numbers(session, [c.id for c, _, _, _ in entries])
+    session.add_all(
+        OutboxAttempt(
+            command_id=command.id,
+            attempt=numbers[command.id],
+            at=at,
+            outcome=outcome,
+            error=error,
+            crm_code=crm_code[:64] if crm_code else None,
+            batch_size=batch_size,
+        )
+        for command, outcome, error, crm_code in entries
+    )
 
 
 async def _recover_in_flight(
@@ -237,6 +350,7 @@ async def _recover_in_flight(
                     "last_error": None,
                 }
                 result.delivered += 1
+                session.add(OutboxAttempt(command_id=command.id, at=now, outcome="found"))
             else:  # never reached the CRM (or is harmless to send again): back to the queue
                 values = {"status": "pending"}
             await session.execute(
@@ -285,6 +399,7 @@ async def _deliver_chunk(
         result.requests += 1
     except CRMError as exc:
         metrics.crm_error(exc)
+        await health.record_failure(sessions, record.id, exc)  # the connection's health on the overview
         if refuses_account(exc):
             # The account, not the command, is the problem: pause the queue, keep the attempts. The
             # CRM refused the request as a whole, so the commands were not applied: back to the queue.
@@ -299,6 +414,12 @@ async def _deliver_chunk(
                     .where(Connection.id == record.id)
                     .values(status="paused", paused_reason=_pause_reason(exc))
                 )
+                await _log_attempts(
+                    session,
+                    [(c, "paused", _pause_reason(exc), exc.crm_code) for c in chunk],
+                    at=now,
+                    batch_size=len(chunk),
+                )
             result.paused = True
             result.errors.append(exc.crm_text)
             return False
@@ -307,6 +428,7 @@ async def _deliver_chunk(
         uncertain = exc.crm_code == "TIMEOUT" and kind not in IDEMPOTENT_KINDS
         values: dict[str, Any]
         async with sessions.begin() as session:
+            log: list[tuple[OutboxCommand, str, str | None, str | None]] = []
             for command in chunk:
                 attempts = command.attempts + 1
                 too_old = now - command.created_at > retry.max_age
@@ -336,10 +458,16 @@ async def _deliver_chunk(
                 await session.execute(
                     update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
                 )
+                log.append(
+                    (command, "uncertain" if uncertain else str(values["status"]), exc.crm_text, exc.crm_code)
+                )
+            await _log_attempts(session, log, at=now, batch_size=len(chunk))
         result.errors.append(exc.crm_text)
         return True
+    await health.record_success(sessions, record.id, push=True)  # answered: per-item errors are not outages
     by_ref = {o.ref: o for o in outcomes}
     async with sessions.begin() as session:
+        sent: list[tuple[OutboxCommand, str, str | None, str | None]] = []
         for command in chunk:
             outcome = by_ref.get(str(command.id))
             if outcome is not None and outcome.ok:
@@ -358,6 +486,9 @@ async def _deliver_chunk(
             await session.execute(
                 update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
             )
+            code = outcome.error.crm_code if outcome and outcome.error else None
+            sent.append((command, str(values["status"]), values.get("last_error"), code))
+        await _log_attempts(session, sent, at=now, batch_size=len(chunk))
     return True
 
 
@@ -373,7 +504,8 @@ class CommandNotRetryable(ValueError):
 
 
 async def retry_command(session: AsyncSession, command_id: int) -> OutboxCommand:
-    """Send a failed or dead command again now, with a fresh series of attempts."""
+    """Send a failed or dead command again now, with a fresh series of attempts (its history stays),
+    and with it the commands left unsent because they wait for it (a move's comment)."""
     command = await session.get(OutboxCommand, command_id)
     if command is None:
         raise CommandNotFound(f"no outbox command with id {command_id}")
@@ -381,10 +513,36 @@ async def retry_command(session: AsyncSession, command_id: int) -> OutboxCommand
         raise CommandNotRetryable(
             f"command {command_id} is {command.status}; only failed or dead commands are retried"
         )
+    now = utcnow()
     command.status = "pending"
-    command.attempts = 0
-    command.next_attempt_at = utcnow()
+    command.attempts = 0  # the budget of the new series; the attempts made so far stay in the history
+    command.next_attempt_at = now
+    session.add(OutboxAttempt(command_id=command.id, at=now, outcome="requeued"))
+    await _requeue_dependents(session, [command.id], now)
     return command
+
+
+async def _requeue_dependents(session: AsyncSession, command_ids: Sequence[int], now: datetime) -> int:
+    """Put back to pending the dead commands that wait for the given ones (and those waiting for
+    them): they were dead-lettered unsent because their prerequisite failed, and go once it is done.
+    Only unsent ones can be dead while their prerequisite is not done (a dependent is sent only
+    after it), and a done command is never retried, so no command the CRM refused is re-sent here."""
+    requeued = 0
+    frontier = list(command_ids)
+    seen = set(frontier)
+    while frontier:
+        rows = await session.execute(
+            update(OutboxCommand)
+            .where(OutboxCommand.after_command_id.in_(frontier), OutboxCommand.status == "dead")
+            .values(status="pending", attempts=0, next_attempt_at=now)
+            .returning(OutboxCommand.id)
+            .execution_options(synchronize_session=False)
+        )
+        frontier = [i for i in rows.scalars() if i not in seen]
+        seen.update(frontier)
+        session.add_all(OutboxAttempt(command_id=i, at=now, outcome="requeued") for i in frontier)
+        requeued += len(frontier)
+    return requeued
 
 
 async def retry_matching(
@@ -395,7 +553,9 @@ async def retry_matching(
     kind: str | None = None,
     ids: Sequence[int] | None = None,
 ) -> int:
-    """Bulk replay: every failed/dead command matching the filter goes back to pending."""
+    """Bulk replay: every failed/dead command matching the filter goes back to pending, with the
+    commands left unsent because they wait for one of them. Returns how many went back, those
+    included; their history stays."""
     statuses = (status,) if status else RETRYABLE_STATUSES
     if any(s not in RETRYABLE_STATUSES for s in statuses):
         raise CommandNotRetryable(f"only failed or dead commands can be retried, not {status!r}")
@@ -406,5 +566,41 @@ async def retry_matching(
         query = query.where(OutboxCommand.kind == kind)
     if ids is not None:
         query = query.where(OutboxCommand.id.in_(list(ids)))
-    result = await session.execute(query.values(status="pending", attempts=0, next_attempt_at=utcnow()))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    now = utcnow()
+    rows = await session.execute(
+        query.values(status="pending", attempts=0, next_attempt_at=now)
+        .returning(OutboxCommand.id)
+        .execution_options(synchronize_session=False)
+    )
+    retried = list(rows.scalars())
+    session.add_all(OutboxAttempt(command_id=i, at=now, outcome="requeued") for i in retried)
+    return len(retried) + await _requeue_dependents(session, retried, now)
+
+
+async def attempt_history(
+    session: AsyncSession, command_ids: Sequence[int]
+) -> dict[int, list[OutboxAttempt]]:
+    """Each command's history, oldest first (commands without one are absent)."""
+    if not command_ids:
+        return {}
+    rows = await session.scalars(
+        select(OutboxAttempt)
+        .where(OutboxAttempt.command_id.in_(list(command_ids)))
+        .order_by(OutboxAttempt.command_id, OutboxAttempt.id)
+    )
+    history: dict[int, list[OutboxAttempt]] = {}
+    for row in rows:
+        history.setdefault(row.command_id, []).append(row)
+    return history
+
+
+async def prerequisites(session: AsyncSession, command_ids: Sequence[int]) -> dict[int, int]:
+    """Command id -> the command it waits for, for those of the given commands that wait for one."""
+    if not command_ids:
+        return {}
+    rows = await session.execute(
+        select(OutboxCommand.id, OutboxCommand.after_command_id).where(
+            OutboxCommand.id.in_(list(command_ids)), OutboxCommand.after_command_id.is_not(None)
+        )
+    )
+    return {command_id: after for command_id, after in rows if after is not None}

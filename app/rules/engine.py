@@ -60,6 +60,9 @@ class Effect:
     kind: EffectKind
     key: str
     payload: dict[str, Any]
+    # Key of the effect this one must wait for: a comment saying the deal was moved goes only
+    # after the move is done, and never when the move failed.
+    after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,8 @@ def task_effect(
     return Effect("task", key, payload)
 
 
-def comment_effect(key: str, deal: DealState, text: str) -> Effect:
-    return Effect("comment", key, {"crm_deal_id": deal.crm_deal_id, "text": text})
+def comment_effect(key: str, deal: DealState, text: str, *, after: str | None = None) -> Effect:
+    return Effect("comment", key, {"crm_deal_id": deal.crm_deal_id, "text": text}, after=after)
 
 
 def _describe(rules: FunnelRules, stage: StageSpec, note: str) -> str:
@@ -209,13 +212,15 @@ def on_entry(
             back_name = template.stage(from_stage_code).name.ru
             payload = {"crm_deal_id": deal.crm_deal_id, "pipeline_id": rules.pipeline_id,
                        "stage_id": back, "origin": "revert"}  # fmt: skip
+            move = Effect("move", f"{scope}:revert:move", payload)
             return [
-                Effect("move", f"{scope}:revert:move", payload),
+                move,
                 comment_effect(
                     f"{scope}:revert:comment",
                     deal,
                     f"Сделка возвращена на этап «{back_name}»: для этапа «{stage.name.ru}» "
                     f"не заполнены обязательные поля: {labels(template, missing)}.",
+                    after=move.key,  # it says the deal was moved back: sent only once it was
                 ),
             ]
         # Nowhere to go back to (created in this stage, or came from an unmanaged stage): say so.

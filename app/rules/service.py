@@ -1,9 +1,10 @@
 """Rules engine glue: load a funnel's rules, react to mirrored stage transitions, queue effects.
 
-`on_mirrored` runs inside the inbox processor's write transaction, so the transition, the outbox rows
-it causes and the processed event commit together: a crash re-runs all of it, and the outbox's
-idempotency keys make the re-run add nothing. Our own moves come back as webhooks; they are matched
-to their outbox command (echo suppression) and fire no rules, so a revert never loops.
+`apply_rules` runs inside the ingest transaction (app.deals.ingest: inbox processor, reconcile,
+`funnelsync sync`), so the transition, the outbox rows it causes and the processed event or reconcile
+cursor commit together: a crash re-runs all of it, and the outbox's idempotency keys make the re-run
+add nothing. Our own moves come back as webhooks; they are matched to their outbox command (echo
+suppression) and fire no rules, so a revert never loops.
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def deal_state(deal: Deal) -> DealState:
 async def enqueue_effects(
     session: AsyncSession, connection_id: int, deal_id: int, effects: Sequence[Effect]
 ) -> int:
-    """Queue effects; returns how many were new (a known idempotency key is skipped)."""
+    """Queue effects; returns how many were new (a known idempotency key is skipped). An effect
+    that names another (`after`) is queued to wait for that one's command, which is queued first."""
     added = 0
     for effect in effects:
         if effect.kind == "redate":
@@ -139,6 +141,14 @@ async def enqueue_effects(
                 session, int(effect.payload["command_id"]), effect.payload["due_at"]
             )
             continue
+        after_command_id = None
+        if effect.after is not None:
+            after_command_id = await session.scalar(
+                select(OutboxCommand.id).where(OutboxCommand.idempotency_key == effect.after)
+            )
+            if after_command_id is None:
+                # Sending it unconditionally is exactly what `after` exists to prevent.
+                raise ValueError(f"effect {effect.key} waits for {effect.after}, which was not queued")
         if await enqueue(
             session,
             connection_id=connection_id,
@@ -146,6 +156,7 @@ async def enqueue_effects(
             payload=effect.payload,
             idempotency_key=effect.key,
             deal_id=deal_id,
+            after_command_id=after_command_id,
         ):
             added += 1
     return added
@@ -212,7 +223,7 @@ async def current_entries(session: AsyncSession, deal_ids: Sequence[int]) -> dic
     return {deal_id: entry_id for deal_id, entry_id in rows}
 
 
-# --- the mirror hook ------------------------------------------------------------------------------
+# --- reacting to mirrored transitions (called by app.deals.ingest) --------------------------------
 
 
 @dataclass
@@ -221,11 +232,6 @@ class RulesOutcome:
     echoes: int = 0
     skipped: int = 0
     enqueued: int = 0
-
-
-async def on_mirrored(session: AsyncSession, connection: Connection, result: MirrorResult) -> None:
-    """The inbox processor's / reconciler's hook (MirroredHook signature)."""
-    await apply_rules(session, connection, result)
 
 
 async def apply_rules(

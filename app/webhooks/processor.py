@@ -3,7 +3,8 @@
 One processor at a time handles a connection (a lease), so its events stay in order even with
 several processes on one PostgreSQL. Deals an event only names (Bitrix24 sends just the id) are
 fetched in batches before the write transaction, so no database lock is held while the CRM answers.
-The mirror step, the tombstones and marking the events processed commit together.
+The ingest step (mirror, tombstones, stage rules: app.deals.ingest) and marking the events processed
+commit together.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases, metrics
+from app.connections import health
 from app.connections.models import Connection
 from app.db import utcnow
-from app.deals.mirror import MirrorResult, load_stage_index, mirror_snapshots, tombstone
+from app.deals.ingest import ingest
 from app.webhooks.models import InboxEvent
 from connectors.base import CRMConnector, CRMError, DealEvent, DealSnapshot
 
@@ -27,7 +29,6 @@ LEASE_TTL = timedelta(minutes=2)
 
 ConnectorFor = Callable[[Connection], Awaitable[CRMConnector]]
 EventParser = Callable[[str, bytes, str], list[DealEvent]]
-MirroredHook = Callable[[AsyncSession, Connection, MirrorResult], Awaitable[None]]
 
 
 @dataclass
@@ -44,7 +45,6 @@ async def process_inbox(
     connector_for: ConnectorFor,
     parse: EventParser,
     *,
-    on_mirrored: MirroredHook | None = None,
     batch: int = BATCH,
 ) -> ProcessResult:
     """Process pending events of every connection that has some; returns totals."""
@@ -61,9 +61,7 @@ async def process_inbox(
             continue  # another process is on it
         try:
             while True:
-                result = await _process_connection_batch(
-                    sessions, connection_id, connector_for, parse, on_mirrored, batch
-                )
+                result = await _process_connection_batch(sessions, connection_id, connector_for, parse, batch)
                 _add(total, result)
                 if result.processed + result.failed < batch or result.deferred:
                     break
@@ -85,7 +83,6 @@ async def _process_connection_batch(
     connection_id: int,
     connector_for: ConnectorFor,
     parse: EventParser,
-    on_mirrored: MirroredHook | None,
     batch: int,
 ) -> ProcessResult:
     result = ProcessResult()
@@ -127,6 +124,7 @@ async def _process_connection_batch(
             fetched = await connector.get_deals(sorted(set(to_fetch), key=_numeric_first))
         except CRMError as exc:
             metrics.crm_error(exc)
+            await health.record_failure(sessions, connection_id, exc)
             # Leave the events pending; count the attempt and keep the CRM's words for the API.
             async with sessions.begin() as session:
                 await session.execute(
@@ -137,18 +135,15 @@ async def _process_connection_batch(
             result.deferred = len(parsed)
             parsed.clear()
         else:
+            await health.record_success(sessions, connection_id)
             snapshots.extend(fetched)
             # A deal deleted before we fetched it is simply absent: nothing to mirror.
 
     now = utcnow()
     async with sessions.begin() as session:
         if parsed:
-            index = await load_stage_index(session, connection_id)
-            mirrored = await mirror_snapshots(session, connection_id, snapshots, index, "webhook")
-            for deal_id, at in deletions:
-                await tombstone(session, connection_id, [deal_id], at)
-            if on_mirrored is not None:
-                await on_mirrored(session, connection, mirrored)
+            ingested = await ingest(session, connection, snapshots, deletions=deletions, source="webhook")
+            mirrored = ingested.mirrored
             result.deals = mirrored.created + mirrored.updated
             result.transitions = len(mirrored.transitions)
             for event_id, deal_events in parsed.items():

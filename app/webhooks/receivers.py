@@ -8,6 +8,7 @@ Processing happens later, in the inbox job, which this wakes.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -15,6 +16,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from app import metrics
 from app.api.deps import SessionsDep, SettingsDep
 from app.connections import service as connections
+from app.connections.connector import record_domain
 from app.connections.models import Connection
 from app.scheduler import INBOX_JOB, wake
 from app.security import tokens_match
@@ -22,6 +24,10 @@ from app.webhooks.service import dedupe_key, store_event
 from connectors.events import WebhookIdentity, WebhookParseError, parse_deal_events, read_identity
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+log = logging.getLogger("funnelsync.webhooks")
+# A portal (Bitrix24) or account (amoCRM) can be renamed; its application token or our URL secret
+# already proved the sender, so a new address is recorded, not refused. Ids never change.
+_ADDRESSES = ("domain", "subdomain")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -68,14 +74,28 @@ async def _accept(request: Request, sessions: Any, record: Connection, body: byt
     return {"status": "accepted" if new else "duplicate"}
 
 
-def _check_identity(record: Connection, identity: WebhookIdentity, claims: dict[str, str | None]) -> None:
-    """Compare what the body claims (portal, account) with what we know about the connection."""
+def _check_identity(
+    record: Connection, identity: WebhookIdentity, claims: dict[str, str | None]
+) -> str | None:
+    """Compare what the body claims (portal, account) with what we know about the connection.
+    Returns the new domain/subdomain the body names when the account was renamed."""
+    moved = None
     for key, value in claims.items():
         expected = record.settings.get(key)
         if expected and value and str(expected).lower() != str(value).lower():
-            raise _refuse(f"{key} {value!r} does not match this connection")
+            if key not in _ADDRESSES:
+                raise _refuse(f"{key} {value!r} does not match this connection")
+            moved = value
         if expected and not value:
             raise _refuse(f"the body does not say its {key}")
+    return moved
+
+
+async def _record_move(sessions: Any, record: Connection, domain: str) -> None:
+    async with sessions.begin() as session:
+        current = await session.get(Connection, record.id, with_for_update=True)
+        if current is not None and record_domain(current, domain, "webhook"):
+            log.warning("connection %s: the CRM now calls itself %s; recorded", record.name, domain)
 
 
 @router.post("/bitrix24/{name}")
@@ -96,7 +116,9 @@ async def bitrix24_webhook(
         raise _refuse(f"not a Bitrix24 event ({exc})") from exc
     if not identity.application_token or not tokens_match(identity.application_token, expected):
         raise _refuse("wrong or missing auth[application_token]")
-    _check_identity(record, identity, {"domain": identity.domain, "member_id": identity.account_id})
+    moved = _check_identity(record, identity, {"domain": identity.domain, "member_id": identity.account_id})
+    if moved:
+        await _record_move(sessions, record, moved)
     return await _accept(request, sessions, record, body)
 
 
@@ -113,5 +135,8 @@ async def amocrm_webhook(
     except WebhookParseError:
         identity = WebhookIdentity()  # authenticated by the secret: store it as failed below
     else:
-        _check_identity(record, identity, {"subdomain": identity.domain, "account_id": identity.account_id})
+        claims = {"subdomain": identity.domain, "account_id": identity.account_id}
+        moved = _check_identity(record, identity, claims)
+        if moved:
+            await _record_move(sessions, record, moved)
     return await _accept(request, sessions, record, body)

@@ -14,8 +14,14 @@ Verified (amocrm/amocrm-api-php source):
   the caller sent none.
 - CustomFieldModel::toApi sends `type` on every update; required_statuses items are
   {status_id, pipeline_id}.
+- NotesFilter knows only id, note_type and updated_at (Kommo "notes by entity type" documents the
+  same): notes of given deals are read per deal, GET /api/v4/leads/{id}/notes.
 Still unverified (no source found; built to the reference and kept visible in the sandbox):
-- bulk validation is all-or-nothing (see _bulk_chunk); the exact texts of the 50-pipeline,
+- whether a bulk create answered 400 saved its valid items: no doc says either way, issue #11
+  reports it, so the valid tasks/notes are looked up by marker before any is resent (_bulk_chunk;
+  the sandbox's `partial_bulk_saves` mode); whether a 429 ever carries Retry-After (none is
+  documented, amocrm-api-php #526 asks for it): we wait at least one second either way;
+- the exact texts of the 50-pipeline,
   100-status and colour errors; whether field codes must be upper case; whether PATCH /leads
   enforces required_statuses (FunnelSync does not rely on it); the webhook retry table and whether
   changes made through the API are echoed as webhooks (the sandbox does both); the server-side
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -34,13 +41,20 @@ import httpx
 
 from connectors.amocrm import mapping
 from connectors.amocrm.oauth import LongLivedAuth, OAuthApp, OAuthAuth, exchange_code
-from connectors.amocrm.transport import ItemErrors, Transport, describe, reset_account_block
+from connectors.amocrm.transport import (
+    ItemErrors,
+    Transport,
+    describe,
+    rate_window,
+    reset_account_block,
+)
 from connectors.base import (
     MAX_BATCH,
     AccountInfo,
     BatchTooLarge,
     Capabilities,
     CreatedLookup,
+    CRMError,
     CRMKind,
     CustomField,
     DealSnapshot,
@@ -65,13 +79,15 @@ from connectors.base import (
     WebhookSubscription,
     chunked,
 )
-from connectors.http import AMOCRM_DEFAULT, RatePolicy, RetryPolicy, ThrottledClient
+from connectors.http import AMOCRM_DEFAULT, DomainSaver, RatePolicy, RetryPolicy, ThrottledClient
 
 LEADS_PAGE = 250  # documented maximum of `limit` for leads
 IDS_PER_REQUEST = 50  # filter[id][] values per GET, keeps the URL short
 WEBHOOK_SORT = 10
 
 Item = tuple[str, dict[str, Any]]  # (caller's ref, payload without request_id)
+# Given items a create sent, the refs of those amoCRM already holds -> their ids (see _bulk_chunk).
+SavedLookup = Callable[[list[Item]], Awaitable[dict[str, str]]]
 
 
 def account_base_url(subdomain: str, domain: str = "amocrm.ru") -> str:
@@ -107,6 +123,8 @@ class AmoCRMConnector:
         account_key: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        domain_saver: DomainSaver | None = None,
+        rate_limit_window: float | None = None,
     ) -> None:
         if (token is None) == (oauth is None):
             raise ValueError("give either token (long-lived) or oauth + tokens + token_saver")
@@ -114,8 +132,23 @@ class AmoCRMConnector:
         self.base_url = (base_url or account_base_url(subdomain, domain)).rstrip("/")
         # One limiter (and one refresh lock) per account and integration (reference 3.1).
         self.account_key = account_key or f"amocrm:{self.base_url}:{oauth.client_id if oauth else 'token'}"
-        http = ThrottledClient(self.base_url, self.account_key, rate, timeout=timeout, transport=transport)
-        self._t = Transport(http, None, retry or RetryPolicy(), sleep)
+        # A renamed account's old address redirects (UNVERIFIED for amoCRM): the client follows it
+        # and `domain_saver` records the new one.
+        http = ThrottledClient(
+            self.base_url,
+            self.account_key,
+            rate,
+            timeout=timeout,
+            transport=transport,
+            on_host_change=domain_saver,
+        )
+        # After a 429 the retry waits at least amoCRM's one-second window (scaled with `rate` for a
+        # sped-up sandbox), whatever policy the caller gave: the account's pool is shared with other
+        # integrations, so an earlier retry would meet the same exhausted second.
+        window = rate_window(rate) if rate_limit_window is None else rate_limit_window
+        policy = retry or RetryPolicy()
+        policy = replace(policy, rate_limit_wait=max(policy.rate_limit_wait, window))
+        self._t = Transport(http, None, policy, sleep)
         self.auth: LongLivedAuth | OAuthAuth
         if token is not None:
             self.auth = LongLivedAuth(token)
@@ -172,11 +205,18 @@ class AmoCRMConnector:
             next_path, next_params = parts.path + (f"?{parts.query}" if parts.query else ""), None
 
     async def _bulk(
-        self, method: str, path: str, key: str, items: Sequence[Item], *, idempotent: bool
+        self,
+        method: str,
+        path: str,
+        key: str,
+        items: Sequence[Item],
+        *,
+        idempotent: bool,
+        find_saved: SavedLookup | None = None,
     ) -> list[ItemResult]:
         results: dict[str, ItemResult] = {}
         for chunk in chunked(list(items), MAX_BATCH):
-            await self._bulk_chunk(method, path, key, list(chunk), idempotent, results)
+            await self._bulk_chunk(method, path, key, list(chunk), idempotent, results, find_saved)
         return [results[ref] for ref, _ in items]
 
     async def _bulk_chunk(
@@ -187,6 +227,7 @@ class AmoCRMConnector:
         chunk: list[Item],
         idempotent: bool,
         results: dict[str, ItemResult],
+        find_saved: SavedLookup | None = None,
     ) -> None:
         queue = [chunk]
         while queue:
@@ -230,11 +271,18 @@ class AmoCRMConnector:
                             status=400,
                         ),
                     )
-                # amoCRM validates the whole request before saving anything: the 400 lists the bad
-                # items and carries no saved entities, and PHPLIB fails the whole collection on it.
-                # So the valid items were not applied; resend them without the failing ones.
-                # (Still unverified against a live account: no doc sentence says "all or nothing".)
+                # The 400 lists the bad items and carries no saved entities, and PHPLIB fails the
+                # whole collection on it; but no doc says a bulk write is all or nothing, and
+                # issue #11 reports the valid items of such a request saved. Resending an update
+                # is harmless; resending a create would duplicate what was saved: look those up
+                # by their marker first and resend only the ones amoCRM does not hold.
                 remainder = [item for i, item in enumerate(part) if i not in failing]
+                if remainder and find_saved is not None:
+                    found = await self._saved_after_400(find_saved, remainder, exc)
+                    for ref, _ in remainder:
+                        if ref in found:
+                            results[ref] = ItemResult(ref, crm_id=found[ref])
+                    remainder = [item for item in remainder if item[0] not in found]
                 if remainder:
                     queue.insert(0, remainder)
                 continue
@@ -244,6 +292,24 @@ class AmoCRMConnector:
                 entry = by_rid.get(str(i)) or (saved[i] if i < len(saved) else None)
                 crm_id = entry.get("id") if entry else None
                 results[ref] = ItemResult(ref, crm_id=str(crm_id) if crm_id is not None else None)
+
+    @staticmethod
+    async def _saved_after_400(
+        find_saved: SavedLookup, items: list[Item], rejected: ItemErrors
+    ) -> dict[str, str]:
+        try:
+            return await find_saved(items)
+        except CRMError as exc:
+            # We cannot tell whether amoCRM kept these items, so neither resend nor fail them. The
+            # outbox treats a create that ended in TIMEOUT as "may have been applied" and looks its
+            # commands up by marker on the next drain (_recover_in_flight): exactly this state.
+            raise Retryable(
+                f"amoCRM rejected part of a bulk create ({rejected.crm_text}) and checking whether it "
+                f"saved the rest failed: {exc.message}",
+                crm_code="TIMEOUT",
+                crm_text=f"{rejected.crm_text}; lookup failed: {exc.crm_text}",
+                status=exc.status,
+            ) from exc
 
     # --- account -----------------------------------------------------------------------------------
 
@@ -492,8 +558,11 @@ class AmoCRMConnector:
             if task.responsible_id:
                 payload["responsible_user_id"] = int(task.responsible_id)
             items.append((task.ref, payload))
-        # Not resent after a timeout (idempotent=False): amoCRM would create the task twice.
-        return await self._bulk("POST", "/api/v4/tasks", "tasks", items, idempotent=False)
+        # Not resent after a timeout (idempotent=False): amoCRM would create the task twice; after a
+        # partial 400 the valid tasks are looked up by marker before any is resent.
+        return await self._bulk(
+            "POST", "/api/v4/tasks", "tasks", items, idempotent=False, find_saved=self._saved_tasks
+        )
 
     async def move_task_deadlines(self, changes: Sequence[TaskDeadline]) -> list[ItemResult]:
         """PATCH /api/v4/tasks with {id, complete_till} items (Kommo "edit tasks"; the single-task
@@ -506,20 +575,34 @@ class AmoCRMConnector:
     async def find_created(
         self, kind: Literal["task", "comment"], lookups: Sequence[CreatedLookup]
     ) -> dict[str, str]:
-        """GET /api/v4/tasks (entity_type leads) or /api/v4/leads/notes (common notes) filtered by
-        the deals' ids, paginated; a task's marker is in its `text`, a note's in `params.text`."""
-        deals = sorted({item.deal_id for item in lookups})
+        """Tasks: GET /api/v4/tasks with filter[entity_type]=leads and the deals' ids in
+        filter[entity_id][] (documented: the id filter needs the type). Comments: GET
+        /api/v4/leads/{id}/notes?filter[note_type][]=common once per deal, because the account-wide
+        /api/v4/leads/notes documents no entity filter (only id, note_type, updated_at) and would
+        mean reading every note of the account. Paginated; the marker is in a task's `text`, in a
+        note's `params.text`."""
+        deals = sorted({item.deal_id for item in lookups if str(item.deal_id).isdigit()})
         texts: list[tuple[str, str, str]] = []  # (deal id, crm id, text)
-        path, key = ("/api/v4/tasks", "tasks") if kind == "task" else ("/api/v4/leads/notes", "notes")
-        for chunk in chunked(deals, MAX_BATCH):
-            params: list[tuple[str, Any]] = [("limit", 250)] + [("filter[entity_id][]", d) for d in chunk]
-            params.append(
-                ("filter[entity_type]", "leads") if kind == "task" else ("filter[note_type]", "common")
-            )
-            async for page in self._pages(path, params, key):
-                for row in page:
-                    text = row.get("text") if kind == "task" else (row.get("params") or {}).get("text")
-                    texts.append((str(row.get("entity_id")), str(row.get("id")), str(text or "")))
+        if kind == "task":
+            for chunk in chunked(deals, MAX_BATCH):
+                params: list[tuple[str, Any]] = [("limit", 250), ("filter[entity_type]", "leads")]
+                params += [("filter[entity_id][]", d) for d in chunk]
+                async for page in self._pages("/api/v4/tasks", params, "tasks", 250):
+                    texts += [
+                        (str(row.get("entity_id")), str(row.get("id")), mapping.created_text("task", row))
+                        for row in page
+                    ]
+        else:
+            for deal in deals:
+                params = [("limit", 250), ("filter[note_type][]", "common")]
+                try:
+                    async for page in self._pages(f"/api/v4/leads/{deal}/notes", params, "notes", 250):
+                        texts += [
+                            (deal, str(row.get("id")), mapping.created_text("note", row)) for row in page
+                        ]
+                except PermanentError as exc:
+                    if exc.status != 404:  # a deal that is gone holds no comment of ours
+                        raise
         found: dict[str, str] = {}
         for item in lookups:
             match = next(
@@ -534,7 +617,26 @@ class AmoCRMConnector:
             (c.ref, {"entity_id": int(c.deal_id), "note_type": "common", "params": {"text": c.text}})
             for c in comments
         ]
-        return await self._bulk("POST", "/api/v4/leads/notes", "notes", items, idempotent=False)
+        return await self._bulk(
+            "POST", "/api/v4/leads/notes", "notes", items, idempotent=False, find_saved=self._saved_notes
+        )
+
+    async def _saved_tasks(self, items: list[Item]) -> dict[str, str]:
+        return await self._find_saved("task", items)
+
+    async def _saved_notes(self, items: list[Item]) -> dict[str, str]:
+        return await self._find_saved("comment", items)
+
+    async def _find_saved(self, kind: Literal["task", "comment"], items: list[Item]) -> dict[str, str]:
+        """Which of these create payloads amoCRM already holds, by the marker in their text (as the
+        outbox's crash recovery does). An item without a marker cannot be told apart from a task or
+        note a person wrote, so it is not looked up: it is sent again."""
+        lookups = []
+        for ref, payload in items:
+            marker = mapping.marker_in(mapping.created_text("task" if kind == "task" else "note", payload))
+            if marker is not None:
+                lookups.append(CreatedLookup(ref, str(payload["entity_id"]), marker))
+        return await self.find_created(kind, lookups) if lookups else {}
 
     # --- webhooks --------------------------------------------------------------------------------------
 
@@ -575,6 +677,7 @@ async def exchange_authorization_code(
     url = (base_url or account_base_url(subdomain, domain)).rstrip("/")
     http = ThrottledClient(url, f"amocrm:{url}:{app.client_id}", rate, transport=transport)
     try:
-        return await exchange_code(Transport(http, None, RetryPolicy()).token_request, app, code)
+        policy = RetryPolicy(rate_limit_wait=rate_window(rate))  # a 429 here counts the same second
+        return await exchange_code(Transport(http, None, policy).token_request, app, code)
     finally:
         await http.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -23,6 +24,23 @@ from connectors.base import (
 
 WON, LOST = int(WON_STATUS_ID), int(LOST_STATUS_ID)
 UNSORTED_TYPE = 1
+
+# The marker the outbox writes into every task and comment it creates ("[fs:<command id>]", see
+# app.outbox.service.marker): it finds them again when it cannot tell whether amoCRM saved them.
+_MARKER = re.compile(r"\[fs:[^\[\]\s]+\]")
+
+
+def created_text(kind: str, payload: dict[str, Any]) -> str:
+    """The text of a task (`text`) or common note (`params.text`) payload or API entity."""
+    text = payload.get("text") if kind == "task" else (payload.get("params") or {}).get("text")
+    return text if isinstance(text, str) else ""
+
+
+def marker_in(text: str) -> str | None:
+    """The last outbox marker in `text` (the outbox appends it), or None when there is none."""
+    found = _MARKER.findall(text)
+    return found[-1] if found else None
+
 
 # Our field types -> amoCRM custom field types (PHPLIB CustomFieldModel types). Money is `numeric`:
 # `monetary` needs a currency setup the account may not have.

@@ -7,7 +7,8 @@ Classification (reference 3.3, 9):
 - 403 with an HTML body (the gateway's "403 Forbidden") -> AccountBlocked: the account is marked
   blocked in this process and every later call fails at once, without a request, until
   reset_account_block(). A JSON 403 (missing rights, IP whitelist) is a PermanentError.
-- 429 (HTML, no Retry-After) -> RateLimited; with_retries backs off with jitter.
+- 429 (HTML, no Retry-After) -> RateLimited; with_retries waits at least RATE_WINDOW (amoCRM counts
+  requests per second, per integration and account-wide across every integration), with jitter on top.
 - 504 on a bulk write -> BatchTooLarge (the caller halves the batch); other 5xx, 504 and network
   errors -> Retryable.
 - other 4xx -> PermanentError with the CRM's own text.
@@ -32,7 +33,7 @@ from connectors.base import (
     RateLimited,
     Retryable,
 )
-from connectors.http import RetryPolicy, ThrottledClient, with_retries
+from connectors.http import RatePolicy, RetryPolicy, ThrottledClient, with_retries
 
 _blocked: dict[str, AccountBlocked] = {}
 _TITLE = re.compile(r"<title>(.*?)</title>", re.I | re.S)
@@ -81,6 +82,21 @@ def crm_text(response: httpx.Response) -> str:
 def _is_html(response: httpx.Response) -> bool:
     content_type = response.headers.get("content-type", "")
     return "html" in content_type or response.text.lstrip().startswith("<")
+
+
+# amoCRM's documented limits are "N requests per second" (7 per integration, 50 for the account,
+# reference 3.1), and a 429 names no Retry-After (amocrm-api-php #526): one second is the window a
+# retry has to leave behind. A sped-up sandbox shrinks it with the rate (rate_window).
+RATE_WINDOW = 1.0
+
+
+def rate_window(rate: RatePolicy) -> float:
+    """RATE_WINDOW in the time scale of `rate`, plus one request interval. amoCRM policies are N per
+    second with burst N (AMOCRM_DEFAULT; the connection factory rounds the burst down), so
+    burst / per_second is that second at real speed, shrunk by RatePolicy.scaled() for sandboxes run
+    faster than real time. The extra interval keeps a rounded-down burst (7.5/s, burst 7) from
+    making the wait shorter than the second."""
+    return RATE_WINDOW * (max(1, rate.burst) + 1) / rate.per_second
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -18,12 +18,19 @@ Verified (search over b24restdocs / b24pysdk / fast_bitrix24 sources):
   b24pysdk api/callers/call_list_fast.py chains 50 fast-mode commands exactly this way.
 - fast_bitrix24 1.8 accepts any URL with scheme/netloc/path (http too: utils._url_valid), appends
   `/`, POSTs JSON to `{webhook}{method}` with the method lower-cased, and batches `method?query`.
+- Binding a bound handler answers 400 ERROR_CORE "Unable to set event handler: Handler already
+  binded" (b24-rest-docs ru api-reference/events/event-bind.md; the rest module's eventBind).
+- A deal the user may not change: crm.item.update and crm.timeline.comment.add answer ACCESS_DENIED,
+  legacy crm.deal.update an empty code with "Access denied" (the methods' DOCS error tables); inside
+  `batch` only that command's result_error (DOCS batch.md), so it is the item's error.
 Still unverified (built to the reference's advice, isolated so a correction is one line):
 - STATUS_ID max length in DEAL_STAGE_xx ("depends on the pipeline identifier"): we assume 22 with prefix.
 - What the portal substitutes for a batch reference that does not resolve: the fast pull stops at the
   first short page, so it never depends on it.
 - Exact error code/text of crm.item.update for a stage outside the pipeline, and of event.bind called
   with webhook auth (we never call it that way).
+- The text of crm.timeline.comment.add's ACCESS_DENIED (only the code is documented), and the
+  cloud's ~60 s cut-off of one request (see transport.REQUEST_TIME_LIMIT).
 """
 
 from __future__ import annotations
@@ -68,8 +75,14 @@ from connectors.bitrix24.mapping import (
     stage_from_row,
     stage_id_for,
 )
-from connectors.bitrix24.transport import OPERATING_BUDGET, Bitrix24Transport, OAuthApp, Outcome
-from connectors.http import BITRIX24_STANDARD, RatePolicy, RetryPolicy
+from connectors.bitrix24.transport import (
+    DEFAULT_TIMEOUT,
+    OPERATING_BUDGET,
+    Bitrix24Transport,
+    OAuthApp,
+    Outcome,
+)
+from connectors.http import BITRIX24_STANDARD, DomainSaver, RatePolicy, RetryPolicy
 
 DEAL_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE", "ONCRMDEALMOVETOCATEGORY")
 _EVENT_ALIASES = {"add": "ONCRMDEALADD", "update": "ONCRMDEALUPDATE", "delete": "ONCRMDEALDELETE"}
@@ -88,9 +101,10 @@ class Bitrix24Connector:
         rate: RatePolicy = BITRIX24_STANDARD,
         retry: RetryPolicy | None = None,
         operating_budget: float = OPERATING_BUDGET,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         account_key: str | None = None,
         default_responsible_id: str | None = None,
+        domain_saver: DomainSaver | None = None,
     ) -> None:
         """Exactly one of `webhook_url` (inbound webhook `https://{portal}/rest/{user}/{code}/`) or
         `oauth` (an installed app). `rate` is the portal's plan (BITRIX24_ENTERPRISE for 5/250)."""
@@ -102,6 +116,7 @@ class Bitrix24Connector:
             operating_budget=operating_budget,
             timeout=timeout,
             account_key=account_key,
+            domain_saver=domain_saver,
         )
         if default_responsible_id is None and webhook_url is not None:
             # The webhook's user (`/rest/{user}/{code}/`) owns tasks when a task names nobody.
@@ -370,38 +385,29 @@ class Bitrix24Connector:
         return deals
 
     async def list_deals_modified_since(self, since: datetime) -> AsyncIterator[list[DealSnapshot]]:
-        """Deals with DATE_MODIFY >= since, oldest first. `>=` rather than `>`: DATE_MODIFY has
-        one-second resolution, so a strict filter would skip deals changed in the cursor's second;
-        re-reading one is harmless (the mirror is idempotent). The first page tells `total`; the rest
-        are fetched by their `start` offsets packed into batches."""
+        """Deals with DATE_MODIFY >= since, in pages of <= 50 in ascending ID order (not modify
+        order). `>=` rather than `>`: DATE_MODIFY has one-second resolution, so a strict filter would
+        skip deals changed in the cursor's second; re-reading one is harmless (the mirror is
+        idempotent). Paged by ID like the full pull, never by offset: a deal changed during the pull
+        keeps its ID, while in modify order it would jump to the end and shift every later row up one
+        place, so the first row of the next offset page would never be served (docs/crm/bitrix24.md
+        section 2). A caller resuming from a page's newest DATE_MODIFY must therefore wait for the
+        whole pull: a later page can hold older changes."""
         when = since if since.tzinfo else since.replace(tzinfo=UTC)
-        params: dict[str, Any] = {
-            "filter": {">=DATE_MODIFY": when.isoformat(timespec="seconds")},
-            "order": {"DATE_MODIFY": "ASC", "ID": "ASC"},
-            "select": DEAL_SELECT,
-        }
-        first = await self.transport.call("crm.deal.list", {**params, "start": 0})
-        rows = first.get("result") or []
-        if rows:
-            yield [deal_from_row(r) for r in rows]
-        nxt, total = first.get("next"), int(first.get("total") or 0)
-        if nxt is None:
-            return
-        starts = list(range(int(nxt), total, PAGE))
-        for chunk in chunked(starts, MAX_BATCH):
-            commands = [(str(s), "crm.deal.list", {**params, "start": s}) for s in chunk]
-            for outcome in await self.transport.batch(commands, idempotent=True):
-                if outcome.error is not None:
-                    raise outcome.error
-                if outcome.result:
-                    yield [deal_from_row(r) for r in outcome.result]
+        async for page in self._pull_by_id({">=DATE_MODIFY": when.isoformat(timespec="seconds")}):
+            yield page
 
     async def list_all_deals(self) -> AsyncIterator[list[DealSnapshot]]:
-        """Full pull in fast mode (DOCS list-methods-pecularities.md, huge-data.md): `start=-1`, order
-        by ID, `>ID` filter. One batch chains 50 commands, each filtering on the previous command's
-        last row through `$result[cN][49][ID]` (DOCS batch.md: list results are referenced as
-        `$result[cmd][0][ID]`; b24pysdk call_list_fast.py does the same), so 2,500 deals cost one
-        request. The chain stops at the first short page; later commands are ignored."""
+        """Every deal, in ascending ID order (see _pull_by_id)."""
+        async for page in self._pull_by_id({}):
+            yield page
+
+    async def _pull_by_id(self, filters: Mapping[str, Any]) -> AsyncIterator[list[DealSnapshot]]:
+        """Deals matching `filters` in fast mode (DOCS list-methods-pecularities.md, huge-data.md):
+        `start=-1`, order by ID, `>ID` filter. One batch chains 50 commands, each filtering on the
+        previous command's last row through `$result[cN][49][ID]` (DOCS batch.md: list results are
+        referenced as `$result[cmd][0][ID]`; b24pysdk call_list_fast.py does the same), so 2,500
+        deals cost one request. The chain stops at the first short page; later commands are ignored."""
         last_id = 0
         while True:
             commands: list[tuple[str, str, Mapping[str, Any]]] = []
@@ -413,7 +419,7 @@ class Bitrix24Connector:
                         "crm.deal.list",
                         {
                             "order": {"ID": "ASC"},
-                            "filter": {">ID": boundary},
+                            "filter": {**filters, ">ID": boundary},
                             "select": DEAL_SELECT,
                             "start": -1,
                         },
@@ -593,14 +599,24 @@ class Bitrix24Connector:
         ]
 
     async def register_webhook(self, url: str, events: Sequence[str]) -> WebhookSubscription:
+        """Bind `url` to the events event.get does not list for it yet. Binding a bound handler is
+        an error on a real portal (400 ERROR_CORE "Unable to set event handler: Handler already
+        binded", DOCS ru api-reference/events/event-bind.md), so a re-run after a partial bind would
+        fail forever if it bound everything again. That answer still comes when someone else binds
+        the handler between our event.get and event.bind; it means what we wanted: bound."""
         self._require_app()
         names = [_EVENT_ALIASES.get(e, e.upper()) for e in events] or list(DEAL_EVENTS)
-        commands = [(name, "event.bind", {"event": name, "handler": url}) for name in names]
+        rows = await self._result("event.get")
+        bound = {
+            str(row.get("event", "")).upper()
+            for row in rows or []
+            if isinstance(row, Mapping) and str(row.get("handler")) == url
+        }
+        commands = [
+            (name, "event.bind", {"event": name, "handler": url}) for name in names if name not in bound
+        ]
         for outcome in await self.transport.batch(commands, idempotent=True):
-            if (
-                outcome.error is not None
-                and str(outcome.error.crm_code).upper() != "ERROR_HANDLER_ALREADY_EXIST"
-            ):
+            if outcome.error is not None and not _already_bound(outcome.error):
                 raise outcome.error
         return WebhookSubscription(id=url, url=url, events=tuple(names))
 
@@ -613,6 +629,16 @@ class Bitrix24Connector:
             if str(row.get("handler")) == url
         ]
         self._raise_first(await self.transport.batch(commands, idempotent=True))
+
+
+def _already_bound(error: PermanentError) -> bool:
+    """The portal's answer to binding a handler that is bound. ERROR_CORE is the rest module's code
+    for any failure, so the text decides; ERROR_HANDLER_ALREADY_EXIST, the code DOCS error-codes.md
+    shows as an example for the same case, is accepted too."""
+    code = str(error.crm_code or "").upper()
+    if code == "ERROR_HANDLER_ALREADY_EXIST":
+        return True
+    return code == "ERROR_CORE" and "handler already binded" in error.crm_text.lower()
 
 
 def _iso(at: datetime) -> str:

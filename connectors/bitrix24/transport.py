@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -32,12 +32,32 @@ from connectors.base import (
     chunked,
 )
 from connectors.bitrix24.wire import command
-from connectors.http import BITRIX24_STANDARD, RatePolicy, RetryPolicy, ThrottledClient, with_retries
+from connectors.http import (
+    BITRIX24_STANDARD,
+    DomainSaver,
+    RatePolicy,
+    RetryPolicy,
+    ThrottledClient,
+    origin,
+    with_origin,
+    with_retries,
+)
 
 DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
 OPERATING_WINDOW = 600.0  # seconds: the sliding window of the operating-time limit (DOCS limits.md)
 OPERATING_BUDGET = 480.0  # seconds per method per window (docs' example value; JSSDK default)
 SLOWDOWN_SHARE = 0.8  # JSSDK treats 80% of the budget as "heavy": start spreading calls from there
+# The cloud portal interrupts a request that runs longer than about 60 s and answers then (reference
+# 7.1; UNVERIFIED in today's official docs, see docs/crm/bitrix24.md). The client waits longer, so
+# that answer (a result, or the portal's own error) reaches us: giving up first would abandon a
+# request the portal is still executing, and a create it then applies is one we count as uncertain.
+# The margin covers queueing in front of the portal, upload of a 50-command batch and the answer.
+REQUEST_TIME_LIMIT = 60.0
+DEFAULT_TIMEOUT = REQUEST_TIME_LIMIT + 15.0
+# Inside a batch these refuse one command's item (a deal the user may not change: DOCS
+# crm-item-update.md, crm-timeline-comment-add.md), not the credentials: the item's permanent error.
+# Refusals of the credentials themselves (insufficient_scope...) stay account-level even there.
+_ITEM_REFUSALS = {"ACCESS_DENIED"}
 _AUTH_CODES = {
     "INVALID_TOKEN",
     "NO_AUTH_FOUND",
@@ -92,6 +112,8 @@ class _PortalAuth:
 
     tokens: TokenSet
     client_endpoint: str
+    # Where the next refresh goes: the token answer's server_endpoint moves it (DOCS settings/oauth).
+    oauth_server: str = DEFAULT_OAUTH_SERVER
     locks: dict[int, asyncio.Lock] = field(default_factory=dict)
     refreshes: int = 0
 
@@ -126,12 +148,16 @@ class Bitrix24Transport:
         rate: RatePolicy = BITRIX24_STANDARD,
         retry: RetryPolicy | None = None,
         operating_budget: float = OPERATING_BUDGET,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         account_key: str | None = None,
+        domain_saver: DomainSaver | None = None,
     ) -> None:
         if (webhook_url is None) == (oauth is None):
             raise ValueError("give exactly one of webhook_url (inbound webhook) or oauth (application)")
         self.oauth = oauth
+        # Told (old origin, new origin) when the portal moved (a 302 from a renamed portal, or a new
+        # client_endpoint in a token answer), so the app records the new address.
+        self.domain_saver = domain_saver
         if webhook_url is not None:
             self.webhook_url = webhook_url if webhook_url.endswith("/") else webhook_url + "/"
             portal = urlsplit(self.webhook_url).netloc
@@ -150,6 +176,7 @@ class Bitrix24Transport:
             self.account_key,
             rate,
             timeout=timeout,
+            on_host_change=self._host_changed,
             # Keep connections alive for the whole burst: a fresh TCP connect per request adds arrival
             # jitter the portal's bucket sees (fast_bitrix24 also caps concurrency at 50).
             transport=httpx.AsyncHTTPTransport(
@@ -162,11 +189,14 @@ class Bitrix24Transport:
         if oauth is not None:
             shared = _portal_auth.get(self.account_key)
             if shared is None:
-                shared = _portal_auth[self.account_key] = _PortalAuth(oauth.tokens, oauth.client_endpoint)
+                shared = _portal_auth[self.account_key] = _PortalAuth(
+                    oauth.tokens, oauth.client_endpoint, oauth.oauth_server
+                )
             elif oauth.tokens.expires_at > shared.tokens.expires_at:
                 # The caller holds a newer pair (e.g. the app was re-authorized): it wins.
                 shared.tokens = oauth.tokens
                 shared.client_endpoint = oauth.client_endpoint
+                shared.oauth_server = oauth.oauth_server
             self._auth = shared
         # Per method: `time.operating` (seconds used in the window) and `operating_reset_at` from the
         # latest response; batch commands report theirs in result_time (DOCS limits.md).
@@ -184,6 +214,21 @@ class Bitrix24Transport:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    # --- a renamed portal ----------------------------------------------------------------------------
+
+    async def _host_changed(self, old: str, new: str) -> None:
+        """The portal answered from `new` instead of `old` (origins): call it there from now on."""
+        if self.webhook_url:
+            self.webhook_url = with_origin(self.webhook_url, old, new)
+        if self._auth is not None:
+            self._auth.client_endpoint = with_origin(self._auth.client_endpoint, old, new)
+        await self._announce_move(old, new)
+
+    async def _announce_move(self, old: str, new: str) -> None:
+        self.portal = urlsplit(new).netloc
+        if self.domain_saver is not None:
+            await self.domain_saver(old, new)
 
     # --- operating-time budget ---------------------------------------------------------------------
 
@@ -334,8 +379,10 @@ class Bitrix24Transport:
     # --- OAuth refresh -----------------------------------------------------------------------------
 
     async def refresh_if_expiring(self, within: timedelta) -> bool:
-        """Refresh ahead of expiry (the scheduler's job): besides keeping calls fast, it keeps the
-        refresh token in use, since an app's refresh token also lapses when nobody uses it."""
+        """Refresh when the access token expires within `within`. Calls never need it (they refresh
+        on expired_token, as DOCS settings/oauth/auto-renewal.md asks; scheduled hourly or daily
+        refreshes can get the app blocked): the scheduler uses it only as a rare keep-alive of the
+        refresh token (180 days), with a window longer than any access token's life."""
         if self._auth is None or self.oauth is None:
             return False
         if self._auth.tokens.expires_at - datetime.now(UTC) > within:
@@ -351,7 +398,7 @@ class Bitrix24Transport:
             if self._auth.tokens.access_token != failed_token:
                 return  # someone refreshed while we waited
             app = self.oauth
-            url = f"{app.oauth_server.rstrip('/')}/oauth/token/"
+            url = f"{self._auth.oauth_server.rstrip('/')}/oauth/token/"
             query = {
                 "grant_type": "refresh_token",
                 "client_id": app.client_id,
@@ -383,14 +430,27 @@ class Bitrix24Transport:
                     status=response.status_code,
                 )
             expires_in = float(data.get("expires_in", 3600))
+            # The answer names the OAuth server to use from now on (oauth.bitrix.info, or
+            # oauth.bitrix24.tech for RU portals): kept with the tokens, so the next refresh goes there.
+            server = oauth_server_of(data.get("server_endpoint"), self._auth.oauth_server)
             new = TokenSet(
                 access_token=str(data["access_token"]),
                 refresh_token=str(data["refresh_token"]),
                 expires_at=datetime.now(UTC) + timedelta(seconds=expires_in),
                 extra={
-                    k: data[k]
-                    for k in ("member_id", "client_endpoint", "domain", "scope", "user_id")
-                    if k in data
+                    **{
+                        k: data[k]
+                        for k in (
+                            "member_id",
+                            "client_endpoint",
+                            "server_endpoint",
+                            "domain",
+                            "scope",
+                            "user_id",
+                        )
+                        if k in data
+                    },
+                    "oauth_server": server,
                 },
             )
             # The old refresh token is dead now: persist the new pair before anything uses it, so a crash
@@ -398,9 +458,13 @@ class Bitrix24Transport:
             await app.token_saver(new)
             self._auth.tokens = new
             self._auth.refreshes += 1
+            self._auth.oauth_server = server
             endpoint = data.get("client_endpoint")
             if isinstance(endpoint, str) and endpoint.startswith("http"):
+                old = origin(self._auth.client_endpoint)
                 self._auth.client_endpoint = endpoint if endpoint.endswith("/") else endpoint + "/"
+                if origin(endpoint) != old:  # the portal was renamed: its REST base moved
+                    await self._announce_move(old, origin(endpoint))
 
     # --- batch -------------------------------------------------------------------------------------
 
@@ -438,6 +502,16 @@ class Bitrix24Transport:
                             blocked.append((index, (ref, method, params)))
                             wait = max(wait, exc.retry_after or 1.0)
                             continue
+                        if isinstance(exc, AuthError) and str(exc.crm_code).upper() in _ITEM_REFUSALS:
+                            # The batch itself was accepted with these credentials; only this
+                            # command's item is off limits. Pausing the connection would not help.
+                            exc = PermanentError(
+                                f"Bitrix24 refused {method} on this item: the connection's user has no "
+                                f"right to change it ({exc.crm_text})",
+                                crm_code=exc.crm_code,
+                                crm_text=exc.crm_text,
+                                status=exc.status,
+                            )
                         if not isinstance(exc, PermanentError):
                             raise exc
                         exc.item_ref = ref
@@ -459,6 +533,23 @@ class Bitrix24Transport:
         if pending:
             raise RateLimited(f"{len(pending)} batch commands stayed blocked by the operating time limit")
         return [outcomes[i] for i in range(len(commands))]
+
+
+def oauth_server_of(server_endpoint: Any, current: str) -> str:
+    """The OAuth server base a token answer's `server_endpoint` ("https://oauth.bitrix.info/rest/")
+    names: its origin plus any path before `rest/`; the token URL is that + "/oauth/token/" (the
+    pairing of the docs' examples). `current` when the value is missing or unusable, and never a
+    downgrade from https, since the client secret travels there."""
+    if not isinstance(server_endpoint, str):
+        return current
+    parts = urlsplit(server_endpoint.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return current
+    if urlsplit(current).scheme == "https" and parts.scheme != "https":
+        return current
+    path = parts.path.rstrip("/")
+    path = path[: -len("/rest")] if path.endswith("/rest") else path
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
 class _ExpiredToken(CRMError):

@@ -94,10 +94,13 @@ async def test_open_a_funnel_board_and_a_deals_history(live: Bench, ui_factory: 
     # The commands FunnelSync issued for this deal, delivered to the CRM.
     commands = await live.commands(moved)
     assert commands and all(c.status == "done" for c in commands)
-    rows = ui.page.locator("section[aria-labelledby=deal-commands] tbody tr")
+    rows = ui.page.locator("section[aria-labelledby=deal-commands] tbody tr[id^=command-]")
     await expect(rows).to_have_count(len(commands))
     for command in commands:
         await expect(ui.page.locator(f"#command-{command.id}")).to_contain_text("выполнено")
+        # Each delivered command keeps its attempt history, folded away under its row.
+        history = ui.page.locator(f'[data-history-of="{command.id}"] [data-outcome="done"]')
+        await expect(history).to_have_count(1)
     await ui.shot("deal")
 
 

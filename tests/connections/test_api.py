@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.main import create_app
+from connectors.http import RetryPolicy
 from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
 from tests.support.server import serve_asgi
 
@@ -18,6 +19,12 @@ AUTH = {"Authorization": "Bearer test-token-123"}
 @pytest.fixture
 def b24() -> Iterator[CRMSandbox]:
     with crm_sandbox("bitrix24") as box:
+        yield box
+
+
+@pytest.fixture
+def amo() -> Iterator[CRMSandbox]:
+    with crm_sandbox("amocrm") as box:
         yield box
 
 
@@ -90,3 +97,61 @@ def test_provision_api_failure_is_502_with_the_crm_text(api: httpx.Client, b24: 
     )
     assert failed.status_code == 502
     assert "injected" in failed.json()["error"] and not failed.json()["applied"]
+    assert "injected" in failed.json()["crm_error"]
+    assert failed.json()["detail"].startswith("the CRM failed during provisioning (refused the request): ")
+
+
+def test_provision_api_outage_is_a_503_problem_and_a_rerun_completes(
+    api: httpx.Client, b24: CRMSandbox
+) -> None:
+    body = {"name": "b24", "crm": "bitrix24", "webhook_url": b24.box.webhook_url, "app_token": APP_TOKEN}
+    assert api.post("/api/connections", json=body).status_code == 201
+    request = {"template": "general.typical", "dry_run": False}
+
+    # Down while the plan is read: nothing written, a problem instead of a bare 500.
+    b24.box.fault("http_503", count=10_000)
+    down = api.post("/api/connections/b24/provision", json=request)
+    assert down.status_code == 503, down.text
+    problem = down.json()
+    assert problem["detail"].startswith("the CRM failed during provisioning (unavailable, HTTP 503): ")
+    assert problem["detail"].endswith("nothing was written") and problem["error_class"] == "Retryable"
+    assert (
+        "503 Service Temporarily Unavailable" in problem["crm_error"] and "<html" not in problem["crm_error"]
+    )
+    b24.clear_faults()
+    assert b24.writes() == 0
+
+    # Down at the first write, for that request and all its retries: the plan comes back with the
+    # problem; the same request again applies the rest.
+    b24.reset_stats()
+    assert api.post("/api/connections/b24/provision", json={**request, "dry_run": True}).status_code == 200
+    reads = int(b24.box.stats()["requests"])
+    b24.box.fault("http_503", count=RetryPolicy().attempts, after=reads)
+    midway = api.post("/api/connections/b24/provision", json=request)
+    assert midway.status_code == 503, midway.text
+    outcome = midway.json()
+    assert not outcome["applied"] and outcome["plan"]["counts"]["create"] > 0
+    assert outcome["detail"].startswith("the CRM failed during provisioning (unavailable): ")
+    assert outcome["detail"].endswith("the same request again completes the rest")
+    again = api.post("/api/connections/b24/provision", json=request)
+    assert again.status_code == 200 and again.json()["applied"], again.text
+
+
+def test_check_api_answers_503_while_rate_limited_and_502_for_bad_credentials(
+    api: httpx.Client, amo: CRMSandbox
+) -> None:
+    body = {"name": "amo", "crm": "amocrm", "subdomain": amo.box.config.subdomain, "base_url": amo.url}
+    assert api.post("/api/connections", json={**body, "token": amo.box.config.token}).status_code == 201
+    amo.box.fault("rate_limit", count=10_000)  # a 429 storm
+    limited = api.post("/api/connections/amo/check")
+    assert limited.status_code == 503
+    assert limited.json()["detail"].startswith("the CRM is rate-limiting this account right now")
+    assert limited.json()["error_class"] == "RateLimited" and not limited.json()["ok"]
+    status = api.get("/api/connections/amo/status").json()["health"]
+    assert status["state"] == "degraded" and status["consecutive_failures"] == 1
+    amo.clear_faults()
+
+    assert api.post("/api/connections", json={**body, "name": "bad", "token": "wrong"}).status_code == 201
+    refused = api.post("/api/connections/bad/check")
+    assert refused.status_code == 502 and refused.json()["error_class"] == "AuthError"
+    assert "rejected the credentials" in refused.json()["detail"]

@@ -132,11 +132,40 @@ def test_provision_failure_shows_the_crm_text_and_exits_1(env: dict[str, str], b
     b24.fail_next("fields", count=50)
     failed = run_cli("provision", "b24", "general.typical", env=env)
     assert failed.returncode == 1
-    assert (
-        "Failed" in failed.stderr
-        and "injected" in failed.stderr
-        and "run the same command again" in failed.stderr
-    )
+    [line] = failed.stderr.splitlines()
+    assert line.startswith("error: the CRM failed during provisioning (refused the request): ")
+    assert "injected" in line and "run the same command again to complete" in line
+
+
+def test_provision_while_the_crm_is_down_is_one_line_and_exit_1(env: dict[str, str], b24: CRMSandbox) -> None:
+    """The CRM answers 503 to every request: the plan cannot be read. One line, no traceback (the
+    dry run takes the same path: the plan is read first either way)."""
+    add_b24(env, b24)
+    b24.box.fault("http_503", count=10_000)
+    failed = run_cli("provision", "b24", "general.typical", env=env)
+    assert failed.returncode == 1
+    [line] = failed.stderr.splitlines()
+    assert line.startswith("error: the CRM failed during provisioning (unavailable, HTTP 503): ")
+    assert "503 Service Temporarily Unavailable" in line and "<html" not in line
+    assert line.endswith("nothing was written") and failed.stdout == ""
+    b24.clear_faults()
+    assert b24.writes() == 0
+
+
+def test_check_while_rate_limited_says_so_in_one_line(env: dict[str, str], amo: CRMSandbox) -> None:
+    result = run_cli(
+        "connections", "add", "amo", "--crm", "amocrm", "--subdomain", amo.box.config.subdomain,
+        "--token", amo.box.config.token, "--base-url", amo.url, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    amo.box.fault("rate_limit", count=10_000)  # a 429 storm
+    check = run_cli("connections", "check", "amo", env=env)
+    assert check.returncode == 1 and check.stderr == ""
+    [line] = check.stdout.splitlines()
+    assert line.startswith("problem amo: the CRM is rate-limiting this account right now")
+    listed = run_cli("connections", "list", "--json", env=env)
+    [row] = json.loads(listed.stdout)
+    assert row["health"]["state"] == "degraded" and "rate-limiting" in row["health"]["reason"]
 
 
 def test_provision_unknown_template_or_connection_exits_2(env: dict[str, str], b24: CRMSandbox) -> None:

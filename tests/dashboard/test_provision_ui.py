@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.main import create_app
+from connectors.http import RetryPolicy
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -69,3 +70,43 @@ def test_plan_then_apply_from_the_template_page(ui: tuple[httpx.Client, CRMSandb
         "/templates/general.typical/provision", data={"csrf_token": token, "connection": "nope"}
     )
     assert missing.status_code == 404 and "no connection named &#39;nope&#39;" in missing.text
+
+
+def test_a_crm_outage_is_a_readable_page_not_a_500(ui: tuple[httpx.Client, CRMSandbox]) -> None:
+    client, sandbox = ui
+    token = csrf(client.get("/templates/general.typical?lang=en").text)
+    sandbox.box.fault("http_503", count=10_000)
+    page = client.post(
+        "/templates/general.typical/provision", data={"csrf_token": token, "connection": "b24", "apply": "1"}
+    )
+    assert page.status_code == 503
+    assert "<h1>The CRM failed</h1>" in page.text
+    assert "the CRM failed during provisioning (unavailable, HTTP 503): " in page.text
+    assert "503 Service Temporarily Unavailable" in page.text and "nothing was written" in page.text
+    assert "Traceback" not in page.text and "&lt;html" not in page.text
+    sandbox.clear_faults()
+    assert sandbox.writes() == 0
+
+
+def test_an_outage_while_applying_shows_the_plan_and_how_to_finish(
+    ui: tuple[httpx.Client, CRMSandbox],
+) -> None:
+    client, sandbox = ui
+    token = csrf(client.get("/templates/general.typical?lang=en").text)
+    sandbox.reset_stats()
+    plan = client.post(
+        "/templates/general.typical/provision", data={"csrf_token": token, "connection": "b24"}
+    )
+    assert plan.status_code == 200
+    # Down at the first write, for it and all its retries (the app's default policy).
+    sandbox.box.fault("http_503", count=RetryPolicy().attempts, after=int(sandbox.box.stats()["requests"]))
+    failed = client.post(
+        "/templates/general.typical/provision", data={"csrf_token": token, "connection": "b24", "apply": "1"}
+    )
+    assert failed.status_code == 503
+    assert "Applying failed: the CRM failed during provisioning (unavailable): " in failed.text
+    assert "apply the plan again to complete it" in failed.text and 'class="plan-create"' in failed.text
+    done = client.post(
+        "/templates/general.typical/provision", data={"csrf_token": token, "connection": "b24", "apply": "1"}
+    )
+    assert done.status_code == 200 and "The plan was applied." in done.text

@@ -126,6 +126,15 @@ class Outbox:
             )
         return Counter((str(t["entity_id"]), str(t["text"]).split("\n", 1)[0]) for t in state["tasks"])
 
+    def comments(self) -> Counter[tuple[str, str]]:
+        """(CRM deal id, comment text without our marker) -> how many such comments the CRM holds."""
+        state = self._state()
+        if self.crm == "bitrix24":
+            rows = [(str(c["ENTITY_ID"]), str(c["COMMENT"])) for c in state["comments"]]
+        else:
+            rows = [(str(n["entity_id"]), str(n["params"]["text"])) for n in state["notes"]]
+        return Counter((deal, text.split("\n[fs:", 1)[0]) for deal, text in rows)
+
     def applied_writes(self, kind: str) -> int:
         """How many items of `kind` the CRM executed (rejected requests do not count)."""
         if self.crm == "bitrix24":
@@ -160,7 +169,16 @@ class Outbox:
             "task", [(d, {"crm_deal_id": d, "title": title, "due_at": due}) for d in deal_ids]
         )
 
-    async def _enqueue(self, kind: str, items: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    async def enqueue_comment(self, deal_id: str, text: str, *, after: int | None = None) -> int:
+        """A comment on the deal; `after`: the command it must wait for (e.g. the move it describes)."""
+        [command_id] = await self._enqueue(
+            "comment", [(deal_id, {"crm_deal_id": deal_id, "text": text})], after=after
+        )
+        return command_id
+
+    async def _enqueue(
+        self, kind: str, items: list[tuple[str, dict[str, Any]]], *, after: int | None = None
+    ) -> list[int]:
         keys = []
         async with self.sessions.begin() as session:
             for deal_id, payload in items:
@@ -168,7 +186,12 @@ class Outbox:
                 key = f"test:{kind}:{deal_id}:{self._keys}"
                 keys.append(key)
                 assert await enqueue(
-                    session, connection_id=self.connection_id, kind=kind, payload=payload, idempotency_key=key
+                    session,
+                    connection_id=self.connection_id,
+                    kind=kind,
+                    payload=payload,
+                    idempotency_key=key,
+                    after_command_id=after,
                 )
         async with self.sessions() as session:
             rows = await session.execute(

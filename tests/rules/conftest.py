@@ -18,7 +18,6 @@ from app.deals.models import Deal
 from app.funnels.models import FunnelMapping
 from app.outbox.models import OutboxCommand
 from app.outbox.service import DrainResult, drain_connection
-from app.rules.service import on_mirrored
 from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.amocrm.sandbox.state import ADMIN_ID
 from connectors.base import CRMConnector
@@ -118,7 +117,7 @@ class Bench(LiveFunnel):
     # --- FunnelSync ---------------------------------------------------------------------------
 
     async def process(self) -> ProcessResult:
-        """Wait for every webhook the CRM owes us, then run the inbox job with the rules hook."""
+        """Wait for every webhook the CRM owes us, then run the inbox job (it runs the rules)."""
         assert self.hooks.wait_for(self.expected_hooks) >= self.expected_hooks, "webhooks did not arrive"
         connectors: list[CRMConnector] = []
 
@@ -127,9 +126,7 @@ class Bench(LiveFunnel):
             return connectors[-1]
 
         try:
-            return await process_inbox(
-                self.p.sessions, connector_for, parse_deal_events, on_mirrored=on_mirrored
-            )
+            return await process_inbox(self.p.sessions, connector_for, parse_deal_events)
         finally:
             for connector in connectors:
                 await connector.aclose()

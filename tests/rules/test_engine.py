@@ -238,3 +238,21 @@ def test_missing_field_with_comment_action_leaves_a_note() -> None:
     [note] = enter("QUALIFIED", r=rules(TYPICAL.model_copy(update={"stages": stages})))
     assert note.kind == "comment" and note.key.endswith(":missing:comment")
     assert "«Бюджет клиента»" in note.payload["text"]
+
+
+def test_only_the_comment_that_reports_a_revert_waits_for_its_move() -> None:
+    """Issue #11 item 7: "moved back" is sent only once the move is done. The key stays the one
+    the comment always had, so an effect queued before the change is still recognised."""
+    move, comment = enter("LOST", frm="NEW_REQUEST")
+    assert comment.after == move.key == f"{entry_scope(42, 'LOST', ENTRY)}:revert:move"
+    assert comment.key == f"{entry_scope(42, 'LOST', ENTRY)}:revert:comment"
+    # These report no move, so nothing holds them back.
+    [nowhere] = enter("LOST", frm=None)
+    stages = [s.model_copy(update={"on_missing_fields": "comment"}) if s.code == "QUALIFIED" else s
+              for s in TYPICAL.stages]  # fmt: skip
+    [note] = enter("QUALIFIED", r=rules(TYPICAL.model_copy(update={"stages": stages})))
+    assert nowhere.after is None and note.after is None
+    assert all(
+        e.after is None
+        for e in enter("DIAGNOSTICS", deal(UF_CRM_VISIT_AT="", UF_CRM_VEHICLE="Lada"), r=rules(REPAIR))
+    )

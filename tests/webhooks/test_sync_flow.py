@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -14,13 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app.connections.models import Connection
-from app.deals.models import Deal
+from app.deals.models import Deal, SyncState
 from app.deals.reconcile import reconcile
 from app.deals.service import get_deal
 from app.outbox.service import drain_connection
 from app.webhooks.models import InboxEvent
 from app.webhooks.processor import process_inbox
-from connectors.base import CRMConnector, NewStage
+from connectors.base import CRMConnector, DealSnapshot, NewStage, Retryable
 from connectors.events import parse_deal_events
 from tests.support.live import LiveFunnel, live_funnel
 
@@ -156,6 +157,40 @@ async def test_reconcile_catches_up_missed_changes_and_deletions(flow: Flow) -> 
     full = await reconcile(flow.p.sessions, flow.p.record.id, flow.p.sandbox.connector(), full=True)
     assert full.deleted == 1 and full.deals_seen == 5
     assert (await flow.deal(kept)).deleted_at is not None  # type: ignore[union-attr]
+
+
+class _CutOffPull:
+    """A connector whose incremental pull dies after its first (half) page: the CRM went away
+    mid-run. Pages come in id order, so what was not pulled may be older than what was."""
+
+    def __init__(self, connector: CRMConnector) -> None:
+        self.connector = connector
+
+    async def list_deals_modified_since(self, since: datetime) -> AsyncIterator[list[DealSnapshot]]:
+        async for page in self.connector.list_deals_modified_since(since):
+            yield page[: len(page) // 2]
+            raise Retryable("the CRM went away mid-pull")
+
+
+async def test_incremental_cursor_moves_only_after_the_whole_pull(flow: Flow) -> None:
+    flow.seed_silently(1)
+    first = await reconcile(flow.p.sessions, flow.p.record.id, flow.p.sandbox.connector())
+    assert first.cursor is not None
+    flow.stop_webhooks()
+    flow.seed_silently(6)
+    connector = flow.p.sandbox.connector()
+    with pytest.raises(Retryable):
+        await reconcile(flow.p.sessions, flow.p.record.id, _CutOffPull(connector))  # type: ignore[arg-type]
+    async with flow.p.sessions() as session:
+        state = await session.get(SyncState, flow.p.record.id)
+        mirrored = len(list(await session.scalars(select(Deal.id))))
+    assert state is not None and state.cursor == first.cursor  # the cut-off run did not move it
+    assert 1 < mirrored < 7  # half a page landed before the cut
+    # The next run starts from the old cursor and so finds every deal the cut-off run missed.
+    again = await reconcile(flow.p.sessions, flow.p.record.id, connector)
+    async with flow.p.sessions() as session:
+        assert len(list(await session.scalars(select(Deal.id)))) == 7
+    assert again.cursor is not None and again.cursor >= first.cursor
 
 
 async def test_status_and_deal_api(flow: Flow) -> None:

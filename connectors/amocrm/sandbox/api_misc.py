@@ -11,6 +11,8 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from connectors.amocrm.sandbox.api_leads import _links as page_links
+from connectors.amocrm.sandbox.api_leads import _page_args as page_args
 from connectors.amocrm.sandbox.common import array_body, base, is_int, json_body, sandbox, user_id
 from connectors.amocrm.sandbox.errors import Errors, hal, no_content, not_found, oauth_problem, request_ids
 from connectors.amocrm.sandbox.state import WEBHOOK_EVENTS, SandboxState
@@ -61,13 +63,18 @@ async def account(request: Request) -> Response:
 
 @router.get("/api/v4/tasks")
 async def list_tasks(request: Request) -> Response:
-    """Tasks, optionally of one entity (filter[entity_id][]); 204 when there are none, like the API."""
+    """Tasks, optionally of one entity type (filter[entity_type]) and some entities
+    (filter[entity_id][]); 204 when there are none, like the API."""
     state = sandbox(request).state
     wanted = {v for k, v in request.query_params.multi_items() if k.startswith("filter[entity_id]")}
-    tasks = [t for t in state.data["tasks"] if not wanted or str(t.get("entity_id")) in wanted]
-    if not tasks:
-        return no_content()
-    return hal({"_links": {"self": {"href": base(request) + "/api/v4/tasks"}}, "_embedded": {"tasks": tasks}})
+    entity_type = request.query_params.get("filter[entity_type]")
+    tasks = [
+        t
+        for t in state.data["tasks"]
+        if (not wanted or str(t.get("entity_id")) in wanted)
+        and (not entity_type or t.get("entity_type") == entity_type)
+    ]
+    return _paged(request, tasks, "tasks")
 
 
 @router.patch("/api/v4/tasks")
@@ -121,9 +128,9 @@ async def create_tasks(request: Request) -> Response:
             errors.choice(rid, "responsible_user_id")
         if "task_type_id" in item and item["task_type_id"] not in (1, 2):
             errors.choice(rid, "task_type_id")
-    errors.raise_if_any()
+    _all_or_nothing(state, errors)
     out = []
-    for rid, item in zip(rids, items, strict=True):
+    for rid, item in _valid(rids, items, errors):
         task = {
             "id": state.next_id("task"),
             "text": item["text"],
@@ -144,27 +151,54 @@ async def create_tasks(request: Request) -> Response:
                 "_links": {"self": {"href": f"{base(request)}/api/v4/tasks/{task['id']}"}},
             }
         )
+    errors.raise_if_any()  # partial_bulk_saves: the valid tasks are saved, the answer is still 400
     return hal({"_links": {"self": {"href": base(request) + "/api/v4/tasks"}}, "_embedded": {"tasks": out}})
+
+
+def _notes_page(request: Request, lead_id: int | None) -> Response:
+    """The documented note filters: filter[id][] and filter[note_type][] (either also as a single
+    value); the account-wide list documents no entity filter, so none is applied there."""
+    state = sandbox(request).state
+    query = request.query_params.multi_items()
+    ids = {v for k, v in query if k in ("filter[id]", "filter[id][]")}
+    types = {v for k, v in query if k in ("filter[note_type]", "filter[note_type][]")}
+    notes = [
+        n
+        for n in state.data["notes"]
+        if (lead_id is None or str(n.get("entity_id")) == str(lead_id))
+        and (not ids or str(n.get("id")) in ids)
+        and (not types or n.get("note_type") in types)
+    ]
+    return _paged(request, notes, "notes")
+
+
+def _paged(request: Request, rows: list[dict[str, Any]], key: str) -> Response:
+    """One page of a list: `limit` 50 by default, at most 250 (tasks and notes pages document that
+    maximum), `_links.next` while more follow; 204 when the page is empty."""
+    page, limit = page_args(request, 50, 250)
+    chunk = rows[(page - 1) * limit : page * limit]
+    if not chunk:
+        return no_content()
+    return hal(
+        {
+            "_page": page,
+            "_links": page_links(request, page, len(rows) > page * limit),
+            "_embedded": {key: chunk},
+        }
+    )
 
 
 @router.get("/api/v4/leads/notes")
 async def list_notes(request: Request) -> Response:
-    """Notes of leads, optionally of some leads (filter[entity_id][]) and one type; 204 when none."""
-    state = sandbox(request).state
-    query = request.query_params
-    wanted = {v for k, v in query.multi_items() if k.startswith("filter[entity_id]")}
-    note_type = query.get("filter[note_type]")
-    notes = [
-        n
-        for n in state.data["notes"]
-        if (not wanted or str(n.get("entity_id")) in wanted)
-        and (not note_type or n.get("note_type") == note_type)
-    ]
-    if not notes:
-        return no_content()
-    return hal(
-        {"_links": {"self": {"href": base(request) + "/api/v4/leads/notes"}}, "_embedded": {"notes": notes}}
-    )
+    """Notes of all leads; 204 when none."""
+    return _notes_page(request, None)
+
+
+@router.get("/api/v4/leads/{lead_id:int}/notes")
+async def list_lead_notes(request: Request, lead_id: int) -> Response:
+    """Notes of one lead (Kommo "notes by entity id"); 204 when it has none. Whether the real API
+    answers 404 or 204 for a lead that does not exist is not documented: 204 here."""
+    return _notes_page(request, lead_id)
 
 
 @router.post("/api/v4/leads/notes")
@@ -186,9 +220,9 @@ async def create_notes(request: Request) -> Response:
             or not params["text"].strip()
         ):
             errors.blank(rid, "params.text")
-    errors.raise_if_any()
+    _all_or_nothing(state, errors)
     out = []
-    for rid, item in zip(rids, items, strict=True):
+    for rid, item in _valid(rids, items, errors):
         note = {
             "id": state.next_id("note"),
             "entity_id": item["entity_id"],
@@ -206,9 +240,21 @@ async def create_notes(request: Request) -> Response:
                 "_links": {"self": {"href": f"{base(request)}/api/v4/leads/notes/{note['id']}"}},
             }
         )
+    errors.raise_if_any()  # partial_bulk_saves: the valid notes are saved, the answer is still 400
     return hal(
         {"_links": {"self": {"href": base(request) + "/api/v4/leads/notes"}}, "_embedded": {"notes": out}}
     )
+
+
+def _all_or_nothing(state: SandboxState, errors: Errors) -> None:
+    """A bulk create with invalid items saves nothing, unless the account runs in the
+    partial_bulk_saves mode (config.py), where the valid items are saved before the same 400."""
+    if not state.config.partial_bulk_saves:
+        errors.raise_if_any()
+
+
+def _valid(rids: list[str], items: list[dict[str, Any]], errors: Errors) -> list[tuple[str, dict[str, Any]]]:
+    return [(rid, item) for rid, item in zip(rids, items, strict=True) if rid not in errors.by_item]
 
 
 # --- webhooks -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from connectors.amocrm.sandbox import api_leads, api_misc, api_pipelines, control
+from connectors.amocrm.sandbox import api_leads, api_misc, api_pipelines, control, rename
 from connectors.amocrm.sandbox.common import Sandbox
 from connectors.amocrm.sandbox.config import SandboxConfig
 from connectors.amocrm.sandbox.errors import ValidationFailed, not_found, problem
@@ -61,6 +61,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
 
     for module in (api_pipelines, api_leads, api_misc, control):
         app.include_router(module.router)
+    rename.install(app, box)  # a renamed account
     return app
 
 

@@ -33,6 +33,10 @@ class SandboxConfig:
     # admits max(1, rate x speed x jitter) requests above its capacity. Half a second, because the
     # tests run client and sandbox in one Python process, where a busy machine stalls both at once.
     rate_jitter: float = 0.5
+    # A bulk POST of tasks or lead notes with invalid items answers 400 (validation-errors) either
+    # way; in this mode it has saved the valid items all the same. Whether the real API does is not
+    # documented (FunnelSync issue #11 reports it); off = all or nothing.
+    partial_bulk_saves: bool = False
     # Repeated 429s block the account (403) like the real one; the threshold is not published.
     block_after_rate_limited: int | None = 200
     # Webhooks (reference 8.3): >100 invalid answers in 2 hours, the last one invalid, disables it.

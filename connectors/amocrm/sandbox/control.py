@@ -56,6 +56,7 @@ async def add_fault(request: Request) -> Response:
         method=body.get("method"),
         over_batch=body.get("over_batch"),
         delay=float(body.get("delay", 5.0)),
+        after=int(body.get("after", 0)),
     )
     guard = sandbox(request).guard
     if fault.kind == "expired_token":

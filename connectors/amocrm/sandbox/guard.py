@@ -67,6 +67,9 @@ class Fault:
     method: str | None = None  # "PATCH", "/api/v4/leads" or "PATCH /api/v4/leads" (prefix match)
     over_batch: int | None = None  # only when the JSON array body has more items than this
     delay: float = 5.0
+    # Let this many matching requests through before the fault starts: an outage that begins in the
+    # middle of a client's sequence of calls (e.g. after the pipeline was created).
+    after: int = 0
 
     def matches(self, method: str, path: str, batch: int | None) -> bool:
         if self.method:
@@ -129,6 +132,9 @@ class Guard:
     def _take_fault(self, method: str, path: str, batch: int | None) -> Fault | None:
         for fault in self.faults:
             if fault.count > 0 and fault.matches(method, path, batch):
+                if fault.after > 0:  # not started yet: this request passes
+                    fault.after -= 1
+                    continue
                 fault.count -= 1
                 return fault
         return None
@@ -178,6 +184,9 @@ class Guard:
             "body": parsed if len(body) <= 65_536 and not path.startswith("/oauth2") else None,
             "token": token_fingerprint(request.headers.get("authorization", "").partition(" ")[2]),
             "at": time.time(),
+            # Arrival on a clock that never steps: tests measure the gap between a 429 and the
+            # retry that followed it (wall-clock `at` can jump).
+            "arrived": time.monotonic(),
         }
         self.log.append(entry)
         response = await self._guarded(request, method, path, batch, call_next)

@@ -16,7 +16,7 @@ import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from connectors.bitrix24.sandbox import deals
+from connectors.bitrix24.sandbox import deals, rename, scenario
 from connectors.bitrix24.sandbox.api import ApiError
 from connectors.bitrix24.sandbox.config import SandboxConfig
 from connectors.bitrix24.sandbox.engine import Auth, Fault, Portal
@@ -73,6 +73,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
     portal = Portal(config)
     tasks: set[asyncio.Task[None]] = set()
     deliveries: list[dict[str, Any]] = []
+    drop_counter = {"deliveries": 0}  # counted for config.webhook_drop_percent since it was set
     holder: dict[str, httpx.AsyncClient] = {}
 
     @asynccontextmanager
@@ -153,10 +154,22 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
             record["status"] = repr(exc)
             portal.stats.webhooks_failed += 1
 
+    def lost_on_the_way() -> bool:
+        """Whether the next delivery is lost (config.webhook_drop_percent of them, spread evenly:
+        decided here, in event order, so a test knows which ones)."""
+        percent, seen = config.webhook_drop_percent, drop_counter["deliveries"]
+        drop_counter["deliveries"] += 1
+        return (seen + 1) * percent // 100 > seen * percent // 100
+
     def flush_events(base: str) -> None:
         pending, portal.pending_events = portal.pending_events, []
         for event, data in pending:
             for url, body in event_bodies(event, data, base):
+                if lost_on_the_way():
+                    # The queue server logs a failed delivery and never resends it (no retries).
+                    deliveries.append({"url": url, "body": body, "status": "dropped"})
+                    portal.stats.webhooks_failed += 1
+                    continue
                 task = asyncio.get_running_loop().create_task(deliver(url, body))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -235,7 +248,13 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
                 {"error": f"unknown fault kind {kind!r}", "kinds": FAULT_KINDS}, status_code=400
             )
         portal.faults.append(
-            Fault(kind, int(spec.get("count", 1)), spec.get("method"), float(spec.get("seconds", 5.0)))
+            Fault(
+                kind,
+                int(spec.get("count", 1)),
+                spec.get("method"),
+                float(spec.get("seconds", 5.0)),
+                after=int(spec.get("after", 0)),
+            )
         )
         return JSONResponse({"ok": True})
 
@@ -258,15 +277,25 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
         }
 
     @app.post("/_sandbox/config")
-    async def change_config(request: Request) -> dict[str, Any]:
+    async def change_config(request: Request) -> Response:
         spec = await request.json()
+        drop = spec.get("webhook_drop_percent")
+        if "webhook_drop_percent" in spec and (
+            not isinstance(drop, int) or isinstance(drop, bool) or not 0 <= drop <= 100
+        ):  # checked before anything changes: a bad request leaves the config as it was
+            return JSONResponse(
+                {"error": f"webhook_drop_percent must be an integer 0..100, not {drop!r}"}, status_code=400
+            )
         if "scopes" in spec:
             config.scopes = tuple(spec["scopes"])
         if "operating_cost" in spec:
             config.operating_cost = {str(k): float(v) for k, v in spec["operating_cost"].items()}
         if "webhook_url" in spec:
             config.webhook_url = spec["webhook_url"]
-        return {"ok": True}
+        if "webhook_drop_percent" in spec:
+            config.webhook_drop_percent = drop
+            drop_counter["deliveries"] = 0  # the pattern starts with the next delivery
+        return JSONResponse({"ok": True})
 
     def ui(request: Request, user_id: int | None = None) -> Any:
         return portal.context(Auth("webhook", user_id or config.ui_user))
@@ -332,6 +361,8 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
         portal.state.save(config)
         return {"ok": True, "file": config.state_file}
 
+    rename.install(app, portal, config)  # a renamed portal, a moved OAuth server
+    scenario.install(app, portal, config)  # per-deal rights, mid-call changes, clock, revoked webhook
     return app
 
 

@@ -27,6 +27,11 @@ class SandboxConfig:
     # Outgoing webhook configured in the portal UI (deal add/update/delete only, like the real one).
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] = DEAL_EVENTS
+    # Percent of outbound event deliveries lost on the way (our receiver down, a network fault). The
+    # real queue server never resends a failed event (DOCS api-reference/events/index.md: "will not
+    # resend anything"), so a lost one is simply never seen. Deterministic: spread evenly over the
+    # deliveries counted from when the option was set (30 drops the 4th, 7th and 10th of every 10).
+    webhook_drop_percent: int = 0
     app_token: str = "sandboxapplicationtoken0000001"
     member_id: str = "a223c6b3710f85df22e9377d6c4f7553"
     domain: str = "sandbox.bitrix24.test"

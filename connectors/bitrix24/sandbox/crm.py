@@ -469,6 +469,10 @@ def comment_add(ctx: Context, params: dict[str, Any]) -> Result:
     entity_id = _int(fields.get("ENTITY_ID") or 0, "ENTITY_ID")
     if entity_type != "deal" or entity_id not in ctx.state.deals:
         raise ApiError(400, "OWNER_NOT_FOUND", "Owner not found")
+    if not ctx.state.may_edit(ctx.user_id, entity_id):
+        # A comment needs the right to change its deal. DOCS crm-timeline-comment-add.md lists the
+        # code ACCESS_DENIED; the exact text is UNVERIFIED, we answer as crm.item.update does.
+        raise ApiError(400, "ACCESS_DENIED", "Access denied")
     text = str(fields.get("COMMENT") or "")
     if not text.strip():
         raise ApiError(400, "ERROR_EMPTY_COMMENT", "Empty comment")
@@ -506,7 +510,9 @@ def event_bind(ctx: Context, params: dict[str, Any]) -> Result:
     auth_type = str(params.get("auth_type", "0") or "0")
     for bound in ctx.state.handlers:
         if bound["event"] == event and bound["handler"] == handler and bound["auth_type"] == auth_type:
-            raise ApiError(400, "ERROR_HANDLER_ALREADY_EXIST", "Handler already exists!")
+            # The rest module wraps the table's uniqueness error (DOCS ru event-bind.md error table;
+            # the rest module's eventBind: 'Unable to set event handler: ' + messages, ERROR_CORE).
+            raise ApiError(400, "ERROR_CORE", "Unable to set event handler: Handler already binded")
     ctx.state.handlers.append(
         {"id": ctx.state.next_id("handler", 970), "event": event, "handler": handler, "auth_type": auth_type}
     )

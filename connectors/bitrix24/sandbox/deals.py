@@ -336,6 +336,9 @@ def deal_update(ctx: Context, params: dict[str, Any]) -> Result:
     deal = ctx.state.deals.get(_as_int(params.get("id", params.get("ID", "")), "ID"))
     if deal is None:
         raise bad("Not found", "NOT_FOUND")
+    if not ctx.state.may_edit(ctx.user_id, int(deal["ID"])):
+        # Legacy method: no code, only the text (DOCS crm-deal-update.md error table: "-", "Access denied").
+        raise bad("Access denied")
     fields = params.get("fields")
     if not isinstance(fields, dict):
         raise bad("Parameter 'fields' must be array.", "INVALID_ARG_VALUE")
@@ -356,6 +359,12 @@ def deal_delete(ctx: Context, params: dict[str, Any]) -> Result:
 
 
 # --- crm.item.* (entityTypeId = 2) ----------------------------------------------------------------
+
+
+def access_denied() -> ApiError:
+    """The user may not change this item: HTTP 400 `ACCESS_DENIED` "Access denied" (DOCS
+    crm-item-update.md error table). Inside a batch it is that command's result_error only."""
+    return ApiError(400, "ACCESS_DENIED", "Access denied")
 
 
 def _entity_type(params: dict[str, Any]) -> None:
@@ -429,6 +438,8 @@ def item_update(ctx: Context, params: dict[str, Any]) -> Result:
     deal = ctx.state.deals.get(_as_int(params.get("id", ""), "id"))
     if deal is None:
         raise ApiError(400, "NOT_FOUND", "Element not found")
+    if not ctx.state.may_edit(ctx.user_id, int(deal["ID"])):
+        raise access_denied()
     fields = params.get("fields")
     if not isinstance(fields, dict):
         raise ApiError(400, "INVALID_ARG_VALUE", "Parameter 'fields' must be array.")

@@ -34,6 +34,22 @@ class Fault:
     count: int = 1
     method: str | None = None
     seconds: float = 5.0
+    # Let this many matching requests through before the fault starts: an outage that begins in the
+    # middle of a client's sequence of calls (e.g. after the pipeline was created).
+    after: int = 0
+
+
+@dataclass
+class Trigger:
+    """Something a person does in the portal while a client is mid-way through its calls: once
+    `method` has been executed `after` more times (batch commands count), run `action`
+    (scenario.ACTIONS) with `params`. Fires once."""
+
+    method: str
+    after: int
+    action: str
+    params: dict[str, Any] = field(default_factory=dict)
+    seen: int = 0
 
 
 @dataclass
@@ -85,8 +101,14 @@ class Portal:
         self._operating: dict[str, deque[tuple[float, float]]] = {}
         self.tokens: dict[str, float] = {config.access_token: time.time() + config.token_lifetime}
         self.refresh_token = config.refresh_token
+        # The OAuth server's REST base named in token answers (rename.py moves it); None: this sandbox.
+        self.server_endpoint: str | None = None
         self.pending_events: list[tuple[str, dict[str, Any]]] = []
         self.dirty = False
+        self.triggers: list[Trigger] = []
+        # action name -> handler(portal, params); filled by scenario.install (keeps this module free
+        # of the control endpoints' imports).
+        self.trigger_actions: dict[str, Callable[[Portal, dict[str, Any]], None]] = {}
 
     # --- context -----------------------------------------------------------------------------------
 
@@ -106,6 +128,9 @@ class Portal:
     def _take(self, matches: Callable[[Fault], bool]) -> Fault | None:
         for fault in self.faults:
             if fault.count > 0 and matches(fault):
+                if fault.after > 0:  # not started yet: this request passes
+                    fault.after -= 1
+                    continue
                 fault.count -= 1
                 if fault.count == 0:
                     self.faults.remove(fault)
@@ -164,7 +189,7 @@ class Portal:
             "expires_in": 3600,
             "scope": "app",
             "domain": "oauth.bitrix.info",
-            "server_endpoint": f"{base_url}/rest/",
+            "server_endpoint": self.server_endpoint or f"{base_url}/rest/",
             "status": "L",
             "client_endpoint": f"{base_url}/rest/",
             "member_id": self.config.member_id,
@@ -240,7 +265,18 @@ class Portal:
         self.charge(method, time.time() - started)
         if ctx.changed:
             self.dirty = True
+        self._fire_triggers(method)
         return result, self.time_block(started, method)
+
+    def _fire_triggers(self, method: str) -> None:
+        for trigger in list(self.triggers):
+            if trigger.method != method:
+                continue
+            trigger.seen += 1
+            if trigger.seen >= trigger.after:
+                self.triggers.remove(trigger)
+                self.trigger_actions[trigger.action](self, trigger.params)
+                self.dirty = True
 
     def call(self, method: str, params: dict[str, Any], auth: Auth) -> dict[str, Any]:
         if method == "batch":

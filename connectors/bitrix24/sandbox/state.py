@@ -45,6 +45,9 @@ class PortalState:
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)
     handlers: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    # Per-deal rights: user id -> ids of deals that user may see but not change (a deal outside the
+    # user's department, say). Everything else is allowed, like an administrator's webhook.
+    edit_denied: dict[int, set[int]] = field(default_factory=dict)
 
     def next_id(self, kind: str, start: int = 1) -> int:
         value = self.counters.get(kind, start - 1) + 1
@@ -108,6 +111,9 @@ class PortalState:
                 return row
         return None
 
+    def may_edit(self, user_id: int, deal_id: int) -> bool:
+        return deal_id not in self.edit_denied.get(user_id, set())
+
     # --- persistence -------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -120,6 +126,7 @@ class PortalState:
             "comments": list(self.comments.values()),
             "handlers": self.handlers,
             "counters": self.counters,
+            "edit_denied": {str(u): sorted(ids) for u, ids in self.edit_denied.items()},
         }
 
     @classmethod
@@ -130,6 +137,7 @@ class PortalState:
             setattr(state, name, {int(row["ID"]): row for row in data.get(name, [])})
         state.handlers = list(data.get("handlers", []))
         state.counters = {k: int(v) for k, v in data.get("counters", {}).items()}
+        state.edit_denied = {int(u): {int(i) for i in ids} for u, ids in data.get("edit_denied", {}).items()}
         return state
 
     @classmethod
@@ -154,9 +162,12 @@ class PortalClock:
         sign = -1 if tz_offset.startswith("-") else 1
         hours, minutes = tz_offset.lstrip("+-").split(":")
         self.tzinfo = timezone(timedelta(hours=int(hours), minutes=int(minutes)) * sign)
+        # Seconds the portal's clock is ahead of real time (POST /_sandbox/clock): lets a test make
+        # "a minute later" happen without sleeping, since DATE_MODIFY has one-second resolution.
+        self.offset = 0.0
 
     def now(self) -> str:
-        return self.format(time.time())
+        return self.format(time.time() + self.offset)
 
     def format(self, ts: float) -> str:
         return datetime.fromtimestamp(int(ts), self.tzinfo).isoformat()

@@ -74,9 +74,12 @@ async def test_get_deals_packs_ids(sandbox: Sandbox, connector: AmoCRMConnector)
 
 
 async def test_repeated_429s_block_the_account(make_connector: ConnectorFactory) -> None:
-    with running_sandbox(speed=BURST_SPEED, block_after_rate_limited=5) as box:
+    # One Python process serves the sandbox and runs the client, so how many of a burst arrive
+    # within the sandbox's window depends on the machine: a low threshold and a long burst make
+    # "more than the threshold refused" certain without depending on how fast this machine is.
+    with running_sandbox(speed=BURST_SPEED, block_after_rate_limited=2) as box:
         unthrottled = make_connector(box, retry=NO_RETRY, rate=RatePolicy(per_second=10_000, burst=10_000))
-        outcomes = await asyncio.gather(*(unthrottled.check() for _ in range(60)), return_exceptions=True)
+        outcomes = await asyncio.gather(*(unthrottled.check() for _ in range(150)), return_exceptions=True)
         assert any(isinstance(o, AccountBlocked) for o in outcomes)
         sent = box.stats()["total"]
         with pytest.raises(AccountBlocked):

@@ -165,10 +165,34 @@ async def test_get_deals_and_modified_since(sandbox: Sandbox, connector: Bitrix2
         page async for page in connector.list_deals_modified_since(datetime.now(UTC) - timedelta(hours=1))
     ]
     assert sorted(int(d.id) for page in pages for d in page) == ids
-    assert sandbox.stats()["by_method"] == {"crm.deal.list": 1, "batch": 1}  # page 1, then the rest batched
+    assert sandbox.stats()["by_method"] == {"batch": 1}  # 50 chained pages (2,500 deals) a request
     assert [
         p async for p in connector.list_deals_modified_since(datetime.now(UTC) + timedelta(hours=1))
     ] == []
+
+
+async def test_incremental_pull_skips_no_deal_changed_between_pages(
+    sandbox: Sandbox, connector: Bitrix24Connector
+) -> None:
+    """A manager changes a deal of the first page while the pull is under way. Paged by offset in
+    DATE_MODIFY order, that deal jumps to the end and every later row moves up one place, so the
+    first row of the next page is never served; paged by ID (`>ID`, start=-1) nothing moves."""
+    body = sandbox.control("POST", "/_sandbox/deals/bulk", {"count": 120, "title": "seed"})
+    ids = list(range(int(body["first_id"]), int(body["last_id"]) + 1))
+    sandbox.control("POST", "/_sandbox/clock", {"advance": 120})  # the change is a later second
+    change = {"deal_id": ids[0], "fields": {"TITLE": "changed meanwhile"}}
+    sandbox.control(
+        "POST",
+        "/_sandbox/triggers",
+        {"method": "crm.deal.list", "after": 1, "action": "update_deal", **change},
+    )
+
+    pages = [p async for p in connector.list_deals_modified_since(datetime.now(UTC) - timedelta(hours=1))]
+
+    assert sandbox.control("GET", "/_sandbox/triggers") == []  # the change happened mid-pull
+    seen = [int(d.id) for page in pages for d in page]
+    assert sorted(seen) == ids  # every deal once, none skipped
+    assert all(len(page) <= 50 for page in pages)
 
 
 async def test_move_deals_within_and_across_pipelines(sandbox: Sandbox, connector: Bitrix24Connector) -> None:

@@ -61,6 +61,17 @@ async def test_timeout_is_retryable(sandbox: Sandbox) -> None:
     await conn.aclose()
 
 
+async def test_default_timeout_outlasts_the_portals_own_request_limit(sandbox: Sandbox) -> None:
+    """The cloud portal cuts a request off at about 60 s and answers then. A client that gives up
+    sooner abandons requests the portal is still executing: a create it applies after we left
+    becomes "uncertain" and must be looked up. So the default waits longer."""
+    conn = Bitrix24Connector(webhook_url=sandbox.webhook_url)
+    timeout = conn.transport.http._client.timeout  # what httpx will actually wait for
+    assert timeout.read is not None and timeout.read > 60
+    assert timeout.write is not None and timeout.write > 60
+    await conn.aclose()
+
+
 async def test_operation_time_limit_gives_retry_after_until_reset() -> None:
     with running_sandbox(speed=60.0, operating_cost={"crm.status.list": 500.0}) as box:
         # A huge budget on the client side: it does not pace, so the portal's 429 surfaces.

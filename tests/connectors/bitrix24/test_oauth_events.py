@@ -90,6 +90,47 @@ async def test_event_bind_register_list_unregister(sandbox: Sandbox) -> None:
     await conn.aclose()
 
 
+async def test_a_partially_bound_app_binds_only_what_is_missing(sandbox: Sandbox) -> None:
+    """Re-provisioning after a run that bound some events: event.get says what is there, only the
+    rest is bound (binding a bound handler is an ERROR_CORE error on a real portal)."""
+    conn = sandbox.oauth(_noop_saver)
+    url = "https://svc.example/b24"
+    await conn.register_webhook(url, ["update"])  # the earlier, interrupted run got this far
+    sandbox.reset_stats()
+
+    sub = await conn.register_webhook(url, [])
+
+    assert set(sub.events) == {
+        "ONCRMDEALADD",
+        "ONCRMDEALUPDATE",
+        "ONCRMDEALDELETE",
+        "ONCRMDEALMOVETOCATEGORY",
+    }
+    stats = sandbox.stats()
+    assert stats["commands"]["event.bind"] == 3 and stats["errors"] == {}
+    [listed] = await conn.list_webhooks()
+    assert sorted(listed.events) == sorted(sub.events)
+    assert len(sandbox.state()["handlers"]) == 4
+    await conn.aclose()
+
+
+async def test_a_handler_bound_meanwhile_counts_as_bound(sandbox: Sandbox) -> None:
+    """Another installer binds the same handler between our event.get and event.bind: the portal's
+    "Handler already binded" answer means the event is bound, which is what we wanted."""
+    conn = sandbox.oauth(_noop_saver)
+    url = "https://svc.example/b24"
+    trigger = {"method": "event.get", "action": "bind_handler", "event": "ONCRMDEALADD", "handler": url}
+    sandbox.control("POST", "/_sandbox/triggers", trigger)
+
+    sub = await conn.register_webhook(url, [])
+
+    assert len(sub.events) == 4
+    assert sandbox.stats()["errors"] == {"ERROR_CORE": 1}  # the race really happened
+    handlers = sandbox.state()["handlers"]
+    assert sorted(h["event"] for h in handlers) == sorted(sub.events)  # each bound once
+    await conn.aclose()
+
+
 async def test_bound_handler_receives_real_form_events(sandbox: Sandbox, receiver: Receiver) -> None:
     conn = sandbox.oauth(_noop_saver)
     await conn.register_webhook(f"{receiver.url}/hook", [])

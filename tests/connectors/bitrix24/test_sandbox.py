@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -151,3 +152,92 @@ def test_simulated_ui_changes_are_made_by_another_user(sandbox: Sandbox) -> None
     httpx.post(f"{sandbox.webhook_url}crm.deal.update", json={"id": deal, "fields": {"STAGE_ID": "WON"}})
     got = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json={"id": deal}).json()["result"]
     assert (got["MODIFY_BY_ID"], got["CLOSED"], got["STAGE_SEMANTIC_ID"]) == ("1", "Y", "S")
+
+
+def test_per_deal_rights_refuse_changes_like_the_portal(sandbox: Sandbox) -> None:
+    """DOCS error tables: crm.item.update and crm.timeline.comment.add answer ACCESS_DENIED, legacy
+    crm.deal.update an empty code with "Access denied"; in a batch only those commands fail."""
+    locked, free = sandbox.create_deal(TITLE="locked"), sandbox.create_deal(TITLE="free")
+    sandbox.control("POST", "/_sandbox/permissions", {"deny_edit": [locked]})
+    base = sandbox.webhook_url
+    move = {"entityTypeId": 2, "fields": {"stageId": "EXECUTING"}}
+    alone = httpx.post(f"{base}crm.item.update", json={**move, "id": locked})
+    assert (alone.status_code, alone.json()) == (
+        400,
+        {"error": "ACCESS_DENIED", "error_description": "Access denied"},
+    )
+    cmd = {
+        "locked_move": f"crm.item.update?entityTypeId=2&id={locked}&fields[stageId]=EXECUTING",
+        "free_move": f"crm.item.update?entityTypeId=2&id={free}&fields[stageId]=EXECUTING",
+        "locked_comment": f"crm.timeline.comment.add?fields[ENTITY_ID]={locked}&fields[ENTITY_TYPE]=deal"
+        "&fields[COMMENT]=hi",
+        "locked_fields": f"crm.deal.update?id={locked}&fields[TITLE]=changed",
+    }
+    response = httpx.post(f"{base}batch", json={"halt": 0, "cmd": cmd})
+    assert response.status_code == 200
+    body = response.json()["result"]
+    denied = {"error": "ACCESS_DENIED", "error_description": "Access denied"}
+    assert body["result_error"] == {
+        "locked_move": denied,
+        "locked_comment": denied,
+        "locked_fields": {"error": "", "error_description": "Access denied"},
+    }
+    assert body["result"]["free_move"]["item"]["stageId"] == "EXECUTING"
+    state = {d["ID"]: d for d in sandbox.state()["deals"]}
+    assert (state[locked]["STAGE_ID"], state[locked]["TITLE"]) == ("NEW", "locked")
+    assert sandbox.state()["comments"] == []
+    # Another user (the UI's manager) is not restricted by the webhook user's rights.
+    sandbox.control("POST", f"/_sandbox/deals/{locked}", {"fields": {"TITLE": "by hand"}})
+    assert {d["ID"]: d for d in sandbox.state()["deals"]}[locked]["TITLE"] == "by hand"
+
+
+def test_binding_a_bound_handler_again_is_error_core(sandbox: Sandbox) -> None:
+    """DOCS (ru) api-reference/events/event-bind.md: 400 ERROR_CORE "Unable to set event handler:
+    Handler already binded"."""
+    rest = f"{sandbox.url}/rest/"
+    bind = {
+        "event": "ONCRMDEALUPDATE",
+        "handler": "https://svc.example/b24",
+        "auth": sandbox.config.access_token,
+    }
+    assert httpx.post(f"{rest}event.bind", json=bind).json()["result"] is True
+    again = httpx.post(f"{rest}event.bind", json=bind)
+    assert (again.status_code, again.json()) == (
+        400,
+        {"error": "ERROR_CORE", "error_description": "Unable to set event handler: Handler already binded"},
+    )
+
+
+def test_triggers_change_the_portal_between_calls(sandbox: Sandbox) -> None:
+    deal = sandbox.create_deal(TITLE="before")
+    sandbox.control("POST", "/_sandbox/clock", {"advance": 120})
+    sandbox.control(
+        "POST",
+        "/_sandbox/triggers",
+        {
+            "method": "crm.deal.get",
+            "after": 2,
+            "action": "update_deal",
+            "deal_id": deal,
+            "fields": {"TITLE": "after"},
+        },
+    )
+    get = {"id": deal}
+    first = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
+    assert first["TITLE"] == "before" and sandbox.control("GET", "/_sandbox/triggers") != []
+    second = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
+    assert second["TITLE"] == "before"  # the change happens after the call it follows
+    third = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
+    assert third["TITLE"] == "after" and third["MODIFY_BY_ID"] == str(sandbox.config.ui_user)
+    moved = datetime.fromisoformat(third["DATE_MODIFY"]) - datetime.fromisoformat(first["DATE_MODIFY"])
+    assert moved >= timedelta(seconds=119)  # the portal clock ran ahead
+    assert sandbox.control("GET", "/_sandbox/triggers") == []
+    bad = httpx.post(f"{sandbox.url}/_sandbox/triggers", json={"method": "crm.deal.get", "action": "nope"})
+    assert bad.status_code == 400
+
+
+def test_a_revoked_webhook_answers_no_auth_found(sandbox: Sandbox) -> None:
+    old = sandbox.webhook_url
+    sandbox.control("POST", "/_sandbox/webhook/revoke")
+    response = httpx.post(f"{old}scope")
+    assert (response.status_code, response.json()["error"]) == (401, "NO_AUTH_FOUND")

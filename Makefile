@@ -23,12 +23,18 @@ demo: install
 serve: install
 	$(BIN)/funnelsync serve
 
+# Tests run in parallel worker processes (pytest-xdist), as many as PYTEST_WORKERS. Most tests wait on
+# real HTTP, subprocesses and real time more than they compute, so twice the cores pays off. Items
+# are handed out two at a time, so a worker busy with a long test is not also holding a queue.
+PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) * 2 )))
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist load --maxschedchunk 2
+
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
 
 # Fast local loop: SQLite only (CI always runs both databases).
 test-sqlite: install
-	FUNNELSYNC_TEST_BACKENDS=sqlite $(BIN)/pytest
+	FUNNELSYNC_TEST_BACKENDS=sqlite $(BIN)/pytest $(PYTEST_PARALLEL)
 
 lint: install
 	$(BIN)/ruff check .

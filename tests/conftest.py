@@ -1,10 +1,16 @@
-"""Session fixtures: the throwaway PostgreSQL server and a fresh database per test on each backend."""
+"""Session fixtures: the throwaway PostgreSQL server and a fresh database per test on each backend.
+
+Under pytest-xdist (`make test`) every worker is its own process with its own session: its own
+PostgreSQL server (own folder and port), its own migrated templates, its own tmp_path tree.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -12,6 +18,17 @@ import pytest
 from tests.support.postgres import PostgresServer, postgres_server
 
 _db_counter = itertools.count()
+
+
+def _expected_seconds(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    return float(slow.kwargs.get("seconds", 20)) if slow else 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The longest tests first (stable sort: the rest keep their order): spread over xdist workers
+    # they then run alongside the many short ones instead of starting last and holding up the end.
+    items.sort(key=_expected_seconds, reverse=True)
 
 
 @pytest.fixture(scope="session")
@@ -26,18 +43,59 @@ if os.environ.get("FUNNELSYNC_TEST_BACKENDS") == "sqlite":  # quick local loop; 
 
 
 @pytest.fixture(params=BACKENDS)
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL of a fresh, empty database: a real SQLite file or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'funnelsync.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return server.create_database(f"t{os.getpid()}_{next(_db_counter)}")
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend a test runs on: every database test runs on both."""
+    return str(request.param)
+
+
+def _sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def _new_database_name() -> str:
+    return f"t{os.getpid()}_{next(_db_counter)}"
+
+
+# Migrating to head takes a few hundred milliseconds per database; most tests want a migrated one.
+# So each backend is migrated once per session into a template that every test gets a fresh copy
+# of. tests/test_migrations.py runs the migrations themselves on `empty_database_url`.
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from app.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("migrated") / "funnelsync.db"
+    upgrade(_sqlite_url(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres: PostgresServer) -> str:
+    """The name of a database migrated to head, left without connections (a template needs that)."""
+    from app.migrate import upgrade
+
+    name = "migrated_template"
+    upgrade(postgres.create_database(name))
+    return name
 
 
 @pytest.fixture
-def database_url(empty_database_url: str) -> str:
-    """A fresh database migrated to head."""
-    from app.migrate import upgrade
+def empty_database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of a fresh, empty database: a real SQLite file or a new PostgreSQL database."""
+    if backend == "sqlite":
+        return _sqlite_url(tmp_path / "funnelsync.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(_new_database_name())
 
-    upgrade(empty_database_url)
-    return empty_database_url
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database migrated to head: a copy of the session's migrated template."""
+    if backend == "sqlite":
+        path = tmp_path / "funnelsync.db"
+        template: Path = request.getfixturevalue("migrated_sqlite")
+        # The backup API copies a consistent database whatever its journal mode (WAL included).
+        with closing(sqlite3.connect(template)) as source, closing(sqlite3.connect(path)) as target:
+            source.backup(target)
+        return _sqlite_url(path)
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(_new_database_name(), template=request.getfixturevalue("migrated_postgres"))

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.support.cli import run_cli
 from tests.support.server import free_port
 
 
+@pytest.mark.slow
 def test_demo_runs_the_loop_and_prints_a_summary(tmp_path: Path) -> None:
     ports = [str(free_port()) for _ in range(3)]
     result = run_cli(
@@ -25,6 +28,7 @@ def test_demo_runs_the_loop_and_prints_a_summary(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "funnelsync.db").exists()
 
 
+@pytest.mark.slow(seconds=100)  # the demo's own retry budget runs out in real time
 def test_the_demos_outage_leaves_dead_letters_to_retry(tmp_path: Path) -> None:
     """The amoCRM sandbox answers 503 for 85 s from the first second: with the demo's budget of 3
     attempts (each retried inside the connector for about 15 s) the first commands of the outage die,

@@ -101,6 +101,7 @@ def test_provision_api_failure_is_502_with_the_crm_text(api: httpx.Client, b24: 
     assert failed.json()["detail"].startswith("the CRM failed during provisioning (refused the request): ")
 
 
+@pytest.mark.slow  # the service's default retry policy waits out each outage in real time
 def test_provision_api_outage_is_a_503_problem_and_a_rerun_completes(
     api: httpx.Client, b24: CRMSandbox
 ) -> None:

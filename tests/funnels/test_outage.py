@@ -106,6 +106,7 @@ async def run(
         await connector.aclose()
 
 
+@pytest.mark.slow  # one whole apply per request of a clean apply
 @pytest.mark.parametrize("crm", ["bitrix24", "amocrm"])
 async def test_a_failure_at_any_request_leaves_a_true_mapping_and_a_rerun_completes(
     crm: str, database_url: str, tmp_path: Path

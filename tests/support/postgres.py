@@ -63,8 +63,9 @@ class PostgresServer:
     def url(self, database: str) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
-        self.psql(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database: empty, or a copy of `template` (which must have no open connections)."""
+        self.psql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url(name)
 
 
@@ -88,13 +89,25 @@ def postgres_server() -> Iterator[PostgresServer]:
         str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "trust",
         "--no-sync", "-E", "UTF8", "--locale=C",
     )  # fmt: skip
-    options = (
-        f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
-    server._run(
-        str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(root / "log"), "-w", "start"
-    )
+    # Each pytest-xdist worker starts its own server: its own folder (mkdtemp) and a free port. Two
+    # workers can be handed the same free port before either listens; the loser tries another.
+    for attempt in range(3):
+        options = (
+            f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        try:
+            server._run(
+                str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-l", str(root / "log"),
+                "-w", "start",
+            )  # fmt: skip
+            break
+        except subprocess.CalledProcessError as exc:
+            if attempt == 2:
+                log = (root / "log").read_text(errors="replace")[-2000:]
+                shutil.rmtree(root, ignore_errors=True)
+                raise PostgresUnavailable(f"pg_ctl start failed: {exc.stderr}\n{log}") from exc
+            server.port = free_port()
     try:
         yield server
     finally:

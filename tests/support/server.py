@@ -37,7 +37,11 @@ class _Server(uvicorn.Server):
 def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
     """Run `app` with uvicorn in a background thread; yield its base URL; stop it afterwards."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # A long keep-alive: uvicorn's default (5 s) closes an idle connection while a test runs a CLI
+    # subprocess or a drain, and the client's next request on it then races the close (ReadError).
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_keep_alive=300
+    )
     ready = threading.Event()
     server = _Server(config, ready)
     errors: list[BaseException] = []

@@ -12,6 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY app ./app
+# Without the CRM sandboxes (.dockerignore): development code, never loaded by serve or worker.
 COPY connectors ./connectors
 COPY funnel_templates ./funnel_templates
 COPY migrations ./migrations

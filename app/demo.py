@@ -31,9 +31,10 @@ from app.funnels.service import provision
 from app.library.service import get_template
 from app.main import create_app
 from app.outbox.models import OutboxCommand
+from app.outbox.statuses import CommandStatus
 from app.scheduler import Runtime, run_until_idle
 from app.security import api_token
-from app.webhooks.models import InboxEvent
+from app.webhooks.models import EventStatus, InboxEvent
 from connectors.amocrm.sandbox import SandboxConfig as AmoSandboxConfig
 from connectors.amocrm.sandbox import create_sandbox_app as amo_sandbox
 from connectors.bitrix24.sandbox import SandboxConfig as Bitrix24SandboxConfig
@@ -242,17 +243,19 @@ async def summary(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
 
         return {
             "events": await count(model=InboxEvent),
-            "events_failed": await count(InboxEvent.status == "failed", model=InboxEvent),
+            "events_failed": await count(InboxEvent.status == EventStatus.FAILED, model=InboxEvent),
             "deals": await count(model=Deal),
             "transitions": await count(model=StageTransition),
-            "tasks_pushed": await count(OutboxCommand.kind == "task", OutboxCommand.status == "done"),
+            "tasks_pushed": await count(
+                OutboxCommand.kind == "task", OutboxCommand.status == CommandStatus.DONE
+            ),
             "reverts": await count(
                 OutboxCommand.kind == "move", OutboxCommand.idempotency_key.like("%revert%")
             ),
             "escalations": await count(
                 OutboxCommand.kind == "task", OutboxCommand.idempotency_key.like("%sla%")
             ),
-            "dead_letters": await count(OutboxCommand.status == "dead"),
+            "dead_letters": await count(OutboxCommand.status == CommandStatus.DEAD),
         }
 
 

@@ -9,7 +9,7 @@ import typer
 
 from app.config import get_settings
 from app.console import fail, out, print_json
-from app.demo import OUTAGE_LENGTH, OUTAGE_START, DemoPorts, run_demo
+from app.sandbox_cli import SANDBOX_MODULES, require_sandboxes
 
 
 def demo_command(
@@ -21,18 +21,31 @@ def demo_command(
     port: Annotated[int, typer.Option(help="Port of the FunnelSync service.")] = 8000,
     bitrix24_port: Annotated[int, typer.Option(help="Port of the Bitrix24 sandbox.")] = 8024,
     amocrm_port: Annotated[int, typer.Option(help="Port of the amoCRM sandbox.")] = 8025,
+    # No default here: the demo's schedule (app.demo) imports the sandboxes, which this module must not.
     outage_at: Annotated[
-        float, typer.Option(help="Seconds into the demo when the amoCRM sandbox starts answering 503.")
-    ] = OUTAGE_START,
+        float | None,
+        typer.Option(
+            help="Seconds into the demo when the amoCRM sandbox starts answering 503 (default 30).",
+            show_default=False,
+        ),
+    ] = None,
     outage_for: Annotated[
-        float, typer.Option(help="How long the outage lasts; 0: no outage.")
-    ] = OUTAGE_LENGTH,
+        float | None,
+        typer.Option(help="How long the outage lasts (default 90); 0: no outage.", show_default=False),
+    ] = None,
 ) -> None:
     """FunnelSync with a Bitrix24 and an amoCRM sandbox, provisioned and simulating a sales team."""
     if duration is not None and duration <= 0:
         fail("--duration must be a positive number of seconds")
-    if outage_at < 0 or outage_for < 0:
+    if (outage_at is not None and outage_at < 0) or (outage_for is not None and outage_for < 0):
         fail("--outage-at and --outage-for must not be negative")
+    require_sandboxes(*SANDBOX_MODULES)
+    from app.demo import OUTAGE_LENGTH, OUTAGE_START, DemoPorts, run_demo
+
+    if outage_at is None:
+        outage_at = OUTAGE_START
+    if outage_for is None:
+        outage_for = OUTAGE_LENGTH
     ports = DemoPorts(port, bitrix24_port, amocrm_port)
 
     def announce(url: str, token: str) -> None:

@@ -19,8 +19,9 @@ from app.connections.registry import ConnectorRegistry
 from app.dashboard.pages import router as dashboard_router
 from app.db import create_engine, session_factory
 from app.errors import NotFound
-from app.scheduler import Runtime, build_scheduler
+from app.scheduler import Runtime, SchedulerWaker, build_scheduler
 from app.security import api_token
+from app.waker import NoWaker, Waker
 from app.webhooks.receivers import router as webhooks_router
 from connectors.base import CRMError
 
@@ -40,10 +41,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sessions = session_factory(engine)
         app.state.connectors = ConnectorRegistry(app.state.sessions, settings)
         app.state.scheduler = None
+        waker: Waker = NoWaker()
         if settings.scheduler_enabled:
             runtime = Runtime(app.state.sessions, settings, app.state.connectors)
             app.state.scheduler = build_scheduler(runtime)
             app.state.scheduler.start()
+            waker = SchedulerWaker(app.state.scheduler)
+        app.state.waker = waker
         try:
             yield
         finally:

@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.outbox.models import OutboxCommand
-from app.webhooks.models import InboxEvent
+from app.outbox.statuses import CommandStatus
+from app.webhooks.models import EventStatus, InboxEvent
 from connectors.http import observe_rate_waits
 
 # One registry per process, not the global default: tests build many apps in one process.
@@ -67,8 +68,8 @@ async def render(sessions: async_sessionmaker[AsyncSession]) -> tuple[bytes, str
         inbox = dict(
             (await session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status))).all()
         )
-    for status in ("pending", "sending", "failed", "dead", "done"):
-        OUTBOX_DEPTH.labels(status=status).set(outbox.get(status, 0))
-    for status in ("pending", "processed", "failed"):
-        INBOX_DEPTH.labels(status=status).set(inbox.get(status, 0))
+    for command_status in CommandStatus:
+        OUTBOX_DEPTH.labels(status=command_status).set(outbox.get(command_status, 0))
+    for event_status in EventStatus:
+        INBOX_DEPTH.labels(status=event_status).set(inbox.get(event_status, 0))
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

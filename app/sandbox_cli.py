@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Annotated, Any
 
 import typer
+
+from app.console import fail
+
+# Development and demo code, left out of the runtime package and the service image (pyproject's
+# packages.find exclude, .dockerignore). Commands import them only once they are running, so that
+# `serve` and `worker` never load them.
+BITRIX24_SANDBOX = "connectors.bitrix24.sandbox"
+AMOCRM_SANDBOX = "connectors.amocrm.sandbox"
+SANDBOX_USER = "connectors.sandbox_user"
+SANDBOX_MODULES = (BITRIX24_SANDBOX, AMOCRM_SANDBOX, SANDBOX_USER)
+
+
+def require_sandboxes(*modules: str) -> None:
+    """Exit 2 with a clear message, not an ImportError traceback, when this install lacks them."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        fail(
+            f"the sandboxes are not installed: {', '.join(missing)} missing. This is a runtime install "
+            "(the package or the Docker image), which leaves them out; run the sandboxes and the demo "
+            "from a source checkout (`make demo`, or `pip install -e .`)."
+        )
+
 
 sandbox_cli = typer.Typer(
     help="Run a local CRM emulator (same API, limits and webhooks).", no_args_is_help=True
@@ -29,6 +52,7 @@ def bitrix24(
     state_file: Annotated[str | None, typer.Option(help="Load/save the portal state here.")] = None,
 ) -> None:
     """A Bitrix24 portal: inbound webhook at http://127.0.0.1:PORT/rest/1/CODE/."""
+    require_sandboxes(BITRIX24_SANDBOX)
     from connectors.bitrix24.sandbox import run_sandbox
 
     if plan not in ("standard", "enterprise"):
@@ -61,6 +85,7 @@ def amocrm(
     """An amoCRM account at http://127.0.0.1:PORT (API v4 and the OAuth token endpoint)."""
     from pathlib import Path
 
+    require_sandboxes(AMOCRM_SANDBOX)
     from connectors.amocrm.sandbox.app import run_sandbox
 
     run_sandbox(

@@ -8,27 +8,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases
 from app.config import Settings
 from app.connections import health
 from app.connections.jobs import check_webhooks, refresh_tokens
-from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
-from app.deals.models import SyncState
-from app.deals.reconcile import reconcile
+from app.connections.repository import active_connections
+from app.deals.reconcile import reconcile, record_reconcile_error
 from app.outbox.service import DrainResult, RetrySettings, drain_connection
 from app.rules.timers import run_timers
+from app.waker import INBOX_JOB, OUTBOX_JOB
 from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.base import CRMError
 from connectors.events import parse_deal_events
 
 log = logging.getLogger("funnelsync.scheduler")
-
-INBOX_JOB = "inbox"
-OUTBOX_JOB = "outbox"
 
 
 @dataclass
@@ -50,7 +46,7 @@ async def run_outbox(runtime: Runtime) -> DrainResult:
     """Deliver due outbox commands of every active connection (each under its own lease)."""
     total = DrainResult()
     async with runtime.sessions() as session:
-        records = list(await session.scalars(select(Connection).where(Connection.status == "active")))
+        records = await active_connections(session)
     retry = RetrySettings(
         max_attempts=runtime.settings.outbox_max_attempts,
         max_age=timedelta(hours=runtime.settings.outbox_max_age_hours),
@@ -84,7 +80,7 @@ async def run_until_idle(runtime: Runtime) -> tuple[ProcessResult, DrainResult]:
 
 async def run_reconcile(runtime: Runtime) -> None:
     async with runtime.sessions() as session:
-        records = list(await session.scalars(select(Connection).where(Connection.status == "active")))
+        records = await active_connections(session)
     overlap = timedelta(seconds=runtime.settings.reconcile_overlap_seconds)
     for record in records:
         key = f"reconcile:{record.id}"
@@ -97,9 +93,7 @@ async def run_reconcile(runtime: Runtime) -> None:
         except CRMError as exc:
             await health.record_failure(runtime.sessions, record.id, exc)
             async with runtime.sessions.begin() as session:
-                state = await session.get(SyncState, record.id)
-                if state is not None:
-                    state.last_error = exc.crm_text
+                await record_reconcile_error(session, record.id, exc.crm_text)
             log.warning("reconcile of %s failed: %s", record.name, exc.crm_text)
         finally:
             await leases.release(runtime.sessions, key)
@@ -160,10 +154,16 @@ def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
     return scheduler
 
 
-def wake(scheduler: AsyncIOScheduler | None, job_id: str) -> None:
-    """Run a job now instead of at its next tick (a webhook just arrived)."""
-    if scheduler is None or not scheduler.running:
-        return
-    job = scheduler.get_job(job_id)
-    if job is not None:
-        job.modify(next_run_time=datetime.now(UTC))
+class SchedulerWaker:
+    """The app's Waker (app.waker) when this process runs the scheduler."""
+
+    def __init__(self, scheduler: AsyncIOScheduler) -> None:
+        self.scheduler = scheduler
+
+    def wake(self, job_id: str) -> None:
+        """Run a job now instead of at its next tick (a webhook just arrived)."""
+        if not self.scheduler.running:
+            return
+        job = self.scheduler.get_job(job_id)
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))

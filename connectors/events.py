@@ -1,4 +1,5 @@
-"""Webhook parsing entry points for the service, dispatching to the CRM's own parser.
+"""Webhook parsing entry points for the service, dispatching to the CRM's own parser through its
+descriptor.
 
 The receivers need two things from a body before they store it: who it claims to come from (to
 authenticate it) and the events' dedupe keys. The processor later needs the events themselves.
@@ -6,37 +7,22 @@ authenticate it) and the events' dedupe keys. The processor later needs the even
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from connectors.amocrm import events as amocrm_events
 from connectors.base import DealEvent, WebhookParseError
-from connectors.bitrix24 import events as bitrix24_events
+from connectors.descriptor import CRMDescriptor, UnknownCRM, WebhookIdentity, descriptor_for
 
 __all__ = ["WebhookIdentity", "WebhookParseError", "parse_deal_events", "read_identity"]
 
 
-@dataclass(frozen=True)
-class WebhookIdentity:
-    """What a body says about its sender: portal/subdomain, member/account id, app token."""
-
-    domain: str | None = None
-    account_id: str | None = None
-    application_token: str | None = None
+def _descriptor(crm: str) -> CRMDescriptor:
+    try:
+        return descriptor_for(crm)
+    except UnknownCRM as exc:  # the parsers' contract: WebhookParseError and nothing else
+        raise WebhookParseError(str(exc)) from None
 
 
 def read_identity(crm: str, body: bytes, content_type: str) -> WebhookIdentity:
-    if crm == "bitrix24":
-        auth = bitrix24_events.read_auth(body, content_type)
-        return WebhookIdentity(auth.domain, auth.member_id, auth.application_token)
-    if crm == "amocrm":
-        hook = amocrm_events.parse_webhook(body, content_type)
-        return WebhookIdentity(hook.subdomain, hook.account_id, None)
-    raise WebhookParseError(f"unknown CRM {crm!r}")
+    return _descriptor(crm).read_identity(body, content_type)
 
 
 def parse_deal_events(crm: str, body: bytes, content_type: str) -> list[DealEvent]:
-    if crm == "bitrix24":
-        return list(bitrix24_events.parse_webhook(body, content_type).events)
-    if crm == "amocrm":
-        return list(amocrm_events.parse_webhook(body, content_type).events)
-    raise WebhookParseError(f"unknown CRM {crm!r}")
+    return _descriptor(crm).parse_deal_events(body, content_type)

@@ -1,5 +1,5 @@
-"""Build a connector from what a connection stores: the only place that knows each connector's
-constructor, so the service never branches on the CRM."""
+"""Build a connector from what a connection stores, through the CRM's descriptor (which knows its
+connector's constructor), so the service never branches on the CRM."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from connectors.amocrm.client import AmoCRMConnector, exchange_authorization_code
+from connectors.amocrm.client import exchange_authorization_code
 from connectors.amocrm.oauth import OAuthApp as AmoOAuthApp
 from connectors.base import CRMConnector, TokenSaver, TokenSet
-from connectors.bitrix24.client import Bitrix24Connector
-from connectors.bitrix24.transport import OAuthApp as Bitrix24OAuthApp
-from connectors.http import BITRIX24_ENTERPRISE, BITRIX24_STANDARD, DomainSaver, RatePolicy
+from connectors.descriptor import descriptor_for
+from connectors.http import DomainSaver
 
 __all__ = ["build_connector", "exchange_amocrm_code", "token_set_from", "token_set_to"]
 
@@ -55,53 +54,14 @@ def build_connector(
 ) -> CRMConnector:
     """`domain_saver` is told (old origin, new origin) when the portal/account answered from a new
     address (renamed), so the caller records it; calls go to the new address either way."""
-    key = account_key(crm, base_url)
-    if crm == "bitrix24":
-        rate = BITRIX24_ENTERPRISE if settings.get("plan") == "enterprise" else BITRIX24_STANDARD
-        if credentials["auth"] == "webhook":
-            return Bitrix24Connector(
-                webhook_url=credentials["webhook_url"], rate=rate, account_key=key, domain_saver=domain_saver
-            )
-        if token_saver is None:
-            raise ValueError("a Bitrix24 OAuth connection needs a token saver")
-        oauth = Bitrix24OAuthApp(
-            client_endpoint=base_url.rstrip("/") + "/rest/",
-            client_id=credentials["client_id"],
-            client_secret=credentials["client_secret"],
-            tokens=token_set_from(credentials),
-            token_saver=token_saver,
-            oauth_server=credentials.get("oauth_server_url") or "https://oauth.bitrix.info",
-            member_id=settings.get("member_id"),
-        )
-        return Bitrix24Connector(oauth=oauth, rate=rate, account_key=key, domain_saver=domain_saver)
-    if crm == "amocrm":
-        per_second = float(settings.get("requests_per_second") or 7)
-        rate = RatePolicy(per_second=per_second, burst=max(1, int(per_second)))
-        subdomain = str(settings["subdomain"])
-        if credentials["auth"] == "token":
-            return AmoCRMConnector(
-                subdomain,
-                token=credentials["token"],
-                base_url=base_url,
-                rate=rate,
-                account_key=key,
-                domain_saver=domain_saver,
-            )
-        if token_saver is None:
-            raise ValueError("an amoCRM OAuth connection needs a token saver")
-        return AmoCRMConnector(
-            subdomain,
-            oauth=AmoOAuthApp(
-                credentials["client_id"], credentials["client_secret"], credentials["redirect_uri"]
-            ),
-            tokens=token_set_from(credentials),
-            token_saver=token_saver,
-            base_url=base_url,
-            rate=rate,
-            account_key=key,
-            domain_saver=domain_saver,
-        )
-    raise ValueError(f"unknown CRM {crm!r}")
+    return descriptor_for(crm).build_connector(
+        base_url,
+        credentials,
+        settings,
+        account_key=account_key(crm, base_url),
+        token_saver=token_saver,
+        domain_saver=domain_saver,
+    )
 
 
 async def exchange_amocrm_code(

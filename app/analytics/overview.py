@@ -20,15 +20,16 @@ from app.analytics.schemas import (
 )
 from app.connections.models import Connection
 from app.connections.service import get_connection, list_connections
-from app.connections.status import connection_status
 from app.db import utcnow
 from app.deals.models import Deal
 from app.funnels.models import Funnel
 from app.outbox.models import OutboxCommand
 from app.outbox.service import KINDS, RETRYABLE_STATUSES
-from app.webhooks.models import InboxEvent
+from app.outbox.statuses import CommandStatus
+from app.status.connection import connection_status
+from app.webhooks.models import EventStatus, InboxEvent
 
-OUTBOX_STATUSES = ("pending", "failed", "dead", "done")
+OUTBOX_STATUSES = (CommandStatus.PENDING, CommandStatus.FAILED, CommandStatus.DEAD, CommandStatus.DONE)
 BODY_PREVIEW_BYTES = 400
 
 
@@ -65,7 +66,7 @@ async def overview(session: AsyncSession, now: datetime | None = None) -> Overvi
             id=record.id,
             health=await connection_status(session, record),
             outbox=outbox[record.id],
-            dead_letters=outbox[record.id].get("dead", 0),
+            dead_letters=outbox[record.id].get(CommandStatus.DEAD, 0),
             funnels=funnels.get(record.id, []),
         )
         for record in records
@@ -152,7 +153,7 @@ async def failures(
             func.substr(InboxEvent.body, 1, BODY_PREVIEW_BYTES + 1, type_=LargeBinary),
         )
         .join(Connection, Connection.id == InboxEvent.connection_id)
-        .where(InboxEvent.status == "failed")
+        .where(InboxEvent.status == EventStatus.FAILED)
     )
     command_query = (
         select(OutboxCommand, Connection.name)

@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from app.connections.status import ConnectionStatus
+from app.outbox.statuses import CommandStatus
+from app.status.connection import ConnectionStatus
 
 
 class StageInfo(BaseModel):
@@ -149,7 +150,7 @@ class FailedCommand(BaseModel):
     connection: str
     deal_id: int | None
     kind: str
-    status: str
+    status: CommandStatus
     attempts: int
     last_error: str | None
     next_attempt_at: datetime
@@ -165,7 +166,7 @@ class Failures(BaseModel):
 class DealCommand(BaseModel):
     id: int
     kind: str
-    status: str
+    status: CommandStatus
     attempts: int
     last_error: str | None
     created_at: datetime

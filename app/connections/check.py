@@ -16,11 +16,7 @@ from connectors.base import (
     RateLimited,
     Retryable,
 )
-
-_ADVICE = {
-    "bitrix24": "create a new inbound webhook (or reinstall the app) and update the connection",
-    "amocrm": "issue a new long-lived token or authorization code and update the connection",
-}
+from connectors.descriptor import descriptor_for
 
 
 @dataclass
@@ -54,7 +50,7 @@ async def check_connection(record: Connection, connector: CRMConnector) -> Check
 def _problem(record: Connection, exc: CRMError) -> str:
     text = crm_error_text(exc)
     if isinstance(exc, AuthError):
-        return f"the CRM rejected the credentials ({text}); {_ADVICE[record.crm]}"
+        return f"the CRM rejected the credentials ({text}); {descriptor_for(record.crm).credentials_advice}"
     if isinstance(exc, AccountBlocked):
         return f"the CRM has blocked this account's API access ({text}); contact the CRM's support"
     if isinstance(exc, RateLimited):

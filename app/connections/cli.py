@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -21,10 +21,16 @@ connections_cli = typer.Typer(help="CRM accounts FunnelSync talks to.", no_args_
 _adapter: TypeAdapter[Any] = TypeAdapter(ConnectionCreate)
 
 
+def _input_models() -> dict[str, type[BaseModel]]:
+    """CRM -> its input model: the members of the ConnectionCreate union, by their `crm` tag."""
+    models: tuple[type[BaseModel], ...] = get_args(get_args(ConnectionCreate)[0])
+    return {get_args(m.model_fields["crm"].annotation)[0]: m for m in models}
+
+
 def validation_message(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"][1:] if p not in ("bitrix24", "amocrm")) or "input"
+        where = ".".join(str(p) for p in error["loc"][1:] if p not in _input_models()) or "input"
         parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
@@ -32,7 +38,7 @@ def validation_message(exc: ValidationError) -> str:
 @connections_cli.command("add")
 def add_command(
     name: Annotated[str, typer.Argument(help="Connection name (used in the webhook URL).")],
-    crm: Annotated[str, typer.Option(help="bitrix24 or amocrm")],
+    crm: Annotated[str, typer.Option(help=" or ".join(_input_models()))],
     webhook_url: Annotated[str | None, typer.Option(help="Bitrix24 inbound webhook URL.")] = None,
     app_token: Annotated[
         str | None, typer.Option(help="Bitrix24 outgoing webhook application token.")
@@ -71,8 +77,8 @@ def add_command(
         "base_url": base_url,
         "supervisor_id": supervisor_id,
     }
-    if crm not in ("bitrix24", "amocrm"):
-        fail(f"--crm must be bitrix24 or amocrm, got {crm!r}")
+    if crm not in _input_models():
+        fail(f"--crm must be {' or '.join(_input_models())}, got {crm!r}")
     unused = [k for k, v in raw.items() if v is not None and k not in _fields_of(crm)]
     if unused:
         fail(f"options not used by {crm}: " + ", ".join("--" + k.replace("_", "-") for k in unused))
@@ -103,10 +109,7 @@ def add_command(
 
 
 def _fields_of(crm: str) -> set[str]:
-    from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
-
-    model = Bitrix24ConnectionCreate if crm == "bitrix24" else AmoCRMConnectionCreate
-    return set(model.model_fields)
+    return set(_input_models()[crm].model_fields)
 
 
 async def _exists(session: Any, name: str) -> bool:

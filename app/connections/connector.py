@@ -4,7 +4,6 @@ the new address of a renamed portal/account; when a refresh token lapses."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -20,19 +19,16 @@ from app.connections.schemas import AmoCRMConnectionCreate
 from app.db import utcnow
 from connectors import factory
 from connectors.base import CRMConnector, TokenSet
+from connectors.descriptor import descriptor_for
 from connectors.http import origin, with_origin
 
 log = logging.getLogger("funnelsync.connections")
 
-# How long a refresh token lives after it was issued (each refresh issues a new one): Bitrix24
-# 180 days (DOCS settings/oauth/auto-renewal.md), amoCRM 3 months (ISSUE amocrm-api-php #246).
-REFRESH_TOKEN_LIFETIME = {"bitrix24": timedelta(days=180), "amocrm": timedelta(days=90)}
 # The overview and the status warn this long before a refresh token lapses.
 LAPSE_WARNING = timedelta(days=14)
 # Settings keys (non-secret, readable without decrypting the credentials).
 ROTATED_AT = "refresh_token_rotated_at"
 PREVIOUS_DOMAINS = "previous_domains"
-_AMO_HOST = re.compile(r"^([a-z0-9][a-z0-9-]*)\.(?:amocrm\.ru|amocrm\.com|kommo\.com)$")
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -46,10 +42,11 @@ def _parse_time(value: object) -> datetime | None:
 
 
 def refresh_token_rotated_at(record: Connection) -> datetime | None:
-    """When the stored refresh token was issued, if FunnelSync knows. An amoCRM connection made
-    with an authorization code got its first pair when it was created."""
+    """When the stored refresh token was issued, if FunnelSync knows. A connection whose CRM
+    exchanges an authorization code on creation (amoCRM) got its first pair when it was created."""
     rotated = _parse_time((record.settings or {}).get(ROTATED_AT))
-    if rotated is None and record.crm == "amocrm" and (record.settings or {}).get("token_expires_at"):
+    issued_at_creation = descriptor_for(record.crm).tokens_issued_at_creation
+    if rotated is None and issued_at_creation and (record.settings or {}).get("token_expires_at"):
         created = record.created_at
         rotated = created.replace(tzinfo=created.tzinfo or UTC) if created else None
     return rotated
@@ -57,8 +54,9 @@ def refresh_token_rotated_at(record: Connection) -> datetime | None:
 
 def refresh_token_lapses_at(record: Connection) -> datetime | None:
     """When the stored refresh token stops working unless used before; None without OAuth or
-    when the issue date is unknown (the keep-alive job then refreshes, which records it)."""
-    lifetime = REFRESH_TOKEN_LIFETIME.get(record.crm)
+    when the issue date is unknown (the keep-alive job then refreshes, which records it). How long
+    a refresh token lives after it was issued (each refresh issues a new one) is the CRM's."""
+    lifetime = descriptor_for(record.crm).refresh_token_lifetime
     rotated = refresh_token_rotated_at(record)
     if lifetime is None or rotated is None or not (record.settings or {}).get("token_expires_at"):
         return None
@@ -68,15 +66,14 @@ def refresh_token_lapses_at(record: Connection) -> datetime | None:
 def domain_of(record: Connection) -> str:
     """The account's address as the CRM names it: the Bitrix24 portal host, the amoCRM subdomain."""
     settings = record.settings or {}
-    key = "domain" if record.crm == "bitrix24" else "subdomain"
-    return str(settings.get(key) or urlsplit(record.base_url).netloc)
+    return str(settings.get(descriptor_for(record.crm).domain_setting) or urlsplit(record.base_url).netloc)
 
 
 def record_domain(record: Connection, new: str, source: str) -> bool:
     """Make `new` the connection's domain (portal host / amoCRM subdomain), keeping the old one
     in settings.previous_domains with the time and what told us. False when nothing changed."""
     settings = dict(record.settings or {})
-    key = "domain" if record.crm == "bitrix24" else "subdomain"
+    key = descriptor_for(record.crm).domain_setting
     old = domain_of(record)
     if not new or old.lower() == new.lower():
         return False
@@ -101,14 +98,10 @@ def move_connection(settings: Settings, record: Connection, old: str, new: str) 
     if isinstance(values.get("webhook_url"), str) and origin(values["webhook_url"]) == old:
         values["webhook_url"] = with_origin(values["webhook_url"], old, new)
         service.store_credentials(settings, record, values)
-    host = urlsplit(new).netloc
-    if record.crm == "bitrix24":
-        record_domain(record, host, "api")
-        return
-    found = _AMO_HOST.match(host.lower())
-    if found:
-        record_domain(record, found.group(1), "api")
-    else:  # a host outside amoCRM's own domains: the subdomain is unknown, note the host change
+    domain = descriptor_for(record.crm).domain_from_host(urlsplit(new).netloc)
+    if domain is not None:
+        record_domain(record, domain, "api")
+    else:  # a host outside the CRM's own domains: the account's name is unknown, note the host change
         history = list((record.settings or {}).get(PREVIOUS_DOMAINS) or [])
         history.append({"domain": urlsplit(old).netloc, "until": utcnow().isoformat(), "source": "api"})
         record.settings = {**(record.settings or {}), PREVIOUS_DOMAINS: history[-20:]}

@@ -19,7 +19,7 @@ from app.connections.schemas import (
     ConnectionCreate,
     ConnectionOut,
 )
-from app.connections.status import ConnectionStatus, connection_status
+from app.status.connection import ConnectionStatus, connection_status
 from connectors.base import CRMError
 
 router = APIRouter(prefix="/connections", tags=["connections"])

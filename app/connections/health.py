@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.db import utcnow
 from connectors.base import (
     AccountBlocked,
@@ -56,7 +56,7 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 def health_state(
     *,
-    status: str,
+    status: ConnectionSwitch,
     now: datetime,
     failing_since: datetime | None,
     last_failure_class: str | None,
@@ -68,7 +68,7 @@ def health_state(
     degraded: calls fail since `failing_since` but not yet for `unreachable_after`, or the CRM is
     rate-limiting (it answers; it only wants fewer requests).
     unreachable: every call for at least `unreachable_after` failed (two or more of them)."""
-    if status == "paused":
+    if status == ConnectionSwitch.PAUSED:
         return "paused"
     if failing_since is None or consecutive_failures <= 0:
         return "active"

@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.connections import service
 from app.connections.connector import refresh_token_rotated_at
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.db import utcnow
 from app.funnels.models import Funnel
-from app.funnels.plan import AMOCRM_EVENTS, BITRIX24_EVENTS
 from connectors.base import AuthError, CRMConnector, CRMError
+from connectors.descriptor import descriptor_for
 
 log = logging.getLogger("funnelsync.connections")
 
@@ -28,25 +28,28 @@ ConnectorFor = Callable[[Connection], Awaitable[CRMConnector]]
 REFRESH_AHEAD = timedelta(minutes=15)
 # Bitrix24: calls refresh on expired_token themselves; refreshing on a schedule (hourly, daily) is
 # what the docs warn can get the app blocked (DOCS settings/oauth/auto-renewal.md). The job only
-# renews a refresh token that was not rotated for this long, far inside its 180-day life.
-BITRIX24_KEEPALIVE = timedelta(days=30)
+# renews a refresh token that was not rotated for this long, far inside its 180-day life (the
+# CRM's descriptor says so: its refresh_keepalive).
 # "Refresh if the access token expires within ten years": refresh now, whatever its expiry.
 _NOW = timedelta(days=3650)
 
 
 async def _active(sessions: async_sessionmaker[AsyncSession]) -> list[Connection]:
     async with sessions() as session:
-        return list(await session.scalars(select(Connection).where(Connection.status == "active")))
+        return list(
+            await session.scalars(select(Connection).where(Connection.status == ConnectionSwitch.ACTIVE))
+        )
 
 
 def _refresh_window(record: Connection, now: datetime) -> timedelta | None:
     """The window to refresh `record`'s tokens in now, or None when it needs nothing."""
-    if record.crm != "bitrix24":
+    keepalive = descriptor_for(record.crm).refresh_keepalive
+    if keepalive is None:
         return REFRESH_AHEAD
     rotated = refresh_token_rotated_at(record)
     # Unknown (a connection made with a pasted refresh token): renewing once records the date.
     # Inbound-webhook connections have no tokens: their connector answers False without a request.
-    if rotated is None or now - rotated >= BITRIX24_KEEPALIVE:
+    if rotated is None or now - rotated >= keepalive:
         return _NOW
     return None
 
@@ -55,7 +58,7 @@ async def refresh_tokens(
     sessions: async_sessionmaker[AsyncSession], connector_for: ConnectorFor, now: datetime | None = None
 ) -> int:
     """amoCRM: refresh tokens that expire within REFRESH_AHEAD. Bitrix24: a keep-alive refresh
-    when the refresh token was not rotated for BITRIX24_KEEPALIVE. Returns how many refreshed."""
+    when the refresh token was not rotated for its keep-alive period. Returns how many refreshed."""
     refreshed = 0
     now = now or utcnow()
     for record in await _active(sessions):
@@ -83,7 +86,7 @@ async def check_webhooks(
         if not connector.capabilities.webhook_registration_api or not await _provisioned(sessions, record.id):
             continue
         url = service.webhook_url(settings, record, reveal_secret=True)
-        events = AMOCRM_EVENTS if record.crm == "amocrm" else BITRIX24_EVENTS
+        events = descriptor_for(record.crm).events_to_subscribe(through_api=True)
         try:
             hooks = [h for h in await connector.list_webhooks() if h.url == url]
             if hooks and not any(h.disabled for h in hooks):
@@ -120,4 +123,4 @@ async def _pause(sessions: async_sessionmaker[AsyncSession], connection_id: int,
     async with sessions.begin() as session:
         record = await session.get(Connection, connection_id)
         if record is not None:
-            record.status, record.paused_reason = "paused", reason
+            record.status, record.paused_reason = ConnectionSwitch.PAUSED, reason

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, utcnow
+from app.db import Base, EnumString, UTCDateTime, utcnow
+
+
+class ConnectionSwitch(StrEnum):
+    """Whether FunnelSync talks to the account: paused after the CRM refused it (auth failed,
+    account blocked) until someone resumes it. Stored in Connection.status; not the health state
+    derived from recent calls (app/connections/health.py), nor the read model
+    app.status.connection.ConnectionStatus."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
 
 
 class Connection(Base):
@@ -22,8 +33,10 @@ class Connection(Base):
     credentials_encrypted: Mapped[str] = mapped_column(Text)
     # Non-secret settings: rate plan, supervisor user id, account identity (member_id, account id).
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    # active | paused (auth failed, account blocked) ; paused_reason says why in plain words.
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    # paused_reason says why it is paused, in plain words.
+    status: Mapped[ConnectionSwitch] = mapped_column(
+        EnumString(ConnectionSwitch, 16), default=ConnectionSwitch.ACTIVE
+    )
     paused_reason: Mapped[str | None] = mapped_column(Text, default=None)
     # Health facts, written where CRM calls happen (app/connections/health.py reads them into a
     # state): the last call the CRM answered, the last delivered push, and the failures since.

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.connections.connector import open_connector
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from connectors.base import CRMConnector
 
 
@@ -28,7 +28,7 @@ class ConnectorRegistry:
         # change since we last looked may have been resumed (e.g. after amoCRM lifted a block that
         # this process still remembers): let the connector forget account-level refusals.
         seen = self._seen.get(record.id)
-        if record.status == "active" and seen is not None and seen != record.updated_at:
+        if record.status == ConnectionSwitch.ACTIVE and seen is not None and seen != record.updated_at:
             connector.connection_resumed()
         self._seen[record.id] = record.updated_at
         return connector

@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from app.connections.models import ConnectionSwitch
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 BITRIX24_WEBHOOK_PATH_RE = re.compile(r"^/rest/(\d+)/([A-Za-z0-9]+)/?$")
 AMOCRM_SUBDOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -127,7 +129,7 @@ class ConnectionOut(BaseModel):
     name: str
     crm: str
     base_url: str
-    status: str
+    status: ConnectionSwitch
     paused_reason: str | None
     auth: str
     settings: dict[str, Any]

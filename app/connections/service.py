@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.connections.schemas import (
     AmoCRMConnectionCreate,
     Bitrix24ConnectionCreate,
@@ -25,6 +25,7 @@ from app.connections.schemas import (
 )
 from app.errors import NotFound
 from app.security import decrypt, encrypt
+from connectors.descriptor import descriptor_for
 
 
 class ConnectionExists(ValueError):
@@ -123,11 +124,11 @@ def store_credentials(settings: Settings, record: Connection, values: dict[str, 
 
 
 def webhook_url(settings: Settings, record: Connection, *, reveal_secret: bool) -> str:
-    base = settings.public_url.rstrip("/")
-    if record.crm == "bitrix24":
-        return f"{base}/webhooks/bitrix24/{record.name}"
+    url = f"{settings.public_url.rstrip('/')}/webhooks/{record.crm}/{record.name}"
+    if not descriptor_for(record.crm).webhook_secret_in_url:
+        return url
     secret = credentials(settings, record)["webhook_secret"] if reveal_secret else "***"
-    return f"{base}/webhooks/amocrm/{record.name}/{secret}"
+    return f"{url}/{secret}"
 
 
 def to_out(settings: Settings, record: Connection) -> ConnectionOut:
@@ -146,7 +147,7 @@ def to_out(settings: Settings, record: Connection) -> ConnectionOut:
 
 def _without_secret_path(record: Connection) -> str:
     """A Bitrix24 inbound webhook URL is itself a credential: show only its portal."""
-    if record.crm == "bitrix24":
+    if descriptor_for(record.crm).base_url_is_secret:
         parts = urlsplit(record.base_url)
         return f"{parts.scheme}://{parts.netloc}"
     return record.base_url
@@ -155,6 +156,6 @@ def _without_secret_path(record: Connection) -> str:
 async def resume_connection(session: AsyncSession, name: str) -> Connection:
     """Let a paused connection's queue run again (after fixing its credentials or a CRM block)."""
     record = await get_connection(session, name)
-    record.status = "active"
+    record.status = ConnectionSwitch.ACTIVE
     record.paused_reason = None
     return record

@@ -38,8 +38,8 @@ from app.funnels.plan import PlanLimitError
 from app.funnels.service import provision
 from app.library.service import TemplateNotFound, get_template, list_templates, niches
 from app.outbox import service as outbox
-from app.scheduler import INBOX_JOB, wake
 from app.security import tokens_match
+from app.waker import INBOX_JOB, WakerDep
 from app.webhooks import service as inbox
 from connectors.base import CRMError
 
@@ -212,6 +212,7 @@ async def retry_failed_events(
     request: Request,
     _: CsrfDep,
     sessions: SessionsDep,
+    waker: WakerDep,
     scope: Annotated[str, Form()] = "selected",
     event_id: Annotated[list[int] | None, Form()] = None,
     only: Annotated[int | None, Form()] = None,
@@ -232,7 +233,7 @@ async def retry_failed_events(
         request, sessions, scope, ids, (connection, kind, status_), retry
     )
     if count:
-        wake(getattr(request.app.state, "scheduler", None), INBOX_JOB)
+        waker.wake(INBOX_JOB)
     return response
 
 

@@ -9,11 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import SessionsDep
 from app.connections import service as connections
-from app.connections.models import Connection
 from app.deals import service
 from app.deals.schemas import DealDetail, DealPage
+from app.outbox import service as outbox
 from app.outbox.endpoints import command_out
-from app.outbox.models import OutboxCommand
 from app.outbox.schemas import CommandOut
 from app.rules.schemas import SlaBreachOut
 from app.rules.service import MoveRefused, request_move
@@ -79,8 +78,5 @@ async def move_deal(
             queued = await request_move(session, deal_id, body.stage, request_key=idempotency_key)
         except MoveRefused as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-        command = await session.get(OutboxCommand, queued.command_id)
-        assert command is not None
-        connection = await session.get(Connection, command.connection_id)
-        assert connection is not None
-        return command_out(command, connection.name)
+        command, name = await outbox.command_with_connection(session, queued.command_id)
+        return command_out(command, name)

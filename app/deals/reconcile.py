@@ -52,6 +52,14 @@ async def get_sync_state(session: AsyncSession, connection_id: int) -> SyncState
     return state
 
 
+async def record_reconcile_error(session: AsyncSession, connection_id: int, error: str) -> None:
+    """Keep why the last reconcile failed (shown in the connection's status until one succeeds);
+    a connection never reconciled has no state to keep it on."""
+    state = await session.get(SyncState, connection_id)
+    if state is not None:
+        state.last_error = error
+
+
 async def reconcile(
     sessions: async_sessionmaker[AsyncSession],
     connection_id: int,

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.connections.models import Connection
-from app.deals.models import Deal, StageTransition
+from app.deals.models import Deal, StageTransition, SyncState
 from app.deals.schemas import DealCommandOut, DealDetail, DealOut, DealPage, TransitionOut
 from app.errors import NotFound
 from app.funnels.models import Funnel, FunnelStage
@@ -105,3 +105,31 @@ async def get_deal(session: AsyncSession, deal_id: int) -> DealDetail:
             for t, f, to in history
         ],
     )
+
+
+async def find_sync_state(session: AsyncSession, connection_id: int) -> SyncState | None:
+    """The connection's reconcile cursor and last outcome, None before its first reconcile."""
+    return await session.get(SyncState, connection_id)
+
+
+async def count_live_deals(session: AsyncSession, connection_id: int) -> int:
+    """Mirrored deals of the connection that still exist in the CRM."""
+    count = await session.scalar(
+        select(func.count()).where(Deal.connection_id == connection_id, Deal.deleted_at.is_(None))
+    )
+    return count or 0
+
+
+async def unknown_stages(session: AsyncSession, connection_id: int) -> list[tuple[str, str, int]]:
+    """(CRM pipeline, CRM stage, live deals) for managed deals whose CRM stage is not in their funnel."""
+    rows = await session.execute(
+        select(Deal.crm_pipeline_id, Deal.crm_stage_id, func.count())
+        .where(
+            Deal.connection_id == connection_id,
+            Deal.managed.is_(True),
+            Deal.stage_id.is_(None),
+            Deal.deleted_at.is_(None),
+        )
+        .group_by(Deal.crm_pipeline_id, Deal.crm_stage_id)
+    )
+    return [(pipeline, stage, count) for pipeline, stage, count in rows]

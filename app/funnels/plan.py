@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
+from connectors.amocrm import events as amocrm_events
 from connectors.base import (
     Capabilities,
     CustomField,
@@ -40,12 +41,9 @@ SYMBOLS: dict[Action, str] = {
 }
 
 SORT_STEP = 10
-# Bitrix24 deal events FunnelSync needs; amoCRM webhook settings for the same.
-BITRIX24_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE", "ONCRMDEALMOVETOCATEGORY")
-# An outgoing webhook set up in the portal UI cannot subscribe to ONCRMDEALMOVETOCATEGORY (app only);
-# moves between pipelines are caught by the reconciler instead.
-BITRIX24_OUTGOING_WEBHOOK_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE")
-AMOCRM_EVENTS = ("add_lead", "update_lead", "status_lead", "delete_lead", "restore_lead", "responsible_lead")
+# Which webhook events a CRM is subscribed to is its descriptor's business (connectors/<crm>/); this
+# name stays for callers that imported amoCRM's list from here.
+AMOCRM_EVENTS = amocrm_events.WEBHOOK_EVENTS
 
 
 class PlanLimitError(ValueError):

@@ -12,9 +12,6 @@ from app.connections import service as connections
 from app.connections.models import Connection
 from app.funnels.apply import apply_plan
 from app.funnels.plan import (
-    AMOCRM_EVENTS,
-    BITRIX24_EVENTS,
-    BITRIX24_OUTGOING_WEBHOOK_EVENTS,
     CRMState,
     Plan,
     PlanContext,
@@ -23,6 +20,7 @@ from app.funnels.plan import (
 )
 from app.funnels.repository import DatabaseMappingStore, load_mapping
 from connectors.base import CRMConnector, CRMError, Stage
+from connectors.descriptor import descriptor_for
 from funnel_templates.schema import FunnelTemplate
 
 
@@ -48,16 +46,11 @@ class ProvisionOutcome:
 
 def plan_context(settings: Settings, record: Connection, connector: CRMConnector) -> PlanContext:
     auto = connector.capabilities.webhook_registration_api
-    events: tuple[str, ...]
-    if record.crm == "bitrix24":
-        events = BITRIX24_EVENTS if auto else BITRIX24_OUTGOING_WEBHOOK_EVENTS
-    else:
-        events = AMOCRM_EVENTS
     return PlanContext(
         crm=record.crm,
         capabilities=connector.capabilities,
         webhook_url=connections.webhook_url(settings, record, reveal_secret=True),
-        webhook_events=events,
+        webhook_events=descriptor_for(record.crm).events_to_subscribe(through_api=auto),
         webhook_auto=auto,
         webhook_display_url=connections.webhook_url(settings, record, reveal_secret=False),
     )

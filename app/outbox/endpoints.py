@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from sqlalchemy import select
 
 from app.api.deps import SessionsDep
 from app.connections import service as connections
-from app.connections.models import Connection
 from app.outbox import service
 from app.outbox.models import OutboxCommand
 from app.outbox.schemas import AttemptOut, BulkRetry, BulkRetryResult, CommandDetail, CommandOut
+from app.outbox.statuses import CommandStatus
 
 router = APIRouter(prefix="/outbox", tags=["outbox"])
 
@@ -38,24 +37,15 @@ def command_out(command: OutboxCommand, connection: str) -> CommandOut:
 @router.get("")
 async def list_commands(
     sessions: SessionsDep,
-    status_: Annotated[
-        Literal["pending", "sending", "failed", "dead", "done"] | None, Query(alias="status")
-    ] = None,
+    status_: Annotated[CommandStatus | None, Query(alias="status")] = None,
     connection: str | None = None,
     deal_id: int | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CommandOut]:
-    query = select(OutboxCommand, Connection.name).join(
-        Connection, Connection.id == OutboxCommand.connection_id
-    )
-    if status_ is not None:
-        query = query.where(OutboxCommand.status == status_)
-    if connection is not None:
-        query = query.where(Connection.name == connection)
-    if deal_id is not None:
-        query = query.where(OutboxCommand.deal_id == deal_id)
     async with sessions() as session:
-        rows = await session.execute(query.order_by(OutboxCommand.id.desc()).limit(limit))
+        rows = await service.list_commands(
+            session, status=status_, connection=connection, deal_id=deal_id, limit=limit
+        )
         return [command_out(c, name) for c, name in rows]
 
 
@@ -64,16 +54,7 @@ async def get_command(command_id: int, sessions: SessionsDep) -> CommandDetail:
     """One command with its whole history: every request that carried it and what came back, and
     when it was blocked, found in the CRM or retried by hand (manual retries keep it)."""
     async with sessions() as session:
-        row = (
-            await session.execute(
-                select(OutboxCommand, Connection.name)
-                .join(Connection, Connection.id == OutboxCommand.connection_id)
-                .where(OutboxCommand.id == command_id)
-            )
-        ).first()
-        if row is None:
-            raise service.CommandNotFound(f"no outbox command with id {command_id}")
-        command, name = row
+        command, name = await service.command_with_connection(session, command_id)
         history = (await service.attempt_history(session, [command.id])).get(command.id, [])
     return CommandDetail(
         **command_out(command, name).model_dump(),
@@ -100,6 +81,5 @@ async def retry_one(command_id: int, sessions: SessionsDep) -> CommandOut:
             command = await service.retry_command(session, command_id)
         except service.CommandNotRetryable as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-        connection = await session.get(Connection, command.connection_id)
-        assert connection is not None
-        return command_out(command, connection.name)
+        command, name = await service.command_with_connection(session, command.id)
+        return command_out(command, name)

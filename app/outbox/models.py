@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, utcnow
+from app.db import Base, EnumString, UTCDateTime, utcnow
+from app.outbox.statuses import AttemptOutcome, CommandStatus
 
 
 class OutboxCommand(Base):
@@ -25,10 +26,9 @@ class OutboxCommand(Base):
     kind: Mapped[str] = mapped_column(String(32))  # move | task | comment | fields
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
-    # pending -> sending -> done; or failed (retry at next_attempt_at) -> ... -> dead (permanent, out of
-    # attempts, or sent by a worker that died before recording the answer: see outbox.service; or
-    # never sent because the command it waits for is dead: last_error starts with "not sent:")
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[CommandStatus] = mapped_column(
+        EnumString(CommandStatus, 16), default=CommandStatus.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -58,9 +58,7 @@ class OutboxAttempt(Base):
     # record no request (blocked, found, requeued).
     attempt: Mapped[int | None] = mapped_column(Integer, default=None)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # done | failed (retried later) | dead | uncertain (no answer) | paused (account refused) |
-    # blocked (not sent: prerequisite failed) | found (the CRM had it) | requeued (retry by hand)
-    outcome: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[AttemptOutcome] = mapped_column(EnumString(AttemptOutcome, 16))
     error: Mapped[str | None] = mapped_column(Text, default=None)
     crm_code: Mapped[str | None] = mapped_column(String(64), default=None)
     batch_size: Mapped[int | None] = mapped_column(Integer, default=None)  # commands in that request

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from app.outbox.statuses import AttemptOutcome, CommandStatus
+
 
 class CommandOut(BaseModel):
     id: int
@@ -14,7 +16,7 @@ class CommandOut(BaseModel):
     deal_id: int | None
     kind: str
     payload: dict[str, Any]
-    status: str
+    status: CommandStatus
     attempts: int
     next_attempt_at: datetime
     last_error: str | None
@@ -31,7 +33,7 @@ class AttemptOut(BaseModel):
 
     attempt: int | None  # which request carried it, counted over its whole life; None: no request
     at: datetime
-    outcome: Literal["done", "failed", "dead", "uncertain", "paused", "blocked", "found", "requeued"]
+    outcome: AttemptOutcome
     error: str | None
     crm_code: str | None
     batch_size: int | None

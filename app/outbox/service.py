@@ -20,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases, metrics
 from app.connections import health
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.db import utcnow
 from app.errors import NotFound
 from app.outbox.models import OutboxAttempt, OutboxCommand
+from app.outbox.statuses import AttemptOutcome, CommandStatus
 from connectors.base import (
     MAX_BATCH,
     AccountBlocked,
@@ -102,7 +103,7 @@ async def enqueue(
         "kind": kind,
         "payload": payload,
         "idempotency_key": idempotency_key,
-        "status": "pending",
+        "status": CommandStatus.PENDING,
         "attempts": 0,
         "next_attempt_at": not_before or now,
         "created_at": now,
@@ -182,7 +183,7 @@ async def drain_connection(
     retry = retry or RetrySettings()
     result = DrainResult()
     key = f"outbox:{record.id}"
-    if record.status != "active" or not await leases.acquire(sessions, key, LEASE_TTL):
+    if record.status != ConnectionSwitch.ACTIVE or not await leases.acquire(sessions, key, LEASE_TTL):
         return result
     try:
         await _recover_in_flight(sessions, record.id, connector, result)
@@ -191,7 +192,7 @@ async def drain_connection(
                 select(OutboxCommand, OutboxCommand.payload)
                 .where(
                     OutboxCommand.connection_id == record.id,
-                    OutboxCommand.status.in_(("pending", "failed")),
+                    OutboxCommand.status.in_((CommandStatus.PENDING, CommandStatus.FAILED)),
                     OutboxCommand.next_attempt_at <= utcnow(),
                 )
                 .order_by(OutboxCommand.id)
@@ -213,7 +214,7 @@ async def drain_connection(
 
 
 # Statuses of a prerequisite that make its dependents wait (neither done nor given up).
-WAITING_FOR = ("pending", "sending", "failed")
+WAITING_FOR = (CommandStatus.PENDING, CommandStatus.SENDING, CommandStatus.FAILED)
 
 
 def not_sent_reason(dependent: OutboxCommand, prerequisite_kind: str, prerequisite_error: str | None) -> str:
@@ -248,7 +249,7 @@ async def _ready(
     blocked: list[tuple[OutboxCommand, str]] = []
     for command in batch:
         prerequisite = prerequisites.get(command.after_command_id) if command.after_command_id else None
-        if prerequisite is None or prerequisite.status == "done":
+        if prerequisite is None or prerequisite.status == CommandStatus.DONE:
             ready.append(command)  # None: the foreign key cascades, so only a command with none
         elif prerequisite.status not in WAITING_FOR:  # dead
             blocked.append((command, not_sent_reason(command, prerequisite.kind, prerequisite.last_error)))
@@ -259,10 +260,10 @@ async def _ready(
                 await session.execute(
                     update(OutboxCommand)
                     .where(OutboxCommand.id == command.id)
-                    .values(status="dead", last_error=reason)
+                    .values(status=CommandStatus.DEAD, last_error=reason)
                 )
             session.add_all(
-                OutboxAttempt(command_id=c.id, at=now, outcome="blocked", error=reason)
+                OutboxAttempt(command_id=c.id, at=now, outcome=AttemptOutcome.BLOCKED, error=reason)
                 for c, reason in blocked
             )
         result.blocked += len(blocked)
@@ -283,7 +284,7 @@ async def _next_attempt_numbers(session: AsyncSession, command_ids: Sequence[int
 
 async def _log_attempts(
     session: AsyncSession,
-    entries: Sequence[tuple[OutboxCommand, str, str | None, str | None]],
+    entries: Sequence[tuple[OutboxCommand, AttemptOutcome, str | None, str | None]],
     *,
     at: datetime,
     batch_size: int,
@@ -319,7 +320,8 @@ async def _recover_in_flight(
         stuck = list(
             await session.scalars(
                 select(OutboxCommand).where(
-                    OutboxCommand.connection_id == connection_id, OutboxCommand.status == "sending"
+                    OutboxCommand.connection_id == connection_id,
+                    OutboxCommand.status == CommandStatus.SENDING,
                 )
             )
         )
@@ -344,15 +346,15 @@ async def _recover_in_flight(
             crm_id = found.get(str(command.id))
             if crm_id is not None:
                 values: dict[str, Any] = {
-                    "status": "done",
+                    "status": CommandStatus.DONE,
                     "crm_result_id": crm_id,
                     "done_at": now,
                     "last_error": None,
                 }
                 result.delivered += 1
-                session.add(OutboxAttempt(command_id=command.id, at=now, outcome="found"))
+                session.add(OutboxAttempt(command_id=command.id, at=now, outcome=AttemptOutcome.FOUND))
             else:  # never reached the CRM (or is harmless to send again): back to the queue
-                values = {"status": "pending"}
+                values = {"status": CommandStatus.PENDING}
             await session.execute(
                 update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
             )
@@ -392,7 +394,9 @@ async def _deliver_chunk(
     # drain knows these may have reached the CRM (see _recover_in_flight).
     async with sessions.begin() as session:
         await session.execute(
-            update(OutboxCommand).where(OutboxCommand.id.in_([c.id for c in chunk])).values(status="sending")
+            update(OutboxCommand)
+            .where(OutboxCommand.id.in_([c.id for c in chunk]))
+            .values(status=CommandStatus.SENDING)
         )
     try:
         outcomes = await _send(connector, kind, items)
@@ -407,16 +411,16 @@ async def _deliver_chunk(
                 await session.execute(
                     update(OutboxCommand)
                     .where(OutboxCommand.id.in_([c.id for c in chunk]))
-                    .values(status="pending")
+                    .values(status=CommandStatus.PENDING)
                 )
                 await session.execute(
                     update(Connection)
                     .where(Connection.id == record.id)
-                    .values(status="paused", paused_reason=_pause_reason(exc))
+                    .values(status=ConnectionSwitch.PAUSED, paused_reason=_pause_reason(exc))
                 )
                 await _log_attempts(
                     session,
-                    [(c, "paused", _pause_reason(exc), exc.crm_code) for c in chunk],
+                    [(c, AttemptOutcome.PAUSED, _pause_reason(exc), exc.crm_code) for c in chunk],
                     at=now,
                     batch_size=len(chunk),
                 )
@@ -428,28 +432,28 @@ async def _deliver_chunk(
         uncertain = exc.crm_code == "TIMEOUT" and kind not in IDEMPOTENT_KINDS
         values: dict[str, Any]
         async with sessions.begin() as session:
-            log: list[tuple[OutboxCommand, str, str | None, str | None]] = []
+            log: list[tuple[OutboxCommand, AttemptOutcome, str | None, str | None]] = []
             for command in chunk:
                 attempts = command.attempts + 1
                 too_old = now - command.created_at > retry.max_age
                 if uncertain:
                     # In flight: the next drain asks the CRM whether it has it (_recover_in_flight).
                     values = {
-                        "status": "sending",
+                        "status": CommandStatus.SENDING,
                         "attempts": attempts,
                         "last_error": f"{UNCERTAIN} ({exc.crm_text})",
                     }
                     result.retried += 1
                 elif attempts >= retry.max_attempts or too_old:
                     values = {
-                        "status": "dead",
+                        "status": CommandStatus.DEAD,
                         "attempts": attempts,
                         "last_error": exc.crm_text,
                     }
                     result.dead += 1
                 else:
                     values = {
-                        "status": "failed",  # failed for now; retried at next_attempt_at
+                        "status": CommandStatus.FAILED,  # failed for now; retried at next_attempt_at
                         "attempts": attempts,
                         "last_error": exc.crm_text,
                         "next_attempt_at": now + retry.next_delay(attempts, hint),
@@ -458,20 +462,19 @@ async def _deliver_chunk(
                 await session.execute(
                     update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
                 )
-                log.append(
-                    (command, "uncertain" if uncertain else str(values["status"]), exc.crm_text, exc.crm_code)
-                )
+                logged = AttemptOutcome.UNCERTAIN if uncertain else AttemptOutcome(values["status"])
+                log.append((command, logged, exc.crm_text, exc.crm_code))
             await _log_attempts(session, log, at=now, batch_size=len(chunk))
         result.errors.append(exc.crm_text)
         return True
     await health.record_success(sessions, record.id, push=True)  # answered: per-item errors are not outages
     by_ref = {o.ref: o for o in outcomes}
     async with sessions.begin() as session:
-        sent: list[tuple[OutboxCommand, str, str | None, str | None]] = []
+        sent: list[tuple[OutboxCommand, AttemptOutcome, str | None, str | None]] = []
         for command in chunk:
             outcome = by_ref.get(str(command.id))
             if outcome is not None and outcome.ok:
-                values = {"status": "done", "attempts": command.attempts + 1, "done_at": now,
+                values = {"status": CommandStatus.DONE, "attempts": command.attempts + 1, "done_at": now,
                           "crm_result_id": outcome.crm_id, "last_error": None}  # fmt: skip
                 result.delivered += 1
                 metrics.PUSH_LATENCY.labels(kind=kind).observe((now - command.created_at).total_seconds())
@@ -481,18 +484,18 @@ async def _deliver_chunk(
                     if outcome and outcome.error
                     else "the CRM returned no result for it"
                 )
-                values = {"status": "dead", "attempts": command.attempts + 1, "last_error": text}
+                values = {"status": CommandStatus.DEAD, "attempts": command.attempts + 1, "last_error": text}
                 result.dead += 1
             await session.execute(
                 update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
             )
             code = outcome.error.crm_code if outcome and outcome.error else None
-            sent.append((command, str(values["status"]), values.get("last_error"), code))
+            sent.append((command, AttemptOutcome(values["status"]), values.get("last_error"), code))
         await _log_attempts(session, sent, at=now, batch_size=len(chunk))
     return True
 
 
-RETRYABLE_STATUSES = ("failed", "dead")
+RETRYABLE_STATUSES = (CommandStatus.FAILED, CommandStatus.DEAD)
 
 
 class CommandNotFound(NotFound):
@@ -514,10 +517,10 @@ async def retry_command(session: AsyncSession, command_id: int) -> OutboxCommand
             f"command {command_id} is {command.status}; only failed or dead commands are retried"
         )
     now = utcnow()
-    command.status = "pending"
+    command.status = CommandStatus.PENDING
     command.attempts = 0  # the budget of the new series; the attempts made so far stay in the history
     command.next_attempt_at = now
-    session.add(OutboxAttempt(command_id=command.id, at=now, outcome="requeued"))
+    session.add(OutboxAttempt(command_id=command.id, at=now, outcome=AttemptOutcome.REQUEUED))
     await _requeue_dependents(session, [command.id], now)
     return command
 
@@ -533,14 +536,16 @@ async def _requeue_dependents(session: AsyncSession, command_ids: Sequence[int],
     while frontier:
         rows = await session.execute(
             update(OutboxCommand)
-            .where(OutboxCommand.after_command_id.in_(frontier), OutboxCommand.status == "dead")
-            .values(status="pending", attempts=0, next_attempt_at=now)
+            .where(OutboxCommand.after_command_id.in_(frontier), OutboxCommand.status == CommandStatus.DEAD)
+            .values(status=CommandStatus.PENDING, attempts=0, next_attempt_at=now)
             .returning(OutboxCommand.id)
             .execution_options(synchronize_session=False)
         )
         frontier = [i for i in rows.scalars() if i not in seen]
         seen.update(frontier)
-        session.add_all(OutboxAttempt(command_id=i, at=now, outcome="requeued") for i in frontier)
+        session.add_all(
+            OutboxAttempt(command_id=i, at=now, outcome=AttemptOutcome.REQUEUED) for i in frontier
+        )
         requeued += len(frontier)
     return requeued
 
@@ -568,13 +573,50 @@ async def retry_matching(
         query = query.where(OutboxCommand.id.in_(list(ids)))
     now = utcnow()
     rows = await session.execute(
-        query.values(status="pending", attempts=0, next_attempt_at=now)
+        query.values(status=CommandStatus.PENDING, attempts=0, next_attempt_at=now)
         .returning(OutboxCommand.id)
         .execution_options(synchronize_session=False)
     )
     retried = list(rows.scalars())
-    session.add_all(OutboxAttempt(command_id=i, at=now, outcome="requeued") for i in retried)
+    session.add_all(OutboxAttempt(command_id=i, at=now, outcome=AttemptOutcome.REQUEUED) for i in retried)
     return len(retried) + await _requeue_dependents(session, retried, now)
+
+
+async def list_commands(
+    session: AsyncSession,
+    *,
+    status: str | None = None,
+    connection: str | None = None,
+    deal_id: int | None = None,
+    limit: int = 100,
+) -> list[tuple[OutboxCommand, str]]:
+    """Newest commands first, each with its connection's name, optionally filtered."""
+    query = select(OutboxCommand, Connection.name).join(
+        Connection, Connection.id == OutboxCommand.connection_id
+    )
+    if status is not None:
+        query = query.where(OutboxCommand.status == status)
+    if connection is not None:
+        query = query.where(Connection.name == connection)
+    if deal_id is not None:
+        query = query.where(OutboxCommand.deal_id == deal_id)
+    rows = await session.execute(query.order_by(OutboxCommand.id.desc()).limit(limit))
+    return [(command, name) for command, name in rows]
+
+
+async def command_with_connection(session: AsyncSession, command_id: int) -> tuple[OutboxCommand, str]:
+    """One command and its connection's name."""
+    row = (
+        await session.execute(
+            select(OutboxCommand, Connection.name)
+            .join(Connection, Connection.id == OutboxCommand.connection_id)
+            .where(OutboxCommand.id == command_id)
+        )
+    ).first()
+    if row is None:
+        raise CommandNotFound(f"no outbox command with id {command_id}")
+    command, name = row
+    return command, name
 
 
 async def attempt_history(

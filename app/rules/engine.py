@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from app.outbox.statuses import CommandStatus
 from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate, StageSpec
 
 # "redate" is not sent to the CRM: it changes the due date of a follow-up task still in the outbox.
@@ -73,7 +74,7 @@ class PreviousFollowUp:
     command_id: int  # the task's create command
     due_at: datetime
     title: str
-    status: str = "pending"  # of the create command
+    status: CommandStatus = CommandStatus.PENDING  # of the create command
     crm_task_id: str | None = None  # once the CRM created it
     last_command_id: int | None = None  # the command that set `due_at` (create or move)
 
@@ -322,7 +323,7 @@ def follow_up(
     if previous is not None and previous.due_at == due:
         return []
     scope = entry_scope(deal.id, stage_code, entry_id)
-    if previous is None or previous.status == "dead":
+    if previous is None or previous.status == CommandStatus.DEAD:
         key = f"{scope}:fu:{previous.command_id if previous else 0}:{stamp(due)}"
         assignee, note = resolve_assignee(rules, spec.assignee, deal)
         return [task_effect(key, deal, spec.title.ru, due, assignee, _describe(rules, stage, note))]

@@ -26,6 +26,7 @@ from app.deals.service import DealNotFound
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
 from app.outbox.models import OutboxCommand
 from app.outbox.service import enqueue
+from app.outbox.statuses import CommandStatus
 from app.rules.engine import (
     DealState,
     Effect,
@@ -46,7 +47,7 @@ ECHO_SKEW = timedelta(minutes=5)
 # Transitions older than this are history the mirror is catching up on (first full reconcile, a
 # long outage): recorded, but creating tasks for them now would flood the CRM with stale work.
 STALE_AFTER = timedelta(days=1)
-LIVE_MOVE_STATUSES = ("pending", "failed", "done")
+LIVE_MOVE_STATUSES = (CommandStatus.PENDING, CommandStatus.FAILED, CommandStatus.DONE)
 
 TemplateLookup = Callable[[str], FunnelTemplate | None]
 
@@ -167,7 +168,7 @@ async def _redate_queued_task(session: AsyncSession, command_id: int, due_at: st
     command = await session.get(OutboxCommand, command_id)
     if (
         command is None
-        or command.status not in ("pending", "failed")
+        or command.status not in (CommandStatus.PENDING, CommandStatus.FAILED)
         or command.payload.get("due_at") == due_at
     ):
         return 0

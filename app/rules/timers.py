@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.db import utcnow
 from app.deals.models import Deal
 from app.funnels.models import Funnel
@@ -144,7 +144,12 @@ async def check_sla(
                 continue
             deal = await session.get(Deal, breach.deal_id)
             connection = await session.get(Connection, breach.connection_id)
-            if deal is None or deal.funnel_id is None or connection is None or connection.status != "active":
+            if (
+                deal is None
+                or deal.funnel_id is None
+                or connection is None
+                or connection.status != ConnectionSwitch.ACTIVE
+            ):
                 continue
             if deal.funnel_id not in cache:
                 cache[deal.funnel_id] = await load_funnel(session, connection, deal.funnel_id, templates)
@@ -177,7 +182,7 @@ async def sweep_follow_ups(
     added = 0
     async with sessions.begin() as session:
         async for connection, ctx in _funnels(session, connection_id, templates):
-            if connection.status != "active":
+            if connection.status != ConnectionSwitch.ACTIVE:
                 continue
             for stage in ctx.rules.template.stages:
                 if stage.follow_up is None:

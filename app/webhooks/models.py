@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, UTCDateTime, utcnow
+from app.db import Base, EnumString, UTCDateTime, utcnow
+
+
+class EventStatus(StrEnum):
+    """Where a received webhook delivery stands: pending until the processor has mirrored its deals,
+    then processed, or failed (kept with its error, retried by hand)."""
+
+    PENDING = "pending"
+    PROCESSED = "processed"
+    FAILED = "failed"
 
 
 class InboxEvent(Base):
@@ -22,7 +32,7 @@ class InboxEvent(Base):
     dedupe_key: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(128), default="")
     body: Mapped[bytes] = mapped_column(LargeBinary)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|processed|failed
+    status: Mapped[EventStatus] = mapped_column(EnumString(EventStatus, 16), default=EventStatus.PENDING)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # Events whose deals we already fetched and mirrored in this body (several per amoCRM POST).

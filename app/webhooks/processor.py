@@ -21,7 +21,7 @@ from app.connections import health
 from app.connections.models import Connection
 from app.db import utcnow
 from app.deals.ingest import ingest
-from app.webhooks.models import InboxEvent
+from app.webhooks.models import EventStatus, InboxEvent
 from connectors.base import CRMConnector, CRMError, DealEvent, DealSnapshot
 
 BATCH = 200
@@ -52,7 +52,7 @@ async def process_inbox(
     async with sessions() as session:
         connection_ids = list(
             await session.scalars(
-                select(InboxEvent.connection_id).where(InboxEvent.status == "pending").distinct()
+                select(InboxEvent.connection_id).where(InboxEvent.status == EventStatus.PENDING).distinct()
             )
         )
     for connection_id in connection_ids:
@@ -91,7 +91,7 @@ async def _process_connection_batch(
         events = list(
             await session.scalars(
                 select(InboxEvent)
-                .where(InboxEvent.connection_id == connection_id, InboxEvent.status == "pending")
+                .where(InboxEvent.connection_id == connection_id, InboxEvent.status == EventStatus.PENDING)
                 .order_by(InboxEvent.id)
                 .limit(batch)
             )
@@ -151,7 +151,7 @@ async def _process_connection_batch(
                     update(InboxEvent)
                     .where(InboxEvent.id == event_id)
                     .values(
-                        status="processed",
+                        status=EventStatus.PROCESSED,
                         processed_at=now,
                         error=None,
                         attempts=InboxEvent.attempts + 1,
@@ -163,11 +163,13 @@ async def _process_connection_batch(
             await session.execute(
                 update(InboxEvent)
                 .where(InboxEvent.id == event_id)
-                .values(status="failed", error=error, processed_at=now, attempts=InboxEvent.attempts + 1)
+                .values(
+                    status=EventStatus.FAILED, error=error, processed_at=now, attempts=InboxEvent.attempts + 1
+                )
             )
         result.failed = len(failures)
-    metrics.EVENTS_PROCESSED.labels(outcome="processed").inc(result.processed)
-    metrics.EVENTS_PROCESSED.labels(outcome="failed").inc(result.failed)
+    metrics.EVENTS_PROCESSED.labels(outcome=EventStatus.PROCESSED).inc(result.processed)
+    metrics.EVENTS_PROCESSED.labels(outcome=EventStatus.FAILED).inc(result.failed)
     return result
 
 

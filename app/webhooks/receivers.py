@@ -18,8 +18,8 @@ from app.api.deps import SessionsDep, SettingsDep
 from app.connections import service as connections
 from app.connections.connector import record_domain
 from app.connections.models import Connection
-from app.scheduler import INBOX_JOB, wake
 from app.security import tokens_match
+from app.waker import INBOX_JOB, get_waker
 from app.webhooks.service import dedupe_key, store_event
 from connectors.events import WebhookIdentity, WebhookParseError, parse_deal_events, read_identity
 
@@ -68,7 +68,7 @@ async def _accept(request: Request, sessions: Any, record: Connection, body: byt
     async with sessions.begin() as session:
         new = await store_event(session, record.id, dedupe_key(keys, body), body, content_type, error=error)
     if new and error is None:
-        wake(getattr(request.app.state, "scheduler", None), INBOX_JOB)
+        get_waker(request).wake(INBOX_JOB)
     outcome = "duplicate" if not new else "unparseable" if error else "accepted"
     metrics.EVENTS_RECEIVED.labels(crm=record.crm, outcome=outcome).inc()
     return {"status": "accepted" if new else "duplicate"}

@@ -6,11 +6,13 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from app.webhooks.models import EventStatus
+
 
 class InboxEventOut(BaseModel):
     id: int
     connection: str
-    status: str
+    status: EventStatus
     error: str | None
     attempts: int
     deals: int

@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.connections.models import Connection
 from app.db import utcnow
 from app.errors import NotFound
-from app.webhooks.models import InboxEvent
+from app.webhooks.models import EventStatus, InboxEvent
 
 
 def dedupe_key(event_keys: Sequence[str], body: bytes) -> str:
@@ -45,7 +47,7 @@ async def store_event(
         "dedupe_key": key,
         "body": body,
         "content_type": content_type[:128],
-        "status": "failed" if error else "pending",
+        "status": EventStatus.FAILED if error else EventStatus.PENDING,
         "error": error,
         "attempts": 0,
         "deals": 0,
@@ -65,7 +67,7 @@ async def store_event(
             InboxEvent.connection_id == connection_id, InboxEvent.dedupe_key == key
         )
     )
-    if earlier == "pending":
+    if earlier == EventStatus.PENDING:
         return False
     values["dedupe_key"] = f"{key[:200]}#{secrets.token_hex(8)}"
     await session.execute(insert(InboxEvent).values(**values))
@@ -79,8 +81,53 @@ async def counts_by_status(session: AsyncSession, connection_id: int | None = No
     return {status: count for status, count in await session.execute(query)}
 
 
+async def last_received_at(session: AsyncSession, connection_id: int) -> datetime | None:
+    """When the connection's newest delivery arrived (naive on SQLite, where aggregates lose the
+    column type; the value is UTC)."""
+    return await session.scalar(
+        select(func.max(InboxEvent.received_at)).where(InboxEvent.connection_id == connection_id)
+    )
+
+
+async def oldest_pending_at(session: AsyncSession, connection_id: int) -> datetime | None:
+    """When the connection's oldest unprocessed delivery arrived (naive on SQLite, as above)."""
+    return await session.scalar(
+        select(func.min(InboxEvent.received_at)).where(
+            InboxEvent.connection_id == connection_id, InboxEvent.status == EventStatus.PENDING
+        )
+    )
+
+
 class EventNotFound(NotFound):
     pass
+
+
+async def list_events(
+    session: AsyncSession, *, status: str | None = None, connection: str | None = None, limit: int = 100
+) -> list[tuple[InboxEvent, str]]:
+    """Newest events first, each with its connection's name, optionally filtered."""
+    query = select(InboxEvent, Connection.name).join(Connection, Connection.id == InboxEvent.connection_id)
+    if status is not None:
+        query = query.where(InboxEvent.status == status)
+    if connection is not None:
+        query = query.where(Connection.name == connection)
+    rows = await session.execute(query.order_by(InboxEvent.id.desc()).limit(limit))
+    return [(event, name) for event, name in rows]
+
+
+async def event_with_connection(session: AsyncSession, event_id: int) -> tuple[InboxEvent, str]:
+    """One event and its connection's name."""
+    row = (
+        await session.execute(
+            select(InboxEvent, Connection.name)
+            .join(Connection, Connection.id == InboxEvent.connection_id)
+            .where(InboxEvent.id == event_id)
+        )
+    ).first()
+    if row is None:
+        raise EventNotFound(f"no inbox event with id {event_id}")
+    event, name = row
+    return event, name
 
 
 class EventNotRetryable(ValueError):
@@ -98,9 +145,9 @@ async def retry_event(session: AsyncSession, event_id: int) -> InboxEvent:
     event = await session.get(InboxEvent, event_id)
     if event is None:
         raise EventNotFound(f"no inbox event with id {event_id}")
-    if event.status != "failed":
+    if event.status != EventStatus.FAILED:
         raise EventNotRetryable(f"event {event_id} is {event.status}; only failed events are retried")
-    event.status, event.processed_at = "pending", None
+    event.status, event.processed_at = EventStatus.PENDING, None
     return event
 
 
@@ -111,10 +158,10 @@ async def retry_events(
     does); returns how many."""
     if ids is not None and not ids:
         return 0
-    query = update(InboxEvent).where(InboxEvent.status == "failed")
+    query = update(InboxEvent).where(InboxEvent.status == EventStatus.FAILED)
     if connection_id is not None:
         query = query.where(InboxEvent.connection_id == connection_id)
     if ids is not None:
         query = query.where(InboxEvent.id.in_(list(ids)))
-    result = await session.execute(query.values(status="pending", processed_at=None))
+    result = await session.execute(query.values(status=EventStatus.PENDING, processed_at=None))
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ Verified (amocrm/amocrm-api-php source):
   {status_id, pipeline_id}.
 - NotesFilter knows only id, note_type and updated_at (Kommo "notes by entity type" documents the
   same): notes of given deals are read per deal, GET /api/v4/leads/{id}/notes.
-Still unverified (no source found; built to the reference and kept visible in the sandbox):
+Still unverified (no source found; built to docs/crm/amocrm.md and kept visible in the sandbox):
 - whether a bulk create answered 400 saved its valid items: no doc says either way, issue #11
   reports it, so the valid tasks/notes are looked up by marker before any is resent (_bulk_chunk;
   the sandbox's `partial_bulk_saves` mode); whether a 429 ever carries Retry-After (none is
@@ -130,7 +130,7 @@ class AmoCRMConnector:
             raise ValueError("give either token (long-lived) or oauth + tokens + token_saver")
         self.subdomain = subdomain
         self.base_url = (base_url or account_base_url(subdomain, domain)).rstrip("/")
-        # One limiter (and one refresh lock) per account and integration (reference 3.1).
+        # One limiter (and one refresh lock) per account and integration (docs/crm/amocrm.md §3).
         self.account_key = account_key or f"amocrm:{self.base_url}:{oauth.client_id if oauth else 'token'}"
         # A renamed account's old address redirects (UNVERIFIED for amoCRM): the client follows it
         # and `domain_saver` records the new one.
@@ -240,7 +240,7 @@ class AmoCRMConnector:
                     raise Retryable(
                         exc.message, crm_code="HTTP_504", crm_text=exc.crm_text, status=504
                     ) from exc
-                half = len(part) // 2  # 504 = too much in one write (reference 3.2): halve, retry
+                half = len(part) // 2  # 504 = too much in one write (docs/crm/amocrm.md §3): halve, retry
                 queue[:0] = [part[:half], part[half:]]
                 continue
             except ItemErrors as exc:
@@ -326,7 +326,7 @@ class AmoCRMConnector:
         return [mapping.pipeline_from_api(p) for p in mapping.embedded(body, "pipelines")]
 
     async def create_pipeline(self, name: str, sort: int, stages: Sequence[NewStage]) -> Pipeline:
-        # Stages can be given only here, inside `_embedded.statuses` (reference 4.2).
+        # Stages can be given only here, inside `_embedded.statuses` (docs/crm/amocrm.md §4).
         payload = {
             "name": name,
             "sort": sort,
@@ -462,7 +462,7 @@ class AmoCRMConnector:
     # --- deals -----------------------------------------------------------------------------------------
 
     async def count_deals_in_stages(self, stages: Sequence[Stage]) -> dict[str, int]:
-        """Deals per stage id. `filter[statuses]` needs pipeline/status pairs (reference 5.1)."""
+        """Deals per stage id. `filter[statuses]` needs pipeline/status pairs (docs/crm/amocrm.md §5)."""
         counts = {s.id: 0 for s in stages}
         if not stages:
             return counts
@@ -503,7 +503,7 @@ class AmoCRMConnector:
             yield [mapping.deal_from_api(lead) for lead in page]
 
     async def _lead_writes(self, items: list[tuple[str, str, dict[str, Any]]]) -> list[ItemResult]:
-        """PATCH /api/v4/leads with only the changed fields (reference 5.2: sending a whole lead back
+        """PATCH /api/v4/leads with only the changed fields (docs/crm/amocrm.md §5: sending a whole lead back
         fails on deactivated users). Items with a non-numeric deal id fail without a request."""
         results: dict[str, ItemResult] = {}
         valid: list[Item] = []
@@ -519,7 +519,7 @@ class AmoCRMConnector:
         return [results[ref] for ref, _, _ in items]
 
     async def move_deals(self, moves: Sequence[StageMove]) -> list[ItemResult]:
-        # status_id always with pipeline_id: 142/143 exist in every pipeline (reference 5.2).
+        # status_id always with pipeline_id: 142/143 exist in every pipeline (docs/crm/amocrm.md §4, §5).
         return await self._lead_writes(
             [
                 (m.ref, m.deal_id, {"pipeline_id": int(m.pipeline_id), "status_id": int(m.stage_id)})

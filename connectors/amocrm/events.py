@@ -1,7 +1,7 @@
 """Parse amoCRM account webhooks (x-www-form-urlencoded, PHP-style nested keys) into DealEvents.
 
 amoCRM posts `leads[status][0][id]=...&leads[status][0][custom_fields][0][values][0][value]=...&
-account[subdomain]=...` (reference 8.2, real captures). Every value is a string; indexes `[0]`, `[1]`
+account[subdomain]=...` (docs/crm/amocrm.md §7, real captures). Every value is a string; indexes `[0]`, `[1]`
 mean one POST can carry several leads and several kinds of event. Field names are the old v2 ones:
 `status_id`, `pipeline_id`, `price`, `responsible_user_id`, `last_modified`, `date_create`.
 
@@ -24,6 +24,8 @@ from connectors.base import DealEvent, DealEventKind, DealSnapshot, WebhookParse
 
 # The kinds under `leads[...]` that describe a lead change; `note` (a note added to a lead) is not.
 LEAD_KINDS: tuple[DealEventKind, ...] = ("add", "update", "status", "responsible", "delete", "restore")
+# The webhook settings FunnelSync subscribes an account to: each lead kind above.
+WEBHOOK_EVENTS = ("add_lead", "update_lead", "status_lead", "delete_lead", "restore_lead", "responsible_lead")
 WON_STATUS_ID = "142"
 LOST_STATUS_ID = "143"
 # A nested key: a name followed by any number of [segments]; anything else is not PHP form syntax.

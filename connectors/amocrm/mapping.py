@@ -142,7 +142,7 @@ def deal_from_api(lead: dict[str, Any]) -> DealSnapshot:
             amount = None
     fields = {
         str(cf["field_id"]): field_values(cf)
-        for cf in lead.get("custom_fields_values") or []  # null and [] alike (reference 5.1)
+        for cf in lead.get("custom_fields_values") or []  # null and [] alike (docs/crm/amocrm.md §5)
         if isinstance(cf, dict) and "field_id" in cf
     }
     responsible = lead.get("responsible_user_id")

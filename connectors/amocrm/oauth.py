@@ -1,6 +1,6 @@
 """amoCRM authorisation: long-lived tokens and OAuth 2.0 with single-use, rotating refresh tokens.
 
-Rules this module keeps (reference 2.2):
+Rules this module keeps (docs/crm/amocrm.md §2):
 - The access token lives 24 hours; it is refreshed ahead of expiry and once after a 401.
 - A refresh token works once: the refresh response carries a new pair and the old refresh token is
   dead. So refreshes of one account are serialised (one lock per account in this process; across

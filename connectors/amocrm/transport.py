@@ -1,6 +1,6 @@
 """One amoCRM request: limiter, auth header, refresh-once on 401, error classification, retries.
 
-Classification (reference 3.3, 9):
+Classification (docs/crm/amocrm.md §1-§3):
 - 2xx -> parsed body; 204 -> None (an empty list).
 - 400 with `validation-errors` -> ItemErrors (bulk callers map them to items by request_id).
 - 401 -> refresh once (OAuth), resend; a second 401 or a long-lived token -> AuthError.
@@ -85,7 +85,7 @@ def _is_html(response: httpx.Response) -> bool:
 
 
 # amoCRM's documented limits are "N requests per second" (7 per integration, 50 for the account,
-# reference 3.1), and a 429 names no Retry-After (amocrm-api-php #526): one second is the window a
+# docs/crm/amocrm.md §3), and a 429 names no Retry-After (amocrm-api-php #526): one second is the window a
 # retry has to leave behind. A sped-up sandbox shrinks it with the rate (rate_window).
 RATE_WINDOW = 1.0
 

@@ -1,4 +1,4 @@
-"""Bitrix24Connector: the CRMConnector for Bitrix24 (reference: shared/reference/bitrix24-api.md).
+"""Bitrix24Connector: the CRMConnector for Bitrix24 (API facts and sources: docs/crm/bitrix24.md).
 
 Method choices, and why:
 - Pipelines are `crm.category.*` with entityTypeId 2; stages are `crm.status.*` on `DEAL_STAGE` /
@@ -23,7 +23,7 @@ Verified (search over b24restdocs / b24pysdk / fast_bitrix24 sources):
 - A deal the user may not change: crm.item.update and crm.timeline.comment.add answer ACCESS_DENIED,
   legacy crm.deal.update an empty code with "Access denied" (the methods' DOCS error tables); inside
   `batch` only that command's result_error (DOCS batch.md), so it is the item's error.
-Still unverified (built to the reference's advice, isolated so a correction is one line):
+Still unverified (built to the safe reading in docs/crm/bitrix24.md, isolated so a correction is one line):
 - STATUS_ID max length in DEAL_STAGE_xx ("depends on the pipeline identifier"): we assume 22 with prefix.
 - What the portal substitutes for a batch reference that does not resolve: the fast pull stops at the
   first short page, so it never depends on it.
@@ -65,6 +65,7 @@ from connectors.base import (
     WebhookSubscription,
     chunked,
 )
+from connectors.bitrix24.events import DEAL_EVENTS
 from connectors.bitrix24.mapping import (
     DEAL_SELECT,
     USER_TYPES,
@@ -84,7 +85,6 @@ from connectors.bitrix24.transport import (
 )
 from connectors.http import BITRIX24_STANDARD, DomainSaver, RatePolicy, RetryPolicy
 
-DEAL_EVENTS = ("ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE", "ONCRMDEALMOVETOCATEGORY")
 _EVENT_ALIASES = {"add": "ONCRMDEALADD", "update": "ONCRMDEALUPDATE", "delete": "ONCRMDEALDELETE"}
 REQUIRED_SCOPES = ("crm", "task")
 PAGE = 50
@@ -391,7 +391,7 @@ class Bitrix24Connector:
         idempotent). Paged by ID like the full pull, never by offset: a deal changed during the pull
         keeps its ID, while in modify order it would jump to the end and shift every later row up one
         place, so the first row of the next offset page would never be served (docs/crm/bitrix24.md
-        section 2). A caller resuming from a page's newest DATE_MODIFY must therefore wait for the
+        §2). A caller resuming from a page's newest DATE_MODIFY must therefore wait for the
         whole pull: a later page can hold older changes."""
         when = since if since.tzinfo else since.replace(tzinfo=UTC)
         async for page in self._pull_by_id({">=DATE_MODIFY": when.isoformat(timespec="seconds")}):

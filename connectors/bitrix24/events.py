@@ -1,7 +1,7 @@
 """Parse Bitrix24 outbound events (deal webhooks) into DealEvents.
 
 Wire format (DOCS api-reference/events/index.md, local-integrations/local-webhooks.md; a real capture
-is in reference 5.2): POST, `application/x-www-form-urlencoded`, PHP bracket keys, all values strings:
+is in docs/crm/bitrix24.md §4): POST, `application/x-www-form-urlencoded`, PHP bracket keys, all values strings:
 
     event=ONCRMDEALUPDATE&event_handler_id=975&data[FIELDS][ID]=39&ts=1707749333
     &auth[domain]=b24-3tmral.bitrix24.ru&auth[client_endpoint]=https://b24-3tmral.bitrix24.ru/rest/
@@ -30,10 +30,17 @@ EVENT_KINDS: dict[str, DealEventKind] = {
     # update whose new category/stage is read back from the CRM.
     "ONCRMDEALMOVETOCATEGORY": "update",
 }
+# The deal events FunnelSync subscribes to: exactly the ones it reads.
+DEAL_EVENTS: tuple[str, ...] = tuple(EVENT_KINDS)
+# An outgoing webhook set up in the portal UI cannot subscribe to ONCRMDEALMOVETOCATEGORY (app only);
+# moves between pipelines are caught by the reconciler instead.
+OUTGOING_WEBHOOK_EVENTS: tuple[str, ...] = tuple(e for e in DEAL_EVENTS if e != "ONCRMDEALMOVETOCATEGORY")
 MAX_BODY = 1_000_000
 
 
 __all__ = [
+    "DEAL_EVENTS",
+    "OUTGOING_WEBHOOK_EVENTS",
     "Bitrix24Webhook",
     "EventAuth",
     "WebhookParseError",

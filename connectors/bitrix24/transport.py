@@ -3,7 +3,7 @@ classification, and the per-method operating-time budget.
 
 Every HTTP request goes through ThrottledClient (the portal's leaky bucket, 2/s burst 50 or 5/s burst
 250 on Enterprise) and with_retries. Errors are classified here, once (DOCS error-codes.md,
-_includes/system-errors.md, limits.md; reference sections 6.3 and 7).
+_includes/system-errors.md, limits.md; docs/crm/bitrix24.md §5 and §6).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ DEFAULT_OAUTH_SERVER = "https://oauth.bitrix.info"
 OPERATING_WINDOW = 600.0  # seconds: the sliding window of the operating-time limit (DOCS limits.md)
 OPERATING_BUDGET = 480.0  # seconds per method per window (docs' example value; JSSDK default)
 SLOWDOWN_SHARE = 0.8  # JSSDK treats 80% of the budget as "heavy": start spreading calls from there
-# The cloud portal interrupts a request that runs longer than about 60 s and answers then (reference
-# 7.1; UNVERIFIED in today's official docs, see docs/crm/bitrix24.md). The client waits longer, so
+# The cloud portal interrupts a request that runs longer than about 60 s and answers then
+# (docs/crm/bitrix24.md §6; UNVERIFIED in today's official docs). The client waits longer, so
 # that answer (a result, or the portal's own error) reaches us: giving up first would abandon a
 # request the portal is still executing, and a create it then applies is one we count as uncertain.
 # The margin covers queueing in front of the portal, upload of a 50-command batch and the answer.

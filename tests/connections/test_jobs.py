@@ -17,8 +17,8 @@ from app.connections.connector import exchange_amocrm_code, open_connector
 from app.connections.jobs import check_webhooks, refresh_tokens
 from app.connections.models import Connection
 from app.connections.schemas import AmoCRMConnectionCreate
-from app.connections.status import connection_status
 from app.db import utcnow
+from app.status.connection import connection_status
 from connectors.base import CRMConnector
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions

@@ -26,9 +26,9 @@ from app.connections.connector import ROTATED_AT, open_connector
 from app.connections.jobs import refresh_tokens
 from app.connections.models import Connection
 from app.connections.schemas import Bitrix24ConnectionCreate
-from app.connections.status import connection_status
 from app.db import utcnow
 from app.main import create_app
+from app.status.connection import connection_status
 from connectors import factory
 from connectors.base import CRMConnector
 from tests.connectors.bitrix24 import conftest as b24

@@ -61,7 +61,7 @@ def add_amo_connection(database_url: str, tmp_path: Path, name: str = "amo") -> 
 
 
 def lead_event(lead_id: int, status_id: int, modified: int) -> str:
-    """One amoCRM status webhook, shaped like the reference's captures."""
+    """One amoCRM status webhook, shaped like the real capture (docs/crm/amocrm.md §7)."""
     prefix = "leads[status][0]"
     return urlencode(
         {

@@ -71,7 +71,7 @@ def service(database_url: str, tmp_path: Path) -> Iterator[Service]:
 
 
 def bitrix_body(deal_id: int = 5, token: str = APP_TOKEN, domain: str = DOMAIN, ts: int = 1700000000) -> str:
-    """Shaped like the reference's real capture of an outbound ONCRMDEALUPDATE."""
+    """Shaped like the real capture of an outbound ONCRMDEALUPDATE (docs/crm/bitrix24.md §4)."""
     return urlencode(
         {
             "event": "ONCRMDEALUPDATE",

@@ -1,4 +1,4 @@
-"""/api/v4/leads/pipelines and their statuses (reference 4)."""
+"""/api/v4/leads/pipelines and their statuses (docs/crm/amocrm.md §4)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _pipeline_out(pipeline: dict[str, Any], href: str) -> dict[str, Any]:
 
 
 def _limit_error(errors: Errors, rid: str, detail: str) -> None:
-    # Real wording not captured (reference 11: UNVERIFIED); code/path follow the documented shape.
+    # Real wording not captured (UNVERIFIED, docs/crm/amocrm.md §4); code/path follow the documented shape.
     errors.add(rid, "", "LimitExceeded", detail)
 
 
@@ -273,7 +273,7 @@ async def delete_status(request: Request, pipeline_id: int, status_id: int) -> R
         errors.choice("0", "id")  # system stages cannot be deleted
     errors.raise_if_any()
     pipeline["_embedded"]["statuses"].remove(status)
-    # Leads of a deleted stage move to the first stage (reference 4.1, UNVERIFIED for the real one).
+    # Leads of a deleted stage move to the first stage (docs/crm/amocrm.md §4, UNVERIFIED for the real one).
     first = state.first_working_status(pipeline)
     for lead in state.leads.values():
         if lead["pipeline_id"] == pipeline_id and lead["status_id"] == status_id and first is not None:

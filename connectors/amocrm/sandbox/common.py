@@ -47,7 +47,7 @@ async def json_body(request: Request) -> Any:
 
 
 async def array_body(request: Request, limit: int = 250) -> list[dict[str, Any]]:
-    """Bulk methods take a JSON array of objects (at most 250 per request, reference 3.2)."""
+    """Bulk methods take a JSON array of objects (at most 250 per request, docs/crm/amocrm.md §3)."""
     body = await json_body(request)
     if not isinstance(body, list) or not body or not all(isinstance(i, dict) for i in body):
         raise ValidationFailed(

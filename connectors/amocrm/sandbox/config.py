@@ -25,7 +25,7 @@ class SandboxConfig:
     redirect_uri: str = "https://funnelsync.example/amocrm/callback"
     speed: float = 1.0
     state_file: Path | None = None
-    # Limits (reference 3.1): 7 requests/s per integration, 50/s for the whole account.
+    # Limits (docs/crm/amocrm.md §3): 7 requests/s per integration, 50/s for the whole account.
     requests_per_second: float = 7.0
     account_requests_per_second: float = 50.0
     # Arrival jitter (real seconds) tolerated before a 429: a client whose limiter releases requests
@@ -39,7 +39,7 @@ class SandboxConfig:
     partial_bulk_saves: bool = False
     # Repeated 429s block the account (403) like the real one; the threshold is not published.
     block_after_rate_limited: int | None = 200
-    # Webhooks (reference 8.3): >100 invalid answers in 2 hours, the last one invalid, disables it.
+    # Webhooks (docs/crm/amocrm.md §7): >100 invalid answers in 2 hours, the last one invalid, disables it.
     webhook_disable_after: int = 100
     webhook_disable_window: float = 2 * 3600.0
     webhook_timeout: float = 2.0

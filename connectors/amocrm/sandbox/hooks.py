@@ -1,8 +1,8 @@
 """Webhook delivery in amoCRM's wire format, from background tasks with their own httpx client.
 
-Format (reference 8.2): x-www-form-urlencoded, PHP-style nested keys, old v2 field names, every
+Format (docs/crm/amocrm.md §7): x-www-form-urlencoded, PHP-style nested keys, old v2 field names, every
 value a string; one POST carries every lead event of one change set, grouped by kind.
-Delivery (reference 8.3): a 2xx within 2 s is success. Otherwise the hook is retried after 5 and 15
+Delivery (same section): a 2xx within 2 s is success. Otherwise the hook is retried after 5 and 15
 minutes, and for 499/5xx answers twice more (15 minutes, 1 hour), all scaled by `speed`. More than
 `webhook_disable_after` invalid answers within 2 hours, the last one invalid, disables the
 destination: GET /api/v4/webhooks then shows `disabled: true`, and nothing more is sent to it.

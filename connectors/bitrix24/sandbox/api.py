@@ -49,5 +49,5 @@ class Context:
 
 
 def bad(description: str, code: str = "", status: int = 400) -> ApiError:
-    """Most CRM errors come with an empty `error` and only `error_description` (see reference 2.4)."""
+    """Most CRM errors come with an empty `error` and only `error_description` (docs/crm/bitrix24.md §6)."""
     return ApiError(status, code, description)

@@ -112,7 +112,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
                 continue
             token = next(iter(t for t, exp in portal.tokens.items() if exp > time.time()), "")
             # An application's event also carries a token of the user the handler was bound for
-            # (DOCS api-reference/events/index.md; reference 5.2).
+            # (DOCS api-reference/events/index.md; docs/crm/bitrix24.md §4).
             app_auth = [
                 ("auth[access_token]", token),
                 ("auth[expires]", str(int(time.time()) + 3600)),
@@ -126,7 +126,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
             pairs = [("event", event), ("event_handler_id", str(bound["id"])), *fields, ("ts", ts), *app_auth]
             out.append((bound["handler"], urlencode(pairs)))
         # The outgoing webhook configured in the UI cannot subscribe to ONCRMDEALMOVETOCATEGORY
-        # (app only, DOCS crm/deals/events). Its body matches the real capture in reference 5.2.
+        # (app only, DOCS crm/deals/events). Its body matches the real capture in docs/crm/bitrix24.md §4.
         if config.webhook_url and event in config.webhook_events and event != "ONCRMDEALMOVETOCATEGORY":
             pairs = [
                 ("event", event),

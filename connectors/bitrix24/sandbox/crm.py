@@ -12,7 +12,7 @@ PAGE = 50
 _STATUS_CODE = re.compile(r"^[A-Za-z0-9_\-]+$")
 # DOCS crm-status-add.md: DEAL_STAGE codes max 22, Latin letters/digits/-/_; DEAL_STAGE_xx "depends
 # on the pipeline identifier". Still unverified: the exact formula; we apply 22 to the full id
-# including the `Cxx:` prefix, as the reference advises.
+# including the `Cxx:` prefix, the safe reading (docs/crm/bitrix24.md §1).
 STATUS_ID_MAX = 22
 _UF_NAME = re.compile(r"^[A-Z0-9_]+$")
 _UF_TYPES = {
@@ -84,7 +84,7 @@ def category_add(ctx: Context, params: dict[str, Any]) -> Result:
         "originatorId": str(fields.get("originatorId", "") or ""),
     }
     ctx.state.categories[category_id] = row
-    # A new funnel is immediately filled with the default stages (reference 1.1).
+    # A new funnel is immediately filled with the default stages (docs/crm/bitrix24.md §1).
     ctx.state.add_default_stages(category_id)
     ctx.touch()
     return Result({"category": row})

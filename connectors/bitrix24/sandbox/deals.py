@@ -295,7 +295,7 @@ def change_deal(
                 stage_id = state.stages_of(category_id)[0]["STATUS_ID"]
             else:
                 # Legacy crm.deal.update silently ignores a stage not in the deal's funnel
-                # (CORE CAllCrmDeal::Update, reference 0.5).
+                # (CORE CAllCrmDeal::Update, docs/crm/bitrix24.md §2).
                 stage_id = deal["STAGE_ID"]
         if stage_id != deal["STAGE_ID"] or category_id != old_category:
             deal["CATEGORY_ID"] = category_id

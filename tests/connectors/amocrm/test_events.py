@@ -1,4 +1,4 @@
-"""parse_webhook on bodies shaped like real amoCRM captures (reference 8.2), and on garbage."""
+"""parse_webhook on bodies shaped like real amoCRM captures (docs/crm/amocrm.md §7), and on garbage."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from connectors.amocrm.events import WebhookParseError, parse_webhook
 
 FORM = "application/x-www-form-urlencoded"
 
-# The captured status hook of reference 8.2, verbatim key order, percent-encoded as sent.
+# The captured status hook of docs/crm/amocrm.md §7, verbatim key order, percent-encoded as sent.
 CAPTURE = (
     "leads[status][0][id]=10701093&leads[status][0][name]=Семинар&leads[status][0][status_id]=142"
     "&leads[status][0][old_status_id]=20067736&leads[status][0][price]=22500"

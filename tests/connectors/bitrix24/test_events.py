@@ -1,4 +1,4 @@
-"""Parsing Bitrix24 outbound events (bodies shaped like the reference's real captures)."""
+"""Parsing Bitrix24 outbound events (bodies shaped like the real capture in docs/crm/bitrix24.md §4)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from connectors import base
 from connectors.bitrix24.events import WebhookParseError, parse_webhook, read_auth, verify_application_token
 
 FORM = "application/x-www-form-urlencoded"
-# Real outgoing-webhook capture (reference 5.2), encoded as PHP's http_build_query sends it.
+# Real outgoing-webhook capture (docs/crm/bitrix24.md §4), encoded as PHP's http_build_query sends it.
 CAPTURE = (
     b"event=ONCRMDEALUPDATE&data%5BFIELDS%5D%5BID%5D=39&ts=1707749333"
     b"&auth%5Bdomain%5D=b24-3tmral.bitrix24.ru&auth%5Bclient_endpoint%5D=https%3A%2F%2Fb24-3tmral.bitrix24.ru%2Frest%2F"

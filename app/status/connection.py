@@ -1,11 +1,12 @@
-"""A connection's sync health in one read: webhooks, inbox lag, reconcile cursor, unknown stages."""
+"""A connection's sync health in one read: webhooks, inbox lag, reconcile cursor, unknown stages.
+
+Moved out of app/connections: it reads the inbox and the deal mirror, which sit above connections."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connections.connector import (
@@ -15,11 +16,10 @@ from app.connections.connector import (
     refresh_token_lapses_at,
 )
 from app.connections.health import ConnectionHealth, health_of
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.db import utcnow
-from app.deals.models import Deal, SyncState
-from app.webhooks.models import InboxEvent
-from app.webhooks.service import counts_by_status
+from app.deals import service as deals
+from app.webhooks import service as inbox
 
 
 class UnknownStage(BaseModel):
@@ -31,7 +31,7 @@ class UnknownStage(BaseModel):
 class ConnectionStatus(BaseModel):
     name: str
     crm: str
-    status: str
+    status: ConnectionSwitch
     paused_reason: str | None
     last_webhook_at: datetime | None
     inbox_lag_seconds: float
@@ -59,28 +59,11 @@ class ConnectionStatus(BaseModel):
 
 
 async def connection_status(session: AsyncSession, record: Connection) -> ConnectionStatus:
-    last_webhook = await session.scalar(
-        select(func.max(InboxEvent.received_at)).where(InboxEvent.connection_id == record.id)
-    )
-    oldest_pending = await session.scalar(
-        select(func.min(InboxEvent.received_at)).where(
-            InboxEvent.connection_id == record.id, InboxEvent.status == "pending"
-        )
-    )
-    sync = await session.get(SyncState, record.id)
-    unknown = await session.execute(
-        select(Deal.crm_pipeline_id, Deal.crm_stage_id, func.count())
-        .where(
-            Deal.connection_id == record.id,
-            Deal.managed.is_(True),
-            Deal.stage_id.is_(None),
-            Deal.deleted_at.is_(None),
-        )
-        .group_by(Deal.crm_pipeline_id, Deal.crm_stage_id)
-    )
-    deals = await session.scalar(
-        select(func.count()).where(Deal.connection_id == record.id, Deal.deleted_at.is_(None))
-    )
+    last_webhook = await inbox.last_received_at(session, record.id)
+    oldest_pending = await inbox.oldest_pending_at(session, record.id)
+    sync = await deals.find_sync_state(session, record.id)
+    unknown = await deals.unknown_stages(session, record.id)
+    live_deals = await deals.count_live_deals(session, record.id)
     lag = (utcnow() - _aware(oldest_pending)).total_seconds() if oldest_pending else 0.0
     lapses = refresh_token_lapses_at(record)
     return ConnectionStatus(
@@ -90,12 +73,12 @@ async def connection_status(session: AsyncSession, record: Connection) -> Connec
         paused_reason=record.paused_reason,
         last_webhook_at=_aware(last_webhook) if last_webhook else None,
         inbox_lag_seconds=max(lag, 0.0),
-        events=await counts_by_status(session, record.id),
+        events=await inbox.counts_by_status(session, record.id),
         last_reconcile_at=sync.last_run_at if sync else None,
         last_full_reconcile_at=sync.last_full_at if sync else None,
         reconcile_cursor=sync.cursor if sync else None,
         reconcile_error=sync.last_error if sync else None,
-        deals=deals or 0,
+        deals=live_deals,
         webhook=record.settings.get("webhook"),
         token_expires_at=_parse_time(record.settings.get("token_expires_at")),
         refresh_token_lapses_at=lapses,

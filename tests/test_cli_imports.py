@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a runtime install holds: the packages without the sandboxes (pyproject's packages.find exclude
 # and .dockerignore leave out the same).
 RUNTIME_PACKAGES = ("app", "connectors", "funnel_templates", "migrations")
-NOT_IN_RUNTIME = shutil.ignore_patterns("sandbox", "sandbox_user.py", "__pycache__")
+NOT_IN_RUNTIME = shutil.ignore_patterns("sandbox", "sandbox_user.py", "sandbox_moves.py", "__pycache__")
 # The demo runner drives the sandboxes; only `funnelsync demo` imports it, after checking for them.
 NEEDS_SANDBOXES = {"app.demo", "app.__main__"}
 # The test environment has FunnelSync installed editable, and its import hook finds direct children of

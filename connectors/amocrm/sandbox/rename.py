@@ -14,29 +14,15 @@ The sandbox listens on one port; "another host" is another name for it (localhos
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from connectors.amocrm.sandbox.common import Sandbox
+from connectors.sandbox_moves import Moves
 
-REDIRECT_STATUSES = (301, 302, 307, 308)
 _API_PATHS = ("/api/", "/oauth2/")
-
-
-@dataclass
-class Moves:
-    old_hosts: set[str] = field(default_factory=set)
-    new_host: str = ""
-    status: int = 301
-    scheme: str | None = None
-    path: str | None = None
-    redirects: int = 0
-
-    def as_json(self) -> dict[str, Any]:
-        return {"old_hosts": sorted(self.old_hosts), "new_host": self.new_host, "redirects": self.redirects}
 
 
 def install(app: FastAPI, box: Sandbox) -> Moves:
@@ -46,17 +32,7 @@ def install(app: FastAPI, box: Sandbox) -> Moves:
     async def redirect_old_address(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        path = request.url.path
-        if request.headers.get("host", "") in moves.old_hosts and path.startswith(_API_PATHS):
-            moves.redirects += 1
-            scheme = moves.scheme or request.url.scheme
-            query = f"?{request.url.query}" if request.url.query else ""
-            location = f"{scheme}://{moves.new_host}{moves.path or path}{query}"
-            body = f"<html><head><title>{moves.status} Moved</title></head><body></body></html>"
-            return Response(
-                body, status_code=moves.status, headers={"Location": location}, media_type="text/html"
-            )
-        return await call_next(request)
+        return moves.redirect(request, _API_PATHS) or await call_next(request)
 
     app.middleware("http")(redirect_old_address)
 
@@ -66,17 +42,12 @@ def install(app: FastAPI, box: Sandbox) -> Moves:
         carry the new subdomain; the host this request came to (or `old_host`) redirects."""
         spec = await request.json()
         subdomain = str(spec.get("subdomain") or "")
-        new_host = str(spec.get("new_host") or "")
-        status = int(spec.get("status", 301))
-        if not subdomain or not new_host or "/" in new_host or status not in REDIRECT_STATUSES:
+        # `or` short-circuits: nothing moves when the subdomain is missing.
+        if not subdomain or moves.move(request, spec, default_status=301) is not None:
             return JSONResponse(
                 {"error": "give subdomain, new_host as host[:port] and status one of 301, 302, 307, 308"},
                 status_code=400,
             )
-        moves.old_hosts.add(str(spec.get("old_host") or request.headers.get("host", "")))
-        moves.old_hosts.discard(new_host)
-        moves.new_host, moves.status = new_host, status
-        moves.scheme, moves.path = spec.get("scheme"), spec.get("path")
         box.state.config.subdomain = subdomain
         return JSONResponse({"ok": True, **moves.as_json()})
 

@@ -29,51 +29,28 @@ from fastapi.responses import JSONResponse
 from connectors.bitrix24.sandbox.config import SandboxConfig
 from connectors.bitrix24.sandbox.engine import Portal
 from connectors.bitrix24.sandbox.querystring import parse_php_query
-
-REDIRECT_STATUSES = (301, 302, 307, 308)
+from connectors.sandbox_moves import Moves
 
 
 @dataclass
-class Moves:
-    old_hosts: set[str] = field(default_factory=set)  # Host headers answered with a redirect
-    new_host: str = ""
-    status: int = 302
-    scheme: str | None = None  # Location scheme instead of the request's (not a rename)
-    path: str | None = None  # Location path instead of the request's (not a rename)
-    redirects: int = 0
+class PortalMoves(Moves):
     token_requests: list[str] = field(default_factory=list)  # "host/path" of each token request
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "old_hosts": sorted(self.old_hosts),
-            "new_host": self.new_host,
-            "redirects": self.redirects,
-            "token_requests": list(self.token_requests),
-        }
+        return {**super().as_json(), "token_requests": list(self.token_requests)}
 
 
-def install(app: FastAPI, portal: Portal, config: SandboxConfig) -> Moves:
-    moves = Moves()
+def install(app: FastAPI, portal: Portal, config: SandboxConfig) -> PortalMoves:
+    moves = PortalMoves()
     app.state.moves = moves
 
     async def redirect_old_address(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        host = request.headers.get("host", "")
         path = request.url.path
         if path.endswith("/oauth/token/"):
-            moves.token_requests.append(f"{host}{path}")
-        if host in moves.old_hosts and path.startswith("/rest/"):
-            moves.redirects += 1
-            scheme = moves.scheme or request.url.scheme
-            query = f"?{request.url.query}" if request.url.query else ""
-            location = f"{scheme}://{moves.new_host}{moves.path or path}{query}"
-            # An HTML body, as web servers send with a redirect: not the JSON a REST client expects.
-            body = f"<html><head><title>{moves.status} Found</title></head><body></body></html>"
-            return Response(
-                body, status_code=moves.status, headers={"Location": location}, media_type="text/html"
-            )
-        return await call_next(request)
+            moves.token_requests.append(f"{request.headers.get('host', '')}{path}")
+        return moves.redirect(request, ("/rest/",)) or await call_next(request)
 
     app.middleware("http")(redirect_old_address)
 
@@ -82,21 +59,12 @@ def install(app: FastAPI, portal: Portal, config: SandboxConfig) -> Moves:
         """Body: {"new_host": "localhost:8000", "status": 302, "scheme": null, "path": null}. The host
         this request came to (or `old_host`) starts redirecting; events name the new domain."""
         spec = await request.json()
-        new_host = str(spec.get("new_host") or "")
-        status = int(spec.get("status", 302))
-        if not new_host or "/" in new_host or status not in REDIRECT_STATUSES:
-            return JSONResponse(
-                {"error": "give new_host as host[:port] and status one of 301, 302, 307, 308"},
-                status_code=400,
-            )
-        old_host = str(spec.get("old_host") or request.headers.get("host", ""))
-        moves.old_hosts.add(old_host)
-        moves.old_hosts.discard(new_host)
-        moves.new_host, moves.status = new_host, status
-        moves.scheme, moves.path = spec.get("scheme"), spec.get("path")
+        wrong = moves.move(request, spec, default_status=302)
+        if wrong is not None:
+            return JSONResponse({"error": wrong}, status_code=400)
         scheme = urlsplit(config.public_url or str(request.base_url)).scheme or "http"
-        config.domain = new_host
-        config.public_url = f"{scheme}://{new_host}"
+        config.domain = moves.new_host
+        config.public_url = f"{scheme}://{moves.new_host}"
         return JSONResponse({"ok": True, **moves.as_json()})
 
     @app.get("/_sandbox/rename")

@@ -43,10 +43,8 @@ from connectors.base import (
     Retryable,
 )
 from connectors.events import parse_deal_events
-from tests.outbox.conftest import NO_DELAY, OUTAGE_FAULT, Outbox
+from tests.outbox.conftest import NO_DELAY, OUTAGE_FAULT, Outbox, open_outbox
 from tests.support.cli import run_cli
-from tests.support.crm import crm_sandbox, settings_for
-from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
 
 AUTH = {"Authorization": "Bearer test-token-123"}
@@ -132,25 +130,8 @@ def test_an_html_error_page_is_told_by_its_title_on_one_line() -> None:
 
 @pytest.fixture(params=["bitrix24", "amocrm"])
 async def outbox(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Outbox]:
-    settings = settings_for(tmp_path, database_url)
-    state_file = tmp_path / "amocrm-state.json"
-    options: dict[str, Any] = {"state_file": state_file} if request.param == "amocrm" else {}
-    with crm_sandbox(request.param, **options) as sandbox:
-        async with open_sessions(database_url) as sessions:
-            record = sandbox.connection(settings, name=request.param)
-            async with sessions.begin() as session:
-                session.add(record)
-            probe = sandbox.connector()
-            try:
-                pipeline = next(p for p in await probe.list_pipelines() if p.is_main)
-            finally:
-                await probe.aclose()
-            box = Outbox(sandbox, sessions, settings, record.id, pipeline, state_file)
-            try:
-                yield box
-            finally:
-                for connector in box.connectors:
-                    await connector.aclose()
+    async with open_outbox(request.param, database_url, tmp_path) as box:
+        yield box
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -259,12 +260,19 @@ class Outbox:
 
 @pytest.fixture(params=["bitrix24", "amocrm"])
 async def outbox(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with open_outbox(request.param, database_url, tmp_path) as box:
+        yield box
+
+
+@asynccontextmanager
+async def open_outbox(crm: str, database_url: str, tmp_path: Path) -> AsyncIterator[Outbox]:
+    """A sandbox of `crm` with one connection to it in a fresh database (other suites' fixtures too)."""
     settings = settings_for(tmp_path, database_url)
     state_file = tmp_path / "amocrm-state.json"
-    options: dict[str, Any] = {"state_file": state_file} if request.param == "amocrm" else {}
-    with crm_sandbox(request.param, **options) as sandbox:
+    options: dict[str, Any] = {"state_file": state_file} if crm == "amocrm" else {}
+    with crm_sandbox(crm, **options) as sandbox:
         async with open_sessions(database_url) as sessions:
-            record = sandbox.connection(settings, name=request.param)
+            record = sandbox.connection(settings, name=crm)
             async with sessions.begin() as session:
                 session.add(record)
             probe = sandbox.connector()

@@ -112,3 +112,12 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
         except BaseException:
             await session.rollback()
             raise
+
+
+def dialect_insert(session: AsyncSession, table: Any) -> Any:
+    """INSERT for the session's database with ON CONFLICT support (both SQLite and PostgreSQL spell
+    it `.on_conflict_do_nothing(index_elements=...)`; the generic insert has no such clause)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)

@@ -12,13 +12,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import dialect_insert, utcnow
 from app.deals.models import Deal, StageTransition
 from app.funnels.models import Funnel, FunnelStage
 from connectors.base import DealSnapshot
+
+# New deals per INSERT: 18 bound parameters a row stays far below SQLite's 32,766 per statement.
+_INSERT_CHUNK = 500
+# What _new_deal/_apply set on a new deal: the columns of its INSERT.
+_NEW_DEAL_COLUMNS = (
+    "connection_id",
+    "crm_deal_id",
+    "funnel_id",
+    "managed",
+    "stage_id",
+    "crm_pipeline_id",
+    "crm_stage_id",
+    "title",
+    "amount",
+    "currency",
+    "responsible_id",
+    "fields",
+    "crm_updated_at",
+    "crm_created_at",
+    "stage_entered_at",
+)
 
 
 @dataclass(frozen=True)
@@ -90,49 +113,90 @@ async def mirror_snapshots(
     result = MirrorResult()
     ordered = sorted(snapshots, key=lambda s: s.updated_at)
     existing = await _existing(session, connection_id, list({s.id for s in ordered}))
-    # New deals first, all in one flush (one batched INSERT per page, not one per deal): their
-    # transitions need their ids. Each is created from its earliest snapshot; later ones update it.
-    created: dict[str, DealSnapshot] = {}
+    # Each new deal is created from its earliest snapshot; later ones update it.
+    earliest: dict[str, DealSnapshot] = {}
     for snapshot in ordered:
         if snapshot.id not in existing:
-            existing[snapshot.id] = _new_deal(connection_id, snapshot, index)
-            session.add(existing[snapshot.id])
-            created[snapshot.id] = snapshot
-    if created:
-        await session.flush()
+            earliest.setdefault(snapshot.id, snapshot)
+    created = await _insert_new_deals(session, connection_id, earliest, index, existing)
     for snapshot in ordered:
         deal = existing[snapshot.id]
         if created.get(snapshot.id) is snapshot:
             result.created += 1
             _record_transition(session, result, deal, None, None, None, snapshot, source)
             continue
-        if snapshot.updated_at < deal.crm_updated_at:
-            result.stale += 1
-            continue
-        if snapshot.updated_at == deal.crm_updated_at and deal.deleted_at is None and _same(deal, snapshot):
-            # A duplicate delivery or our own echo. (Same modify time but different content is
-            # applied: Bitrix24 stamps modify times to the second, and a later fetch is newer.)
-            result.unchanged += 1
-            continue
-        # _apply overwrites all three when the stage changes: the transition records what they were.
-        previous_crm_stage, previous_stage = deal.crm_stage_id, deal.stage_id
-        previous_entered_at = deal.stage_entered_at
-        moved = (deal.crm_pipeline_id, deal.crm_stage_id) != (snapshot.pipeline_id, snapshot.stage_id)
-        _apply(deal, snapshot, index)
-        deal.deleted_at = None  # a restored deal comes back
-        result.updated += 1
-        if moved:
-            _record_transition(
-                session,
-                result,
-                deal,
-                previous_crm_stage,
-                previous_stage,
-                previous_entered_at,
-                snapshot,
-                source,
-            )
+        _update(session, result, deal, snapshot, index, source)
     return result
+
+
+async def _insert_new_deals(
+    session: AsyncSession,
+    connection_id: int,
+    earliest: dict[str, DealSnapshot],
+    index: StageIndex,
+    existing: dict[str, Deal],
+) -> dict[str, DealSnapshot]:
+    """Insert the deals `existing` lacks (one batched INSERT per page, not one per deal: their
+    transitions need their ids) and add them all to `existing`; returns the ones this call created,
+    with the snapshot each was created from.
+
+    The inbox processor and the scheduled reconcile hold different leases, so both can find the same
+    deal missing and insert it. ON CONFLICT DO NOTHING lets the second one through without an
+    IntegrityError (a SAVEPOINT would not do: under pysqlite's default transaction handling it
+    commits the outer transaction); the deals someone else inserted are then loaded and treated as
+    existing ones, so their snapshots are applied as updates when newer."""
+    if not earliest:
+        return {}
+    inserted: set[str] = set()
+    rows = [_new_deal_values(connection_id, snapshot, index) for snapshot in earliest.values()]
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        statement = (
+            dialect_insert(session, Deal)
+            .values(rows[start : start + _INSERT_CHUNK])
+            .on_conflict_do_nothing(index_elements=["connection_id", "crm_deal_id"])
+            .returning(Deal.id, Deal.crm_deal_id)
+        )
+        inserted.update(crm_deal_id for _, crm_deal_id in await session.execute(statement))
+    existing.update(await _existing(session, connection_id, list(earliest)))
+    return {crm_id: snapshot for crm_id, snapshot in earliest.items() if crm_id in inserted}
+
+
+def _new_deal_values(connection_id: int, snapshot: DealSnapshot, index: StageIndex) -> dict[str, Any]:
+    """The row of a new deal as _apply builds it, with the defaults a Core INSERT does not fill in."""
+    deal = _new_deal(connection_id, snapshot, index)
+    now = utcnow()
+    values = {column: getattr(deal, column) for column in _NEW_DEAL_COLUMNS}
+    return {**values, "deleted_at": None, "created_at": now, "updated_at": now}
+
+
+def _update(
+    session: AsyncSession,
+    result: MirrorResult,
+    deal: Deal,
+    snapshot: DealSnapshot,
+    index: StageIndex,
+    source: str,
+) -> None:
+    """Apply a snapshot of a deal we hold, unless it is older than or the same as what we hold."""
+    if snapshot.updated_at < deal.crm_updated_at:
+        result.stale += 1
+        return
+    if snapshot.updated_at == deal.crm_updated_at and deal.deleted_at is None and _same(deal, snapshot):
+        # A duplicate delivery or our own echo. (Same modify time but different content is
+        # applied: Bitrix24 stamps modify times to the second, and a later fetch is newer.)
+        result.unchanged += 1
+        return
+    # _apply overwrites all three when the stage changes: the transition records what they were.
+    previous_crm_stage, previous_stage = deal.crm_stage_id, deal.stage_id
+    previous_entered_at = deal.stage_entered_at
+    moved = (deal.crm_pipeline_id, deal.crm_stage_id) != (snapshot.pipeline_id, snapshot.stage_id)
+    _apply(deal, snapshot, index)
+    deal.deleted_at = None  # a restored deal comes back
+    result.updated += 1
+    if moved:
+        _record_transition(
+            session, result, deal, previous_crm_stage, previous_stage, previous_entered_at, snapshot, source
+        )
 
 
 async def tombstone(session: AsyncSession, connection_id: int, crm_ids: Sequence[str], at: datetime) -> int:

@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connections.models import Connection
-from app.db import utcnow
+from app.db import dialect_insert, utcnow
 from app.errors import NotFound
 from app.webhooks.models import EventStatus, InboxEvent
 
@@ -53,10 +52,8 @@ async def store_event(
         "deals": 0,
         "received_at": utcnow(),
     }
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = (
-        insert(InboxEvent)
+        dialect_insert(session, InboxEvent)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["connection_id", "dedupe_key"])
     )
@@ -70,7 +67,7 @@ async def store_event(
     if earlier == EventStatus.PENDING:
         return False
     values["dedupe_key"] = f"{key[:200]}#{secrets.token_hex(8)}"
-    await session.execute(insert(InboxEvent).values(**values))
+    await session.execute(dialect_insert(session, InboxEvent).values(**values))
     return True
 
 

@@ -32,6 +32,7 @@ LOST_STATUS_ID = "143"
 _KEY_RE = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]*\])*)$")
 _SEGMENT_RE = re.compile(r"\[([^\[\]]*)\]")
 MAX_FIELDS = 20_000  # a POST with 50 leads x 40 custom fields stays far below this
+MAX_ID_DIGITS = 20  # an unsigned 64-bit id has at most 20 digits
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class _Node:
     def items(self) -> list[tuple[str, _Node]]:
         """Children in index order: numeric keys by value, others after them by name."""
         return sorted(
-            self.children.items(), key=lambda kv: (0, int(kv[0]), "") if kv[0].isdigit() else (1, 0, kv[0])
+            self.children.items(), key=lambda kv: (0, int(kv[0]), "") if _is_id(kv[0]) else (1, 0, kv[0])
         )
 
 
@@ -90,10 +91,17 @@ def _ts(raw: str | None, what: str) -> datetime | None:
         raise WebhookParseError(f"{what} {raw[:40]!r} is not a unix timestamp") from exc
 
 
+def _is_id(text: str) -> bool:
+    """1..20 ASCII digits. str.isdigit() alone is not enough: it accepts '²' and other Unicode
+    digits (int() refuses some and reads others as a different id), and an id of thousands of
+    digits is over Python's int conversion limit."""
+    return text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS
+
+
 def _int_id(raw: str | None, what: str) -> str:
-    if raw is None or not raw.strip().isdigit():
+    if raw is None or not _is_id(raw.strip()):
         shown = "missing" if raw is None else repr(raw[:40])
-        raise WebhookParseError(f"{what} is {shown}, expected a numeric id")
+        raise WebhookParseError(f"{what} is {shown}, expected a numeric id of 1 to {MAX_ID_DIGITS} digits")
     return str(int(raw))
 
 

@@ -36,6 +36,7 @@ DEAL_EVENTS: tuple[str, ...] = tuple(EVENT_KINDS)
 # moves between pipelines are caught by the reconciler instead.
 OUTGOING_WEBHOOK_EVENTS: tuple[str, ...] = tuple(e for e in DEAL_EVENTS if e != "ONCRMDEALMOVETOCATEGORY")
 MAX_BODY = 1_000_000
+MAX_ID_DIGITS = 20  # an unsigned 64-bit id has at most 20 digits
 
 
 __all__ = [
@@ -112,12 +113,26 @@ def _json(body: bytes) -> dict[str, str]:
 def _sent_at(raw: str | None) -> datetime | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise WebhookParseError(f"ts must be unix seconds, got {raw!r}")
+    if not (raw.isascii() and raw.isdigit()):
+        raise WebhookParseError(f"ts must be unix seconds, got {raw[:40]!r}")
     try:
         return datetime.fromtimestamp(int(raw), UTC)
     except (OverflowError, OSError, ValueError):
         raise WebhookParseError(f"ts is out of range: {raw!r}") from None
+
+
+def _deal_id(raw: str, event: str) -> str:
+    """The deal id as sent, if it is one: 1..20 ASCII digits. str.isdigit() alone is not enough:
+    it accepts '²' and other Unicode digits that int() refuses, and an id of thousands of digits
+    (over Python's int conversion limit) is no deal of any portal either."""
+    if not raw:
+        raise WebhookParseError(f"{event} without data[FIELDS][ID]")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_ID_DIGITS):
+        shown = raw[:40] + ("..." if len(raw) > 40 else "")
+        raise WebhookParseError(
+            f"data[FIELDS][ID] must be a numeric deal id of 1 to {MAX_ID_DIGITS} digits, got {shown!r}"
+        )
+    return raw
 
 
 def dedupe_key(event: str, deal_id: str, ts: str) -> str:
@@ -154,11 +169,7 @@ def _parse(body: bytes, content_type: str) -> Bitrix24Webhook:
     events: list[DealEvent] = []
     kind = EVENT_KINDS.get(event)
     if kind is not None:
-        deal_id = form.get("data[FIELDS][ID]", "").strip()
-        if not deal_id:
-            raise WebhookParseError(f"{event} without data[FIELDS][ID]")
-        if not deal_id.isdigit():
-            raise WebhookParseError(f"data[FIELDS][ID] must be a numeric deal id, got {deal_id!r}")
+        deal_id = _deal_id(form.get("data[FIELDS][ID]", "").strip(), event)
         events.append(
             DealEvent(
                 kind=kind, deal_id=deal_id, dedupe_key=dedupe_key(event, deal_id, ts), occurred_at=sent_at

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
+from app.deals import mirror as deal_mirror
+from app.deals.mirror import MirrorResult, load_stage_index, mirror_snapshots, tombstone
 from app.deals.models import Deal, StageTransition
 from connectors.base import DealSnapshot
 from tests.support.db import add_funnel, open_sessions
@@ -171,3 +172,59 @@ async def test_entered_at_within_one_batch_and_across_pipelines(
     # A duplicate or stale delivery records nothing.
     await mirror(sessions, snap("2", "C5:NEW", 30), snap("2", "C5:WON", 25))
     assert len(await entered_history(sessions, "2")) == 5
+
+
+async def mirror_while_another_inserts(
+    sessions: async_sessionmaker[AsyncSession],
+    monkeypatch: pytest.MonkeyPatch,
+    first: DealSnapshot,
+    second: DealSnapshot,
+) -> tuple[MirrorResult, MirrorResult]:
+    """The inbox processor and the reconcile race for one new deal: the second session reads the
+    deals it holds (finding none) and only then does the first one insert the deal and commit. Done
+    by running the first mirror inside the second's read, so the interleaving is exact."""
+    read_deals = deal_mirror._existing
+    racing: list[AsyncSession] = []
+    outcome: list[MirrorResult] = []
+
+    async def read_then_let_the_other_commit(
+        session: AsyncSession, connection_id: int, crm_ids: Sequence[str]
+    ) -> dict[str, Deal]:
+        found = await read_deals(session, connection_id, crm_ids)
+        if session is racing[0] and not outcome:  # its first read: the other runs to its commit now
+            async with sessions.begin() as other:
+                index = await load_stage_index(other, 1)
+                outcome.append(await mirror_snapshots(other, 1, [first], index, "webhook"))
+        return found
+
+    monkeypatch.setattr(deal_mirror, "_existing", read_then_let_the_other_commit)
+    async with sessions.begin() as session:
+        racing.append(session)
+        index = await load_stage_index(session, 1)
+        late = await mirror_snapshots(session, 1, [second], index, "reconcile")
+    assert outcome, "the interleaving did not happen"
+    return outcome[0], late
+
+
+async def test_two_sessions_inserting_one_new_deal_both_commit(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    early, late = await mirror_while_another_inserts(
+        sessions, monkeypatch, snap("7", "C5:NEW", 0), snap("7", "C5:NEW", 0)
+    )
+    assert (early.created, late.created, late.unchanged) == (1, 0, 1)
+    async with sessions() as session:
+        assert len(list(await session.scalars(select(Deal.id)))) == 1
+    assert await history(sessions, "7") == [(None, "C5:NEW", "webhook")]  # one creation, no more
+
+
+async def test_a_newer_snapshot_of_a_deal_another_session_inserted_is_an_update(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    early, late = await mirror_while_another_inserts(
+        sessions, monkeypatch, snap("7", "C5:NEW", 0), snap("7", "C5:QUALIFIED", 5)
+    )
+    assert (early.created, late.created, late.updated) == (1, 0, 1)
+    assert [t.to_crm_stage_id for _, t in late.entered] == ["C5:QUALIFIED"]  # the rules see the move
+    assert await entered_history(sessions, "7") == [("C5:NEW", None, at(0)), ("C5:QUALIFIED", at(0), at(5))]
+    assert (await get_deal(sessions, "7")).crm_stage_id == "C5:QUALIFIED"

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.http import RetryPolicy
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FUNNELSYNC_", env_file=".env", extra="ignore")
@@ -38,10 +40,31 @@ class Settings(BaseSettings):
     # attempts or this many hours, whichever comes first (then an operator retries it by hand).
     outbox_max_attempts: int = Field(default=8, ge=1)
     outbox_max_age_hours: float = Field(default=24, gt=0)
+    # The first retry of a failed command waits this long; each next one twice as long (jittered),
+    # at most outbox_retry_max_delay_seconds.
+    outbox_retry_base_delay_seconds: float = Field(default=5, gt=0)
+    outbox_retry_max_delay_seconds: float = Field(default=1800, gt=0)
+    # One CRM call: a timeout, 5xx or rate-limit answer is retried in place this many times in all,
+    # with exponential backoff from crm_retry_base_delay_seconds up to crm_retry_max_delay_seconds,
+    # for at most crm_retry_max_seconds; then the caller sees the failure (the outbox reschedules
+    # the command, a provisioning run stops with "run the same command again").
+    crm_retry_attempts: int = Field(default=6, ge=1)
+    crm_retry_max_seconds: float = Field(default=120, gt=0)
+    crm_retry_base_delay_seconds: float = Field(default=0.5, ge=0)
+    crm_retry_max_delay_seconds: float = Field(default=30, ge=0)
     # Incremental reconciles re-read this far behind the cursor (coarse CRM clocks, skew).
     reconcile_overlap_seconds: float = Field(default=600, ge=0)
     # Largest webhook body accepted (the CRMs send a few KiB).
     max_webhook_body: int = Field(default=1024 * 1024, ge=1024)
+
+    @property
+    def crm_retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            attempts=self.crm_retry_attempts,
+            max_elapsed=self.crm_retry_max_seconds,
+            base_delay=self.crm_retry_base_delay_seconds,
+            max_delay=self.crm_retry_max_delay_seconds,
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -14,8 +14,8 @@ from app.console import fail
 # `serve` and `worker` never load them.
 BITRIX24_SANDBOX = "connectors.bitrix24.sandbox"
 AMOCRM_SANDBOX = "connectors.amocrm.sandbox"
-SANDBOX_USER = "connectors.sandbox_user"
-SANDBOX_MODULES = (BITRIX24_SANDBOX, AMOCRM_SANDBOX, SANDBOX_USER)
+SANDBOX_SUPPORT = "connectors.sandbox_support"
+SANDBOX_MODULES = (BITRIX24_SANDBOX, AMOCRM_SANDBOX, SANDBOX_SUPPORT)
 
 
 def require_sandboxes(*modules: str) -> None:

@@ -71,8 +71,16 @@ def decrypt(settings: Settings, token: str) -> str:
         raise ValueError("stored credentials cannot be decrypted with the current secret key") from exc
 
 
-def tokens_match(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
+def tokens_match(given: object, expected: str) -> bool:
+    """Constant-time comparison of a presented credential with the stored one. Whatever was
+    presented (a lone surrogate from a JSON escape, not a string at all) is a mismatch, never an
+    error: a malformed credential is a 401, not a 500."""
+    if not isinstance(given, str):
+        return False
+    # surrogatepass: a lone surrogate ("\udfff") encodes to bytes no real token has, instead of raising.
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 _bearer = HTTPBearer(auto_error=False)

@@ -149,13 +149,14 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from app import migrate
     from app.config import Settings
     from app.connections import service as connections
-    from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
     from app.db import create_engine, session_factory
     from app.deals.models import Deal
     from app.deals.reconcile import reconcile
     from connectors.amocrm.client import AmoCRMConnector
+    from connectors.amocrm.descriptor import AmoCRMConnectionCreate
     from connectors.base import CRMConnector
     from connectors.bitrix24.client import Bitrix24Connector
+    from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
     from connectors.http import AMOCRM_DEFAULT, BITRIX24_STANDARD
 
     crm, url, database_url, speed = spec["crm"], spec["url"], spec["database_url"], spec["speed"]

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
-CRMKind = Literal["bitrix24", "amocrm"]
+# A registered CRM's name (connectors/descriptor.py): an open set, a new CRM registers its own.
+CRMKind = str
 StageSemantics = Literal["process", "success", "failure"]
 DealEventKind = Literal["add", "update", "status", "responsible", "delete", "restore"]
 CustomFieldType = Literal["string", "text", "number", "money", "date", "datetime", "enum", "boolean", "url"]

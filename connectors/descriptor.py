@@ -7,25 +7,44 @@ its name, so a new CRM is its folder plus one registration line.
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import CRMConnector, DealEvent, TokenSaver
-from connectors.http import DomainSaver, RatePolicy
+from connectors.http import DomainSaver, RatePolicy, RetryPolicy
+
+if TYPE_CHECKING:  # the sandboxes are not in the runtime package; only their kits' types are named
+    from connectors.sandbox_support.kit import SandboxKit
 
 __all__ = [
+    "BodyToken",
     "CRMDescriptor",
+    "ConnectionInput",
     "ConnectorBuilder",
+    "NewConnection",
+    "SandboxMissing",
     "UnknownCRM",
+    "UrlSecret",
+    "WebhookAuth",
     "WebhookIdentity",
     "crm_names",
     "descriptor_for",
     "descriptors",
+    "http_url",
     "register",
+    "sandbox_kit",
+    "secret_value",
     "unregister",
 ]
+
+CONNECTION_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -37,9 +56,86 @@ class WebhookIdentity:
     application_token: str | None = None
 
 
+@dataclass(frozen=True)
+class UrlSecret:
+    """The CRM does not sign its webhooks: a secret we generate is the last segment of our webhook URL
+    (/webhooks/<crm>/<connection>/<secret>), compared with the copy in the connection's credentials.
+    A body that cannot be read is still stored (as failed): the secret already proved the sender."""
+
+    credential: str = "webhook_secret"  # the copy's key in the connection's credentials
+
+
+@dataclass(frozen=True)
+class BodyToken:
+    """Each webhook body carries a token the CRM issued for the hook, compared with the copy stored in
+    the connection's credentials; our webhook URL has no secret. A body the token cannot be read from
+    is refused: nothing proved its sender."""
+
+    credential: str  # the copy's key in the connection's credentials
+    carried_in: str  # where a body carries the token, as refusals name it
+    not_stored: str  # the refusal when the connection has no copy: what to do about it
+
+
+WebhookAuth = UrlSecret | BodyToken
+
+
+def http_url(value: str, what: str) -> str:
+    """`value` when it is an http(s) URL; a ValueError naming `what` otherwise (input validation)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{what} must be an http(s) URL, got {value!r}")
+    return value
+
+
+def secret_value(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+@dataclass(frozen=True)
+class NewConnection:
+    """What a connection stores, read from a person's input: everything but its name."""
+
+    base_url: str
+    settings: dict[str, Any]
+    credentials: dict[str, Any]
+
+
+class ConnectionInput(BaseModel):
+    """What a person gives to add a connection (API body, CLI options). Each CRM's subclass adds its
+    `crm: Literal["<name>"]` tag, its own fields and validators, and says what the connection stores;
+    the service validates input against the union of the registered CRMs' subclasses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crm: str
+    name: str = Field(description="Connection name: lowercase letters, digits, '-' and '_'.")
+    supervisor_id: str | None = Field(default=None, description="CRM user id that receives SLA escalations.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, name: str) -> str:
+        if not CONNECTION_NAME_RE.match(name):
+            raise ValueError(
+                "name must be 1-64 characters of lowercase letters, digits, '-' and '_', "
+                "starting with a letter or digit (it becomes part of the webhook URL)"
+            )
+        return name
+
+    def new_connection(self, oauth_tokens: dict[str, Any] | None) -> NewConnection:
+        """The base URL, settings and credentials to store. `oauth_tokens`: what
+        exchange_authorization returned, if anything."""
+        raise NotImplementedError
+
+    async def exchange_authorization(self) -> dict[str, Any] | None:
+        """The token pair an authorization code in this input is exchanged for, or None when the
+        input carries none. Raises CRMError when the CRM refuses the code."""
+        return None
+
+
 class ConnectorBuilder(Protocol):
     """Build a connector from what a connection stores (its base URL, decrypted credentials and
-    settings). `account_key` names the portal/account its rate limit is shared under."""
+    settings). `account_key` names the portal/account its rate limit is shared under; `retry` is how
+    one call is retried (None: the connector's default)."""
 
     def __call__(
         self,
@@ -50,6 +146,7 @@ class ConnectorBuilder(Protocol):
         account_key: str,
         token_saver: TokenSaver | None,
         domain_saver: DomainSaver | None,
+        retry: RetryPolicy | None = None,
     ) -> CRMConnector: ...
 
 
@@ -58,6 +155,8 @@ class CRMDescriptor:
     name: str  # the `crm` of a connection, and the CRM's segment in our webhook URLs
     display_name: str
     build_connector: ConnectorBuilder
+    # The input a person gives to add a connection to this CRM (its `crm` tag is `name`).
+    connection_input: type[ConnectionInput]
     # The requests-per-second policy for a connection with these settings.
     rate_for: Callable[[Mapping[str, Any]], RatePolicy]
     # Webhook bodies: who they claim to come from (read before storing, to authenticate them),
@@ -68,8 +167,11 @@ class CRMDescriptor:
     webhook_events: tuple[str, ...]
     # The events a person can pick when registering the webhook in the CRM's UI, if fewer.
     manual_webhook_events: tuple[str, ...] | None = None
-    # True: the CRM does not sign its webhooks, so a secret in our webhook URL authenticates them.
-    webhook_secret_in_url: bool = False
+    # How a webhook delivery proves its sender: a secret in our URL, or a token in the body.
+    webhook_auth: WebhookAuth = field(default_factory=UrlSecret)
+    # The settings key of the account id a webhook body names, compared with the connection's (an id
+    # never changes, so a mismatch is refused; the address under domain_setting may: it is recorded).
+    account_id_setting: str = "account_id"
     # True: the connection's base URL carries a credential (a Bitrix24 inbound webhook URL); only
     # its origin may be shown.
     base_url_is_secret: bool = False
@@ -87,11 +189,34 @@ class CRMDescriptor:
     tokens_issued_at_creation: bool = False
     # What a person should do when the CRM rejects the stored credentials.
     credentials_advice: str = "update the connection's credentials"
+    # "module:attribute" of the CRM's SandboxKit (an emulator the demo runs), or None. Imported only
+    # when asked for: the sandboxes are development code, left out of the runtime package.
+    sandbox: str | None = None
+
+    @property
+    def webhook_secret_in_url(self) -> bool:
+        return isinstance(self.webhook_auth, UrlSecret)
 
     def events_to_subscribe(self, *, through_api: bool) -> tuple[str, ...]:
         if through_api or self.manual_webhook_events is None:
             return self.webhook_events
         return self.manual_webhook_events
+
+
+class SandboxMissing(LookupError):
+    """The CRM has no sandbox, or this install leaves the sandboxes out."""
+
+
+def sandbox_kit(descriptor: CRMDescriptor) -> SandboxKit:
+    if descriptor.sandbox is None:
+        raise SandboxMissing(f"{descriptor.display_name} has no sandbox")
+    module_name, _, attribute = descriptor.sandbox.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise SandboxMissing(f"the {descriptor.display_name} sandbox is not installed ({exc.name})") from exc
+    kit: SandboxKit = getattr(module, attribute)
+    return kit
 
 
 class UnknownCRM(ValueError):

@@ -7,13 +7,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from connectors.amocrm.client import exchange_authorization_code
-from connectors.amocrm.oauth import OAuthApp as AmoOAuthApp
 from connectors.base import CRMConnector, TokenSaver, TokenSet
 from connectors.descriptor import descriptor_for
-from connectors.http import DomainSaver
+from connectors.http import DomainSaver, RetryPolicy
 
-__all__ = ["build_connector", "exchange_amocrm_code", "token_set_from", "token_set_to"]
+__all__ = ["build_connector", "token_set_from", "token_set_to"]
 
 
 def token_set_from(credentials: dict[str, Any]) -> TokenSet:
@@ -51,6 +49,7 @@ def build_connector(
     *,
     token_saver: TokenSaver | None = None,
     domain_saver: DomainSaver | None = None,
+    retry: RetryPolicy | None = None,
 ) -> CRMConnector:
     """`domain_saver` is told (old origin, new origin) when the portal/account answered from a new
     address (renamed), so the caller records it; calls go to the new address either way."""
@@ -61,14 +60,5 @@ def build_connector(
         account_key=account_key(crm, base_url),
         token_saver=token_saver,
         domain_saver=domain_saver,
+        retry=retry,
     )
-
-
-async def exchange_amocrm_code(
-    subdomain: str, base_url: str, client_id: str, client_secret: str, redirect_uri: str, code: str
-) -> dict[str, Any]:
-    """Trade an amoCRM authorization code (valid 20 minutes) for the first token pair."""
-    tokens = await exchange_authorization_code(
-        subdomain, AmoOAuthApp(client_id, client_secret, redirect_uri), code, base_url=base_url
-    )
-    return token_set_to(tokens)

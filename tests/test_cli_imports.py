@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a runtime install holds: the packages without the sandboxes (pyproject's packages.find exclude
 # and .dockerignore leave out the same).
 RUNTIME_PACKAGES = ("app", "connectors", "funnel_templates", "migrations")
-NOT_IN_RUNTIME = shutil.ignore_patterns("sandbox", "sandbox_user.py", "sandbox_moves.py", "__pycache__")
+NOT_IN_RUNTIME = shutil.ignore_patterns("sandbox", "sandbox_support", "__pycache__")
 # The demo runner drives the sandboxes; only `funnelsync demo` imports it, after checking for them.
 NEEDS_SANDBOXES = {"app.demo", "app.__main__"}
 # The test environment has FunnelSync installed editable, and its import hook finds direct children of
-# `app` and `connectors` in the source checkout (connectors.sandbox_user among them) when the tree on
+# `app` and `connectors` in the source checkout (connectors.sandbox_support among them) when the tree on
 # sys.path lacks them. A runtime install has no such hook: take it out.
 WITHOUT_EDITABLE_HOOK = (
     "import sys\n"
@@ -79,7 +79,7 @@ def test_every_service_module_imports_without_the_sandboxes(runtime_tree: Path) 
     wanted = [m for m in modules if m not in NEEDS_SANDBOXES]
     code = "import importlib, importlib.util, app\n"
     code += f"assert app.__file__.startswith({str(runtime_tree)!r}), app.__file__\n"
-    code += "assert importlib.util.find_spec('connectors.sandbox_user') is None\n"
+    code += "assert importlib.util.find_spec('connectors.sandbox_support') is None\n"
     code += f"for name in {wanted!r}:\n    importlib.import_module(name)"
     loaded = loaded_modules(code, runtime_tree)
     assert "app.main" in wanted and set(wanted) <= loaded
@@ -91,7 +91,7 @@ def test_every_service_module_imports_without_the_sandboxes(runtime_tree: Path) 
     [
         (
             ["demo", "--duration", "5"],
-            "connectors.bitrix24.sandbox, connectors.amocrm.sandbox, connectors.sandbox_user",
+            "connectors.bitrix24.sandbox, connectors.amocrm.sandbox, connectors.sandbox_support",
         ),
         (["sandbox", "bitrix24"], "connectors.bitrix24.sandbox"),
         (["sandbox", "amocrm"], "connectors.amocrm.sandbox"),

@@ -1,6 +1,7 @@
 """Import layering (issue #12): the scheduler sits above every domain (it imports their jobs), so
 nothing it imports may import it back; connections sit below deals and webhooks; SQL lives in the
-domains' services and repositories, not in endpoints, CLI commands or the scheduler.
+domains' services and repositories, not in endpoints, CLI commands or the scheduler; connectors (the
+CRM side) never import the service.
 
 Read from the source with `ast`, so an import inside a function counts too."""
 
@@ -67,9 +68,15 @@ def test_the_waker_does_not_import_the_scheduler() -> None:
     assert offending([APP / "waker.py"], ("app.scheduler", "apscheduler")) == []
 
 
-def test_connections_do_not_import_deals_or_webhooks() -> None:
-    """A connection's sync status, which reads both, is composed in app/status/."""
-    assert offending(APP.glob("connections/*.py"), ("app.deals", "app.webhooks")) == []
+def test_connections_do_not_import_funnels_deals_or_webhooks() -> None:
+    """What reads them for a connection (its sync status, its assignees' roles, whether it is
+    provisioned) is composed in app/status/."""
+    assert offending(APP.glob("connections/*.py"), ("app.funnels", "app.deals", "app.webhooks")) == []
+
+
+def test_connectors_do_not_import_the_service() -> None:
+    """A CRM's folder (descriptor, connector, input model, sandbox) depends on nothing in app/."""
+    assert offending((ROOT / "connectors").rglob("*.py"), ("app",)) == []
 
 
 SQL_FREE = {

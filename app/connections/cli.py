@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
 from app.config import Settings
-from app.connections import assignees, health, service
-from app.connections.connector import connected, exchange_amocrm_code
-from app.connections.schemas import AmoCRMConnectionCreate, AssigneesOut, CheckResult, ConnectionCreate
+from app.connections import health, service
+from app.connections.connector import connected
+from app.connections.schemas import (
+    AssigneesOut,
+    CheckResult,
+    connection_input_models,
+    validate_connection_input,
+)
 from app.console import fail, out, print_json
 from app.runtime import Sessions, run_with_database
+from app.status import assignees
+from connectors.descriptor import ConnectionInput
 
 connections_cli = typer.Typer(help="CRM accounts FunnelSync talks to.", no_args_is_help=True)
 
-_adapter: TypeAdapter[Any] = TypeAdapter(ConnectionCreate)
 
-
-def _input_models() -> dict[str, type[BaseModel]]:
-    """CRM -> its input model: the members of the ConnectionCreate union, by their `crm` tag."""
-    models: tuple[type[BaseModel], ...] = get_args(get_args(ConnectionCreate)[0])
-    return {get_args(m.model_fields["crm"].annotation)[0]: m for m in models}
+def _input_models() -> dict[str, type[ConnectionInput]]:
+    """CRM -> its input model, for every registered CRM."""
+    return connection_input_models()
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -83,7 +87,7 @@ def add_command(
     if unused:
         fail(f"options not used by {crm}: " + ", ".join("--" + k.replace("_", "-") for k in unused))
     try:
-        data = _adapter.validate_python({k: v for k, v in raw.items() if v is not None})
+        data = validate_connection_input({k: v for k, v in raw.items() if v is not None})
     except ValidationError as exc:
         fail(validation_message(exc))
 
@@ -92,9 +96,7 @@ def add_command(
             # Checked before an amoCRM authorization code is spent on the exchange.
             if await _exists(session, data.name):
                 fail(f"a connection named {data.name!r} already exists")
-        tokens = None
-        if isinstance(data, AmoCRMConnectionCreate) and data.auth_code is not None:
-            tokens = await exchange_amocrm_code(data)
+        tokens = await data.exchange_authorization()
         record = service.build_record(settings, data, tokens)
         async with sessions.begin() as session:
             try:

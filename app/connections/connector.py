@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.connections import service
 from app.connections.models import Connection
-from app.connections.schemas import AmoCRMConnectionCreate
 from app.db import utcnow
 from connectors import factory
 from connectors.base import CRMConnector, TokenSet
@@ -139,18 +137,7 @@ async def open_connector(
         dict(record.settings),
         token_saver=save_tokens,
         domain_saver=save_domain,
-    )
-
-
-async def exchange_amocrm_code(data: AmoCRMConnectionCreate) -> dict[str, Any]:
-    assert data.client_id and data.client_secret and data.redirect_uri and data.auth_code
-    return await factory.exchange_amocrm_code(
-        data.subdomain,
-        data.resolved_base_url,
-        data.client_id,
-        data.client_secret.get_secret_value(),
-        data.redirect_uri,
-        data.auth_code.get_secret_value(),
+        retry=settings.crm_retry,
     )
 
 

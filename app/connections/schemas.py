@@ -1,128 +1,41 @@
-"""Connection input/output shapes. Secrets go in, never come out."""
+"""Connection input/output shapes. Secrets go in, never come out.
+
+The input of a new connection is the CRM's own model (its descriptor's `connection_input`), chosen
+by the `crm` tag among the registered CRMs."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from functools import lru_cache
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from app.connections.models import ConnectionSwitch
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-BITRIX24_WEBHOOK_PATH_RE = re.compile(r"^/rest/(\d+)/([A-Za-z0-9]+)/?$")
-AMOCRM_SUBDOMAIN_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+from connectors.descriptor import ConnectionInput, descriptors
 
 
-class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Connection name: lowercase letters, digits, '-' and '_'.")
-    supervisor_id: str | None = Field(default=None, description="CRM user id that receives SLA escalations.")
-
-    @field_validator("name")
-    @classmethod
-    def _name_shape(cls, name: str) -> str:
-        if not NAME_RE.match(name):
-            raise ValueError(
-                "name must be 1-64 characters of lowercase letters, digits, '-' and '_', "
-                "starting with a letter or digit (it becomes part of the webhook URL)"
-            )
-        return name
+def connection_input_models() -> dict[str, type[ConnectionInput]]:
+    """CRM name -> the input model its descriptor gives, for every registered CRM."""
+    return {d.name: d.connection_input for d in descriptors()}
 
 
-def _http_url(value: str, what: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{what} must be an http(s) URL, got {value!r}")
-    return value
+@lru_cache(maxsize=8)
+def _adapter_for(models: tuple[type[ConnectionInput], ...]) -> TypeAdapter[ConnectionInput]:
+    # The union of the registered CRMs' models, told apart by their `crm` tag: pydantic then names
+    # the known tags when `crm` is missing or unknown, and reports only the chosen model's errors.
+    union: Any = Union[models] if len(models) > 1 else models[0]  # noqa: UP007 (built at runtime)
+    return TypeAdapter(Annotated[union, Field(discriminator="crm")])
 
 
-class Bitrix24ConnectionCreate(_Input):
-    crm: Literal["bitrix24"]
-    webhook_url: str | None = Field(
-        default=None, description="Inbound webhook URL: https://{portal}/rest/{user}/{code}/"
-    )
-    app_token: SecretStr | None = Field(
-        default=None, description="application_token of the outgoing webhook or app (verifies events)."
-    )
-    # OAuth application (local or marketplace app installed on the portal).
-    portal_url: str | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    access_token: SecretStr | None = None
-    refresh_token: SecretStr | None = None
-    oauth_server_url: str = "https://oauth.bitrix.info"
-    plan: Literal["standard", "enterprise"] = "standard"
-
-    @model_validator(mode="after")
-    def _one_auth(self) -> Bitrix24ConnectionCreate:
-        oauth = [self.portal_url, self.client_id, self.client_secret, self.refresh_token]
-        if self.webhook_url and any(oauth):
-            raise ValueError("give either webhook_url or the OAuth app credentials, not both")
-        if self.webhook_url:
-            _http_url(self.webhook_url, "webhook_url")
-            if not BITRIX24_WEBHOOK_PATH_RE.match(urlsplit(self.webhook_url).path):
-                raise ValueError(
-                    "webhook_url must look like https://{portal}/rest/{user_id}/{code}/ "
-                    "(copy it from the portal's inbound webhook page)"
-                )
-        elif all(oauth):
-            _http_url(self.portal_url or "", "portal_url")
-            _http_url(self.oauth_server_url, "oauth_server_url")
-        else:
-            raise ValueError(
-                "Bitrix24 needs webhook_url, or portal_url + client_id + client_secret + refresh_token "
-                "of an installed OAuth app"
-            )
-        return self
+def connection_input_adapter() -> TypeAdapter[ConnectionInput]:
+    """Validates connection input against the CRMs registered now (a CRM may register late)."""
+    return _adapter_for(tuple(connection_input_models().values()))
 
 
-class AmoCRMConnectionCreate(_Input):
-    crm: Literal["amocrm"]
-    subdomain: str
-    base_url: str | None = Field(
-        default=None, description="Override https://{subdomain}.amocrm.ru (a sandbox, or .kommo.com)."
-    )
-    token: SecretStr | None = Field(default=None, description="Long-lived token of a private integration.")
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    redirect_uri: str | None = None
-    auth_code: SecretStr | None = Field(default=None, description="Authorization code (valid 20 minutes).")
-    requests_per_second: float = Field(default=7, gt=0, le=50)
-
-    @field_validator("subdomain")
-    @classmethod
-    def _subdomain_shape(cls, value: str) -> str:
-        if not AMOCRM_SUBDOMAIN_RE.match(value):
-            raise ValueError(
-                "subdomain must be the account's subdomain, e.g. 'mycompany' of mycompany.amocrm.ru"
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _one_auth(self) -> AmoCRMConnectionCreate:
-        oauth = [self.client_id, self.client_secret, self.redirect_uri, self.auth_code]
-        if self.token and any(oauth):
-            raise ValueError("give either token or the OAuth client credentials with auth_code, not both")
-        if not self.token and not all(oauth):
-            raise ValueError(
-                "amoCRM needs token (long-lived), or client_id + client_secret + redirect_uri + auth_code"
-            )
-        if self.base_url:
-            _http_url(self.base_url, "base_url")
-        if self.redirect_uri:
-            _http_url(self.redirect_uri, "redirect_uri")
-        return self
-
-    @property
-    def resolved_base_url(self) -> str:
-        return (self.base_url or f"https://{self.subdomain}.amocrm.ru").rstrip("/")
-
-
-ConnectionCreate = Annotated[Bitrix24ConnectionCreate | AmoCRMConnectionCreate, Field(discriminator="crm")]
+def validate_connection_input(data: Any) -> ConnectionInput:
+    """The registered CRM's input model for `data`. Raises pydantic's ValidationError."""
+    return connection_input_adapter().validate_python(data)
 
 
 class ConnectionOut(BaseModel):

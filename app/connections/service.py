@@ -7,7 +7,6 @@ database. Nothing in this module logs or returns them.
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,15 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.connections.models import Connection, ConnectionSwitch
-from app.connections.schemas import (
-    AmoCRMConnectionCreate,
-    Bitrix24ConnectionCreate,
-    ConnectionCreate,
-    ConnectionOut,
-)
+from app.connections.schemas import ConnectionOut
 from app.errors import NotFound
 from app.security import decrypt, encrypt
-from connectors.descriptor import descriptor_for
+from connectors.descriptor import ConnectionInput, descriptor_for
 
 
 class ConnectionExists(ValueError):
@@ -38,55 +32,18 @@ class ConnectionNotFound(NotFound):
         self.name = name
 
 
-def _secret(value: Any) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
 def build_record(
-    settings: Settings, data: ConnectionCreate, oauth_tokens: dict[str, Any] | None
+    settings: Settings, data: ConnectionInput, oauth_tokens: dict[str, Any] | None
 ) -> Connection:
     """A new Connection row (not yet added) from validated input. `oauth_tokens` holds the tokens an
-    amoCRM authorization code was exchanged for."""
+    authorization code in the input was exchanged for (ConnectionInput.exchange_authorization)."""
+    new = data.new_connection(oauth_tokens)
     record_settings: dict[str, Any] = {}
     if data.supervisor_id:
         record_settings["supervisor_id"] = data.supervisor_id
-    credentials: dict[str, Any]
-    if isinstance(data, Bitrix24ConnectionCreate):
-        record_settings["plan"] = data.plan
-        if data.webhook_url:
-            base_url = data.webhook_url.rstrip("/") + "/"
-            credentials = {"auth": "webhook", "webhook_url": base_url}
-        else:
-            base_url = (data.portal_url or "").rstrip("/")
-            credentials = {
-                "auth": "oauth",
-                "client_id": data.client_id,
-                "client_secret": _secret(data.client_secret),
-                "access_token": _secret(data.access_token),
-                "refresh_token": _secret(data.refresh_token),
-                "oauth_server_url": data.oauth_server_url.rstrip("/"),
-            }
-        record_settings["domain"] = urlsplit(base_url).netloc
-        if data.app_token is not None:
-            credentials["app_token"] = data.app_token.get_secret_value()
-    else:
-        assert isinstance(data, AmoCRMConnectionCreate)
-        base_url = data.resolved_base_url
-        record_settings.update(subdomain=data.subdomain, requests_per_second=data.requests_per_second)
-        if data.token is not None:
-            credentials = {"auth": "token", "token": data.token.get_secret_value()}
-        else:
-            credentials = {
-                "auth": "oauth",
-                "client_id": data.client_id,
-                "client_secret": _secret(data.client_secret),
-                "redirect_uri": data.redirect_uri,
-                **(oauth_tokens or {}),
-            }
-        # The webhook URL carries this secret: amoCRM webhooks are not signed.
-        credentials["webhook_secret"] = secrets.token_urlsafe(24)
-    record = Connection(name=data.name, crm=data.crm, base_url=base_url, settings=record_settings)
-    store_credentials(settings, record, credentials)
+    record_settings.update(new.settings)
+    record = Connection(name=data.name, crm=data.crm, base_url=new.base_url, settings=record_settings)
+    store_credentials(settings, record, new.credentials)
     return record
 
 

@@ -1,4 +1,7 @@
-"""POST /webhooks/bitrix24/{connection} and /webhooks/amocrm/{connection}/{secret}.
+"""POST /webhooks/{crm}/{connection} and /webhooks/{crm}/{connection}/{secret}: one receiver for
+every registered CRM. The CRM's descriptor says which of the two URLs it uses and how a delivery
+proves its sender (a token in the body, or the secret in the URL), which claims in a body are
+compared with the connection, and how refusals name the token.
 
 An accepted delivery is committed to the inbox before the 2xx goes out, so an acknowledged event is
 never lost; a forged one is refused with 401 and nothing stored. A body we can authenticate but not
@@ -15,19 +18,18 @@ from fastapi import APIRouter, HTTPException, Request, status
 
 from app import metrics
 from app.api.deps import SessionsDep, SettingsDep
+from app.config import Settings
 from app.connections import service as connections
 from app.connections.connector import record_domain
 from app.connections.models import Connection
 from app.security import tokens_match
 from app.waker import INBOX_JOB, get_waker
 from app.webhooks.service import dedupe_key, store_event
+from connectors.descriptor import BodyToken, CRMDescriptor, UnknownCRM, UrlSecret, descriptor_for
 from connectors.events import WebhookIdentity, WebhookParseError, parse_deal_events, read_identity
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 log = logging.getLogger("funnelsync.webhooks")
-# A portal (Bitrix24) or account (amoCRM) can be renamed; its application token or our URL secret
-# already proved the sender, so a new address is recorded, not refused. Ids never change.
-_ADDRESSES = ("domain", "subdomain")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -74,21 +76,35 @@ async def _accept(request: Request, sessions: Any, record: Connection, body: byt
     return {"status": "accepted" if new else "duplicate"}
 
 
-def _check_identity(
-    record: Connection, identity: WebhookIdentity, claims: dict[str, str | None]
-) -> str | None:
-    """Compare what the body claims (portal, account) with what we know about the connection.
-    Returns the new domain/subdomain the body names when the account was renamed."""
+def _check_identity(descriptor: CRMDescriptor, record: Connection, identity: WebhookIdentity) -> str | None:
+    """Compare what the body claims (its account's address and id) with what we know about the
+    connection. Returns the new address the body names when the account was renamed: its token or
+    our URL secret already proved the sender, so a new address is recorded, not refused. Ids never
+    change: a different one is refused."""
+    address = descriptor.domain_setting
+    claims = {address: identity.domain, descriptor.account_id_setting: identity.account_id}
     moved = None
     for key, value in claims.items():
+        if value and not _is_text(value):
+            raise _refuse(f"the body's {key} is not valid text")
         expected = record.settings.get(key)
         if expected and value and str(expected).lower() != str(value).lower():
-            if key not in _ADDRESSES:
+            if key != address:
                 raise _refuse(f"{key} {value!r} does not match this connection")
             moved = value
         if expected and not value:
             raise _refuse(f"the body does not say its {key}")
     return moved
+
+
+def _is_text(value: object) -> bool:
+    """False for a string with a lone surrogate (a JSON escape such as "\\udfff"): no account is
+    named so, and recording or logging one would fail later, far from here."""
+    try:
+        str(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _record_move(sessions: Any, record: Connection, domain: str) -> None:
@@ -98,45 +114,79 @@ async def _record_move(sessions: Any, record: Connection, domain: str) -> None:
             log.warning("connection %s: the CRM now calls itself %s; recorded", record.name, domain)
 
 
-@router.post("/bitrix24/{name}")
-async def bitrix24_webhook(
-    name: str, request: Request, sessions: SessionsDep, settings: SettingsDep
-) -> dict[str, str]:
-    record = await _connection(sessions, name, "bitrix24")
-    body = await _read_body(request, settings.max_webhook_body)
-    expected = connections.credentials(settings, record).get("app_token")
-    if not expected:
-        raise _refuse(
-            "this connection has no application token; add the outgoing webhook's token "
-            "(connections add ... --app-token) so events can be verified"
-        )
+def _descriptor(crm: str, secret: str | None) -> CRMDescriptor:
+    """The CRM of a webhook URL. A CRM we do not know, or a URL of the other shape than the CRM's
+    (a secret where it has none, none where it has one), is a path we do not serve."""
     try:
-        identity = read_identity("bitrix24", body, request.headers.get("content-type", ""))
-    except WebhookParseError as exc:
-        raise _refuse(f"not a Bitrix24 event ({exc})") from exc
-    if not identity.application_token or not tokens_match(identity.application_token, expected):
-        raise _refuse("wrong or missing auth[application_token]")
-    moved = _check_identity(record, identity, {"domain": identity.domain, "member_id": identity.account_id})
-    if moved:
-        await _record_move(sessions, record, moved)
-    return await _accept(request, sessions, record, body)
+        descriptor = descriptor_for(crm)
+    except UnknownCRM:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found") from None
+    if descriptor.webhook_secret_in_url != (secret is not None):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "Not Found")
+    return descriptor
 
 
-@router.post("/amocrm/{name}/{secret}")
-async def amocrm_webhook(
-    name: str, secret: str, request: Request, sessions: SessionsDep, settings: SettingsDep
+@router.post("/{crm}/{name}")
+async def webhook(
+    crm: str, name: str, request: Request, sessions: SessionsDep, settings: SettingsDep
 ) -> dict[str, str]:
-    record = await _connection(sessions, name, "amocrm")
-    if not tokens_match(secret, str(connections.credentials(settings, record).get("webhook_secret", ""))):
-        raise _refuse("wrong secret in the URL")
-    body = await _read_body(request, settings.max_webhook_body)
-    try:
-        identity = read_identity("amocrm", body, request.headers.get("content-type", ""))
-    except WebhookParseError:
-        identity = WebhookIdentity()  # authenticated by the secret: store it as failed below
+    """A CRM whose events carry a token (Bitrix24: auth[application_token])."""
+    return await _receive(_descriptor(crm, None), name, None, request, sessions, settings)
+
+
+@router.post("/{crm}/{name}/{secret}")
+async def webhook_with_secret(
+    crm: str, name: str, secret: str, request: Request, sessions: SessionsDep, settings: SettingsDep
+) -> dict[str, str]:
+    """A CRM that does not sign its webhooks (amoCRM): the secret in the URL proves the sender."""
+    return await _receive(_descriptor(crm, secret), name, secret, request, sessions, settings)
+
+
+async def _receive(
+    descriptor: CRMDescriptor,
+    name: str,
+    secret: str | None,
+    request: Request,
+    sessions: Any,
+    settings: Settings,
+) -> dict[str, str]:
+    record = await _connection(sessions, name, descriptor.name)
+    stored = connections.credentials(settings, record)
+    auth = descriptor.webhook_auth
+    if isinstance(auth, UrlSecret):
+        if not tokens_match(secret, str(stored.get(auth.credential, ""))):
+            raise _refuse("wrong secret in the URL")
+        body = await _read_body(request, settings.max_webhook_body)
+        identity = _identity_if_readable(descriptor, request, body)
     else:
-        claims = {"subdomain": identity.domain, "account_id": identity.account_id}
-        moved = _check_identity(record, identity, claims)
+        body = await _read_body(request, settings.max_webhook_body)
+        identity = _identity_with_token(descriptor, auth, request, body, stored.get(auth.credential))
+    if identity is not None:
+        moved = _check_identity(descriptor, record, identity)
         if moved:
             await _record_move(sessions, record, moved)
     return await _accept(request, sessions, record, body)
+
+
+def _identity_if_readable(descriptor: CRMDescriptor, request: Request, body: bytes) -> WebhookIdentity | None:
+    """Who the body claims to be from, or None when it cannot be read: already authenticated by the
+    URL secret, it is then stored as failed."""
+    try:
+        return read_identity(descriptor.name, body, request.headers.get("content-type", ""))
+    except WebhookParseError:
+        return None
+
+
+def _identity_with_token(
+    descriptor: CRMDescriptor, auth: BodyToken, request: Request, body: bytes, expected: Any
+) -> WebhookIdentity:
+    """Who the body claims to be from, once the token it carries matched the stored one."""
+    if not expected:
+        raise _refuse(auth.not_stored)
+    try:
+        identity = read_identity(descriptor.name, body, request.headers.get("content-type", ""))
+    except WebhookParseError as exc:
+        raise _refuse(f"not a {descriptor.display_name} event ({exc})") from exc
+    if not identity.application_token or not tokens_match(identity.application_token, str(expected)):
+        raise _refuse(f"wrong or missing {auth.carried_in}")
+    return identity

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import delete, select
 
 from app.connections import service
-from app.connections.schemas import Bitrix24ConnectionCreate
 from app.funnels.models import Funnel
 from app.main import create_app
 from app.rules.engine import DealState, on_entry, resolve_assignee
 from app.rules.service import load_funnel
+from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from tests.support.cli import run_cli
 from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions

@@ -13,12 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.connections import service
-from app.connections.connector import exchange_amocrm_code, open_connector
-from app.connections.jobs import check_webhooks, refresh_tokens
+from app.connections.connector import open_connector
+from app.connections.jobs import refresh_tokens
 from app.connections.models import Connection
-from app.connections.schemas import AmoCRMConnectionCreate
 from app.db import utcnow
+from app.funnels.webhook_upkeep import check_webhooks
 from app.status.connection import connection_status
+from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.base import CRMConnector
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
@@ -47,7 +48,7 @@ async def oauth_connection(
         redirect_uri=grant["redirect_uri"],
         auth_code=SecretStr(grant["code"]),
     )
-    record = service.build_record(settings, data, await exchange_amocrm_code(data))
+    record = service.build_record(settings, data, await data.exchange_authorization())
     async with open_sessions(database_url) as sessions:
         async with sessions.begin() as session:
             session.add(record)

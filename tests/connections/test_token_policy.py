@@ -25,12 +25,12 @@ from app.connections import service
 from app.connections.connector import ROTATED_AT, open_connector
 from app.connections.jobs import refresh_tokens
 from app.connections.models import Connection
-from app.connections.schemas import Bitrix24ConnectionCreate
 from app.db import utcnow
 from app.main import create_app
 from app.status.connection import connection_status
 from connectors import factory
 from connectors.base import CRMConnector
+from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from tests.connectors.bitrix24 import conftest as b24
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions

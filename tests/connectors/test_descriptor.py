@@ -1,7 +1,8 @@
 """A CRM is one descriptor, registered once (issue #12): registering a toy CRM is all it takes for
 the service to build its connector, read its webhooks, subscribe it to its own events and name its
-webhook URL, with no edits elsewhere. The toy CRM's API is the amoCRM sandbox over real HTTP, under
-the toy's name; its webhook format and event names are its own."""
+webhook URL, take its connection input through the API and accept its webhooks through the one
+receiver, with no edits elsewhere. The toy CRM's API is the amoCRM sandbox over real HTTP, under the
+toy's name; its webhook format, event names and connection input are its own."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import httpx
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -23,17 +27,23 @@ from app.connections.connector import (
     open_connector,
     refresh_token_lapses_at,
 )
-from app.connections.jobs import check_webhooks
 from app.connections.models import Connection
 from app.db import utcnow
 from app.funnels.models import Funnel
 from app.funnels.service import plan_context
+from app.funnels.webhook_upkeep import check_webhooks
+from app.main import create_app
+from app.webhooks.models import InboxEvent
+from app.webhooks.service import dedupe_key
 from connectors import factory
 from connectors.amocrm.client import AmoCRMConnector
 from connectors.base import CRMConnector, DealEvent, DealEventKind, TokenSaver, WebhookParseError
 from connectors.descriptor import (
+    ConnectionInput,
     CRMDescriptor,
+    NewConnection,
     UnknownCRM,
+    UrlSecret,
     WebhookIdentity,
     crm_names,
     descriptor_for,
@@ -42,10 +52,11 @@ from connectors.descriptor import (
     unregister,
 )
 from connectors.events import parse_deal_events, read_identity
-from connectors.http import AMOCRM_DEFAULT, DomainSaver, RatePolicy
+from connectors.http import AMOCRM_DEFAULT, DomainSaver, RatePolicy, RetryPolicy
 from tests.connectors.amocrm import conftest as amo
 from tests.support.crm import FAST_RETRY, settings_for
 from tests.support.db import open_sessions
+from tests.support.server import serve_asgi
 
 # The toy's API is the amoCRM sandbox, which accepts only amoCRM's event names: a subset, in an order
 # of its own, tells the toy's list from amoCRM's.
@@ -65,6 +76,7 @@ def _toy_connector(
     account_key: str,
     token_saver: TokenSaver | None,
     domain_saver: DomainSaver | None,
+    retry: RetryPolicy | None = None,
 ) -> CRMConnector:
     built.append(account_key)
     return AmoCRMConnector(
@@ -105,16 +117,28 @@ def _toy_events(body: bytes, content_type: str) -> list[DealEvent]:
     ]
 
 
+class ToyConnectionCreate(ConnectionInput):
+    crm: Literal["toy"]
+    account: str
+    token: SecretStr
+    base_url: str
+
+    def new_connection(self, oauth_tokens: dict[str, Any] | None) -> NewConnection:
+        credentials = {"auth": "token", "token": self.token.get_secret_value(), "webhook_secret": "s3cret"}
+        return NewConnection(self.base_url, {"account": self.account}, credentials)
+
+
 TOY = CRMDescriptor(
     name="toy",
     display_name="Toy CRM",
     build_connector=_toy_connector,
+    connection_input=ToyConnectionCreate,
     rate_for=_toy_rate,
     read_identity=_toy_identity,
     parse_deal_events=_toy_events,
     webhook_events=TOY_EVENTS,
     manual_webhook_events=TOY_EVENTS[1:],
-    webhook_secret_in_url=True,
+    webhook_auth=UrlSecret(credential="webhook_secret"),
     domain_setting="account",
     domain_from_host=lambda host: host.split(".", 1)[0],
     refresh_token_lifetime=timedelta(days=7),
@@ -251,3 +275,48 @@ def test_an_unregistered_crm_is_unknown_again(toy_crm: CRMDescriptor) -> None:
     unregister("toy")
     with pytest.raises(UnknownCRM, match=r"known CRMs: bitrix24, amocrm$"):
         descriptor_for("toy")
+
+
+def _toy_delivery(account: str, deal_id: int) -> bytes:
+    deals = [{"id": deal_id, "event": "add_lead", "at": 1_700_000_000}]
+    return json.dumps({"account": account, "account_id": "42", "deals": deals}).encode()
+
+
+async def test_a_toy_crms_webhook_is_stored_by_the_generic_receiver(toy_account: ToyAccount) -> None:
+    record = await toy_account.record()
+    account = toy_account.box.config.subdomain
+    with serve_asgi(create_app(toy_account.settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            # The toy's descriptor puts a secret in its URL: its URL is /webhooks/toy/<name>/<secret>.
+            accepted = await client.post("/webhooks/toy/toy-shop/s3cret", content=_toy_delivery(account, 7))
+            again = await client.post("/webhooks/toy/toy-shop/s3cret", content=_toy_delivery(account, 7))
+            forged = await client.post("/webhooks/toy/toy-shop/guess", content=_toy_delivery(account, 8))
+            without_secret = await client.post("/webhooks/toy/toy-shop", content=_toy_delivery(account, 9))
+    assert (accepted.status_code, accepted.json()) == (200, {"status": "accepted"})
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
+    assert (forged.status_code, forged.json()) == (
+        401,
+        {"detail": "webhook refused: wrong secret in the URL"},
+    )
+    assert without_secret.status_code == 404
+    async with toy_account.sessions() as session:
+        stored = list(await session.scalars(select(InboxEvent)))
+    # Stored once, keyed by the toy's own event key (its parser ran in the receiver), for processing.
+    expected_key = dedupe_key(["toy:add_lead:7:1700000000"], b"")
+    assert [(e.connection_id, e.dedupe_key, e.error, e.body) for e in stored] == [
+        (record.id, expected_key, None, _toy_delivery(account, 7))
+    ]
+
+
+async def test_a_toy_connection_is_added_through_the_api(toy_account: ToyAccount) -> None:
+    body = {"name": "toy-two", "crm": "toy", "account": "two", "token": "t", "base_url": "https://two.toy"}
+    auth = {"Authorization": "Bearer test-token-123"}
+    with serve_asgi(create_app(toy_account.settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as client:
+            added = await client.post("/api/connections", json=body)
+            bad = await client.post("/api/connections", json={**body, "name": "toy-three", "account": 5})
+    assert added.status_code == 201, added.text
+    assert added.json()["webhook_url"] == "http://127.0.0.1:9/webhooks/toy/toy-two/***"
+    assert added.json()["settings"] == {"account": "two"}
+    # The toy's own model validated the input: a 422 naming its field.
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "toy", "account"]

@@ -16,12 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.connections import service as connections
 from app.connections.models import Connection
-from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
 from app.main import create_app
 from app.webhooks.models import InboxEvent
 from app.webhooks.processor import process_inbox
 from app.webhooks.service import store_event
+from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.base import CRMConnector
+from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from connectors.events import parse_deal_events
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions

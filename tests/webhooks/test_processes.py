@@ -19,9 +19,9 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from app.connections import service as connections
-from app.connections.schemas import AmoCRMConnectionCreate
 from app.deals.models import Deal, StageTransition
 from app.webhooks.models import InboxEvent
+from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from tests.support.cli import REPO
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions

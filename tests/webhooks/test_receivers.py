@@ -15,8 +15,9 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from app.connections import service as connections
-from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
 from app.main import create_app
+from connectors.amocrm.descriptor import AmoCRMConnectionCreate
+from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from connectors.amocrm.sandbox.common import Sandbox
-from connectors.sandbox_moves import Moves
+from connectors.sandbox_support.moves import Moves
 
 _API_PATHS = ("/api/", "/oauth2/")
 

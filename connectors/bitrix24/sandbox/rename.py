@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from connectors.bitrix24.sandbox.config import SandboxConfig
 from connectors.bitrix24.sandbox.engine import Portal
 from connectors.bitrix24.sandbox.querystring import parse_php_query
-from connectors.sandbox_moves import Moves
+from connectors.sandbox_support.moves import Moves
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """Connection assignees: which CRM user gets the tasks the rules assign to a template role
-("supervisor" and the roles a provisioned template declares; "responsible" is always the deal's)."""
+("supervisor" and the roles a provisioned template declares; "responsible" is always the deal's).
+
+Moved out of app/connections: the roles come from the templates of the connection's provisioned
+funnels, and funnels sit above connections. Stored in the connection's settings."""
 
 from __future__ import annotations
 

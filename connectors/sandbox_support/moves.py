@@ -3,7 +3,7 @@ same path on the new host, as a renamed Bitrix24 portal does (docs/crm/bitrix24.
 amoCRM sandbox assumes (UNVERIFIED, docs/crm/amocrm.md §1). Each sandbox's rename.py says which
 paths redirect and what else a rename changes (webhook bodies, token answers).
 
-Sandbox-only, like connectors/sandbox_user.py: the image leaves it out (.dockerignore).
+Sandbox-only, like the rest of connectors/sandbox_support: the package and the image leave it out.
 """
 
 from __future__ import annotations

@@ -20,31 +20,32 @@ import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp
 
 from app.config import Settings
 from app.connections import service as connections
 from app.connections.connector import open_connector
-from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
+from app.connections.models import Connection
+from app.connections.schemas import validate_connection_input
 from app.deals.models import Deal, StageTransition
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
 from app.funnels.service import provision
 from app.library.service import get_template
 from app.main import create_app
 from app.outbox.models import OutboxCommand
-from app.outbox.statuses import CommandStatus
+from app.outbox.statuses import CommandStatus, RuleName
 from app.scheduler import Runtime, run_until_idle
 from app.security import api_token
 from app.webhooks.models import EventStatus, InboxEvent
-from connectors.amocrm.sandbox import SandboxConfig as AmoSandboxConfig
-from connectors.amocrm.sandbox import create_sandbox_app as amo_sandbox
-from connectors.bitrix24.sandbox import SandboxConfig as Bitrix24SandboxConfig
-from connectors.bitrix24.sandbox import create_sandbox_app as bitrix24_sandbox
-from connectors.sandbox_user import SandboxUser, sandbox_user
+from connectors.descriptor import descriptor_for, sandbox_kit
+from connectors.sandbox_support.kit import SandboxAccount, SandboxKit, SandboxUser
 
 DEMO_APP_TOKEN = "demo-outgoing-webhook-token"
 # Some way into the demo the amoCRM sandbox answers every API call with HTTP 503 for a while: the
 # outbox retries, then dead-letters what it could not deliver, for an operator to retry by hand.
 OUTAGE_START, OUTAGE_LENGTH = 30.0, 90.0
+# What the demo runs: a sandbox of each CRM (its kit comes from the CRM's descriptor), the connection
+# to it, and the template provisioned there.
 PLAN = (("bitrix24", "demo-bitrix24", "general.typical"), ("amocrm", "demo-amocrm", "auto_service.repair"))
 
 
@@ -82,6 +83,33 @@ class DemoPorts:
     bitrix24: int = 8024
     amocrm: int = 8025
 
+    def of(self, crm: str) -> int:
+        """The port of the CRM's sandbox."""
+        return {"bitrix24": self.bitrix24, "amocrm": self.amocrm}[crm]
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    """One line of PLAN, running: the CRM's sandbox kit and the account it serves."""
+
+    crm: str
+    template_key: str
+    kit: SandboxKit
+    account: SandboxAccount
+
+
+def demo_accounts(settings: Settings, ports: DemoPorts) -> list[DemoAccount]:
+    accounts = []
+    for crm, name, template_key in PLAN:
+        account = SandboxAccount(
+            connection=name,
+            port=ports.of(crm),
+            webhook_url=f"{settings.public_url}/webhooks/{crm}/{name}",
+            webhook_token=DEMO_APP_TOKEN,
+        )
+        accounts.append(DemoAccount(crm, template_key, sandbox_kit(descriptor_for(crm)), account))
+    return accounts
+
 
 @dataclass
 class SimulatedFunnel:
@@ -113,94 +141,79 @@ def demo_settings(settings: Settings, ports: DemoPorts) -> Settings:
     )
 
 
-async def _setup(settings: Settings, sessions: async_sessionmaker[AsyncSession], ports: DemoPorts) -> None:
+async def _setup(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], accounts: list[DemoAccount]
+) -> None:
     records = [
         connections.build_record(
             settings,
-            Bitrix24ConnectionCreate(
-                name="demo-bitrix24",
-                crm="bitrix24",
-                webhook_url=f"http://127.0.0.1:{ports.bitrix24}/rest/1/demowebhookcode/",
-                app_token=SecretStr(DEMO_APP_TOKEN),
-            ),
+            validate_connection_input({"name": a.account.connection, **a.kit.connection_input(a.account)}),
             None,
-        ),
-        connections.build_record(
-            settings,
-            AmoCRMConnectionCreate(
-                name="demo-amocrm",
-                crm="amocrm",
-                subdomain="demo",
-                token=SecretStr("demo-long-lived-token"),
-                base_url=f"http://127.0.0.1:{ports.amocrm}",
-            ),
-            None,
-        ),
+        )
+        for a in accounts
     ]
     async with sessions.begin() as session:
         session.add_all(records)
-    for record, (_, _, key) in zip(records, PLAN, strict=True):
+    for record, demo in zip(records, accounts, strict=True):
         connector = await open_connector(sessions, settings, record)
         try:
-            outcome = await provision(sessions, settings, record, connector, get_template(key), dry_run=False)
+            template = get_template(demo.template_key)
+            outcome = await provision(sessions, settings, record, connector, template, dry_run=False)
         finally:
             await connector.aclose()
         if not outcome.applied:
-            raise RuntimeError(f"demo provisioning of {key} failed: {outcome.error}")
+            raise RuntimeError(f"demo provisioning of {demo.template_key} failed: {outcome.error}")
 
 
 async def _loss_fields(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], crm: str, funnel_id: int
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    demo: DemoAccount,
+    record: Connection,
+    funnel_id: int,
 ) -> Callable[[bool], dict[str, Any]]:
-    """How a user records a loss reason in this CRM: amoCRM's loss_reason_id, Bitrix24's enumeration
-    field. Without a reason the deal is lost the way FunnelSync's rules must catch."""
+    """How a user records a loss reason in this CRM (the kit knows). Without a reason the deal is
+    lost the way FunnelSync's rules must catch."""
     async with sessions() as session:
-        record = await connections.get_connection(
-            session, "demo-bitrix24" if crm == "bitrix24" else "demo-amocrm"
-        )
         mapped = await session.scalars(
             select(FunnelMapping.crm_id).where(
                 FunnelMapping.funnel_id == funnel_id, FunnelMapping.kind == "loss_reason"
             )
         )
         reason_ids = list(mapped)
-    if crm == "bitrix24":
-        connector = await open_connector(sessions, settings, record)
-        try:
-            field = next(f for f in await connector.list_fields() if f.code == "loss_reason")
-        finally:
-            await connector.aclose()
-        options = [o.id for o in field.options]
-        return lambda with_reason: {field.crm_name: options[0]} if with_reason and options else {}
-    return lambda with_reason: {"loss_reason_id": int(reason_ids[0])} if with_reason and reason_ids else {}
+    connector = await open_connector(sessions, settings, record)
+    try:
+        return await demo.kit.loss_fields(connector, reason_ids)
+    finally:
+        await connector.aclose()
 
 
 async def _funnels(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], ports: DemoPorts
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], accounts: list[DemoAccount]
 ) -> list[SimulatedFunnel]:
     funnels = []
-    async with sessions() as session:
-        for crm, _name, key in PLAN:
-            funnel = await session.scalar(select(Funnel).where(Funnel.template_key == key))
+    for demo in accounts:
+        async with sessions() as session:
+            record = await connections.get_connection(session, demo.account.connection)
+            funnel = await session.scalar(select(Funnel).where(Funnel.template_key == demo.template_key))
             assert funnel is not None and funnel.crm_pipeline_id is not None
             stages = list(
                 await session.scalars(
                     select(FunnelStage).where(FunnelStage.funnel_id == funnel.id).order_by(FunnelStage.sort)
                 )
             )
-            ids = {s.semantics: s.crm_stage_id for s in stages}
-            port = ports.bitrix24 if crm == "bitrix24" else ports.amocrm
-            funnels.append(
-                SimulatedFunnel(
-                    crm=crm,
-                    pipeline_id=funnel.crm_pipeline_id,
-                    process=[s.crm_stage_id for s in stages if s.semantics == "process" and s.crm_stage_id],
-                    won=str(ids["success"]),
-                    lost=str(ids["failure"]),
-                    user=sandbox_user(crm, f"http://127.0.0.1:{port}"),
-                    loss_fields=await _loss_fields(settings, sessions, crm, funnel.id),
-                )
+        ids = {s.semantics: s.crm_stage_id for s in stages}
+        funnels.append(
+            SimulatedFunnel(
+                crm=demo.crm,
+                pipeline_id=funnel.crm_pipeline_id,
+                process=[s.crm_stage_id for s in stages if s.semantics == "process" and s.crm_stage_id],
+                won=str(ids["success"]),
+                lost=str(ids["failure"]),
+                user=demo.kit.user(demo.account),
+                loss_fields=await _loss_fields(settings, sessions, demo, record, funnel.id),
             )
+        )
     return funnels
 
 
@@ -249,14 +262,57 @@ async def summary(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
             "tasks_pushed": await count(
                 OutboxCommand.kind == "task", OutboxCommand.status == CommandStatus.DONE
             ),
-            "reverts": await count(
-                OutboxCommand.kind == "move", OutboxCommand.idempotency_key.like("%revert%")
-            ),
-            "escalations": await count(
-                OutboxCommand.kind == "task", OutboxCommand.idempotency_key.like("%sla%")
-            ),
+            "reverts": await count(OutboxCommand.rule == RuleName.REVERT_MOVE),
+            "escalations": await count(OutboxCommand.rule == RuleName.SLA_ESCALATION),
             "dead_letters": await count(OutboxCommand.status == CommandStatus.DEAD),
         }
+
+
+async def _start_servers(apps: list[tuple[ASGIApp, int]]) -> tuple[list[_Server], list[asyncio.Task[None]]]:
+    """Serve each app on its port; returns once all listen (RuntimeError when one cannot start)."""
+    servers = [
+        _Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        for asgi, port in apps
+    ]
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    for server, task in zip(servers, tasks, strict=True):
+        waiter = asyncio.create_task(server.listening.wait())
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            for other in servers:
+                other.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise RuntimeError("a demo server could not start (is the port already in use?)")
+    return servers, tasks
+
+
+async def _simulate(
+    funnels: list[SimulatedFunnel],
+    ports: DemoPorts,
+    outage: tuple[float, float],
+    *,
+    seed: int,
+    tick: float,
+    duration: float | None,
+    stop: asyncio.Event,
+) -> None:
+    """The simulated sales team works the funnels (and the amoCRM outage runs) until the deadline
+    or `stop`."""
+    outage_task = asyncio.create_task(_amocrm_outage(ports, *outage))
+    rng, counter = random.Random(seed), [0]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration if duration is not None else None
+    try:
+        while not stop.is_set() and (deadline is None or loop.time() < deadline):
+            for funnel in funnels:
+                await _simulate_step(funnel, rng, counter)
+            await asyncio.sleep(tick)  # the pace of the simulated sales team, not synchronisation
+    finally:
+        outage_task.cancel()
+        await asyncio.gather(outage_task, return_exceptions=True)
+        for funnel in funnels:
+            await funnel.user.aclose()
 
 
 async def run_demo(
@@ -274,61 +330,24 @@ async def run_demo(
     settings = demo_settings(settings, ports)
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     app = create_app(settings)
-    sandboxes = [
-        (
-            bitrix24_sandbox(
-                Bitrix24SandboxConfig(
-                    webhook_code="demowebhookcode",
-                    webhook_url=f"{settings.public_url}/webhooks/bitrix24/demo-bitrix24",
-                    app_token=DEMO_APP_TOKEN,
-                    domain=f"127.0.0.1:{ports.bitrix24}",
-                    public_url=f"http://127.0.0.1:{ports.bitrix24}",
-                )
-            ),
-            ports.bitrix24,
-        ),
-        (amo_sandbox(AmoSandboxConfig(subdomain="demo", token="demo-long-lived-token")), ports.amocrm),
-    ]
-    servers = [
-        _Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-        for asgi, port in [(app, ports.service), *sandboxes]
-    ]
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    accounts = demo_accounts(settings, ports)
+    apps: list[tuple[ASGIApp, int]] = [(app, ports.service)]
+    apps += [(a.kit.create_app(a.account), a.account.port) for a in accounts]
+    servers, tasks = await _start_servers(apps)
     stop = stop or asyncio.Event()
     try:
-        for server, task in zip(servers, tasks, strict=True):
-            waiter = asyncio.create_task(server.listening.wait())
-            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                waiter.cancel()
-                raise RuntimeError("a demo server could not start (is the port already in use?)")
         sessions: async_sessionmaker[AsyncSession] = app.state.sessions
-        await _setup(settings, sessions, ports)
+        await _setup(settings, sessions, accounts)
         result = announce(
             settings.public_url, settings.api_token.get_secret_value() if settings.api_token else ""
         )
         if result is not None:
             await result
-        funnels = await _funnels(settings, sessions, ports)
-        outage_task = asyncio.create_task(_amocrm_outage(ports, *outage))
-        rng, counter = random.Random(seed), [0]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + duration if duration is not None else None
-        try:
-            while not stop.is_set() and (deadline is None or loop.time() < deadline):
-                for funnel in funnels:
-                    await _simulate_step(funnel, rng, counter)
-                await asyncio.sleep(tick)  # the pace of the simulated sales team, not synchronisation
-        finally:
-            outage_task.cancel()
-            await asyncio.gather(outage_task, return_exceptions=True)
-            for funnel in funnels:
-                await funnel.user.aclose()
+        funnels = await _funnels(settings, sessions, accounts)
+        await _simulate(funnels, ports, outage, seed=seed, tick=tick, duration=duration, stop=stop)
         # Let what the last ticks caused finish (webhooks processed, tasks pushed) so the summary
         # counts every effect of the simulated day, not a random cut through it. The service's own
-        # jobs stop starting first: this drain is then the only one, instead of racing a scheduled
-        # reconcile to mirror the same new deal (the inbox and reconcile leases differ; see the
-        # note on issue #12 about that race in the service itself).
+        # jobs stop starting first, so this drain is the only one.
         if app.state.scheduler is not None:
             app.state.scheduler.pause()
         await run_until_idle(Runtime(sessions, settings, app.state.connectors))

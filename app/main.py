@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
@@ -30,6 +30,25 @@ log = logging.getLogger("funnelsync")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    app = FastAPI(
+        title="FunnelSync",
+        version=__version__,
+        summary="Ready-made niche sales funnels for Bitrix24 and amoCRM, kept in sync and enforced.",
+        lifespan=_lifespan(settings),
+    )
+    app.state.settings = settings
+    app.state.api_token = api_token(settings)
+    app.add_exception_handler(NotFound, _not_found)  # type: ignore[arg-type]
+    app.add_exception_handler(CRMError, _crm_failed)  # type: ignore[arg-type]
+    app.include_router(_health_router)
+    app.include_router(api_router)
+    app.include_router(webhooks_router)
+    app.include_router(dashboard_router)
+    return app
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Open the database, the connectors and the scheduler for the app's life; close them after."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,41 +75,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.connectors.aclose()
             await engine.dispose()
 
-    app = FastAPI(
-        title="FunnelSync",
-        version=__version__,
-        summary="Ready-made niche sales funnels for Bitrix24 and amoCRM, kept in sync and enforced.",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.state.api_token = api_token(settings)
+    return lifespan
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        """Liveness plus a database round trip, for load balancers and the Docker HEALTHCHECK."""
-        async with app.state.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        return {"status": "ok", "version": __version__}
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
+async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+    return JSONResponse(status_code=404, content={"detail": str(exc)})
 
-    @app.exception_handler(CRMError)
-    async def crm_failed(request: Request, exc: CRMError) -> JSONResponse:
-        # Any CRM failure an endpoint does not handle itself: the CRM's words as a 503 (transient,
-        # with Retry-After when known) or 502 (refused), never a bare 500 with a traceback.
-        log.warning("%s %s: %s", request.method, request.url.path, failure_line(exc))
-        problem = crm_problem(exc)
-        return JSONResponse(status_code=problem.status_code, content=problem.body, headers=problem.headers)
 
-    @app.get("/metrics", tags=["health"], include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        """Prometheus exposition: counters and queue depths (no secrets, so no token needed)."""
-        body, content_type = await metrics.render(app.state.sessions)
-        return Response(body, media_type=content_type)
+async def _crm_failed(request: Request, exc: CRMError) -> JSONResponse:
+    # Any CRM failure an endpoint does not handle itself: the CRM's words as a 503 (transient,
+    # with Retry-After when known) or 502 (refused), never a bare 500 with a traceback.
+    log.warning("%s %s: %s", request.method, request.url.path, failure_line(exc))
+    problem = crm_problem(exc)
+    return JSONResponse(status_code=problem.status_code, content=problem.body, headers=problem.headers)
 
-    app.include_router(api_router)
-    app.include_router(webhooks_router)
-    app.include_router(dashboard_router)
-    return app
+
+_health_router = APIRouter(tags=["health"])
+
+
+@_health_router.get("/healthz")
+async def healthz(request: Request) -> dict[str, str]:
+    """Liveness plus a database round trip, for load balancers and the Docker HEALTHCHECK."""
+    async with request.app.state.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+    return {"status": "ok", "version": __version__}
+
+
+@_health_router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition: counters and queue depths (no secrets, so no token needed)."""
+    body, content_type = await metrics.render(request.app.state.sessions)
+    return Response(body, media_type=content_type)

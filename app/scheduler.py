@@ -13,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import leases
 from app.config import Settings
 from app.connections import health
-from app.connections.jobs import check_webhooks, refresh_tokens
+from app.connections.jobs import refresh_tokens
 from app.connections.registry import ConnectorRegistry
 from app.connections.repository import active_connections
 from app.deals.reconcile import reconcile, record_reconcile_error
-from app.outbox.service import DrainResult, RetrySettings, drain_connection
+from app.funnels.webhook_upkeep import check_webhooks
+from app.outbox.delivery import DrainResult, RetrySettings, drain_connection
 from app.rules.timers import run_timers
 from app.waker import INBOX_JOB, OUTBOX_JOB
 from app.webhooks.processor import ProcessResult, process_inbox
@@ -47,10 +48,7 @@ async def run_outbox(runtime: Runtime) -> DrainResult:
     total = DrainResult()
     async with runtime.sessions() as session:
         records = await active_connections(session)
-    retry = RetrySettings(
-        max_attempts=runtime.settings.outbox_max_attempts,
-        max_age=timedelta(hours=runtime.settings.outbox_max_age_hours),
-    )
+    retry = RetrySettings.from_settings(runtime.settings)
     for record in records:
         connector = await runtime.connectors.get(record)
         result = await drain_connection(runtime.sessions, record, connector, retry=retry)

@@ -1,7 +1,7 @@
 """Benchmark: stage moves pushed through the outbox at the CRMs' rate limits, beside fast_bitrix24.
 
 For each CRM sandbox (started as its own process with `funnelsync sandbox ... --speed S`): seed N deals
-with the sandbox's bulk endpoint, enqueue N stage moves with app.outbox.service.enqueue into a fresh
+with the sandbox's bulk endpoint, enqueue N stage moves with app.outbox.enqueue.enqueue into a fresh
 SQLite database, then call drain_connection in a loop until nothing is open. The connector runs at
 the sandbox's limits scaled by the same speed factor (limits and clock scale together).
 Then the same N Bitrix24 moves (to another stage) go through fast_bitrix24 against the same sandbox.
@@ -46,14 +46,16 @@ from app import migrate  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.connections import service as connections  # noqa: E402
 from app.connections.models import Connection  # noqa: E402
-from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate  # noqa: E402
 from app.db import create_engine, session_factory  # noqa: E402
+from app.outbox.delivery import RetrySettings, drain_connection  # noqa: E402
+from app.outbox.enqueue import enqueue  # noqa: E402
 from app.outbox.models import OutboxCommand  # noqa: E402
-from app.outbox.service import RetrySettings, drain_connection, enqueue  # noqa: E402
 from bench._common import stop_process  # noqa: E402
 from connectors.amocrm.client import AmoCRMConnector  # noqa: E402
+from connectors.amocrm.descriptor import AmoCRMConnectionCreate  # noqa: E402
 from connectors.base import MAX_BATCH, CRMConnector  # noqa: E402
 from connectors.bitrix24.client import Bitrix24Connector  # noqa: E402
+from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate  # noqa: E402
 from connectors.http import AMOCRM_DEFAULT, BITRIX24_STANDARD, RatePolicy  # noqa: E402
 
 SECRET_KEY = "7sGqz8pM5Y2Jw8m3b7yS0gR5tW1vN9cX4eK6hL2dQ0A="

@@ -24,8 +24,7 @@ from app.db import utcnow
 from app.deals.models import Deal
 from app.funnels.models import Funnel
 from app.outbox.models import OutboxCommand
-from app.outbox.service import KINDS, RETRYABLE_STATUSES
-from app.outbox.statuses import CommandStatus
+from app.outbox.statuses import KINDS, RETRYABLE_STATUSES, CommandStatus
 from app.status.connection import connection_status
 from app.webhooks.models import EventStatus, InboxEvent
 

@@ -131,7 +131,7 @@ class Overview(BaseModel):
     generated_at: datetime
 
 
-# The filter values of the failure lists: app.outbox.service.KINDS and RETRYABLE_STATUSES.
+# The filter values of the failure lists: app.outbox.statuses.KINDS and RETRYABLE_STATUSES.
 CommandKind = Literal["move", "task", "task_due", "comment", "fields"]
 RetryableStatus = Literal["failed", "dead"]
 

@@ -37,7 +37,10 @@ from app.errors import NotFound
 from app.funnels.plan import PlanLimitError
 from app.funnels.service import provision
 from app.library.service import TemplateNotFound, get_template, list_templates, niches
+from app.outbox import history as outbox_history
+from app.outbox import retry as outbox_retry
 from app.outbox import service as outbox
+from app.outbox.statuses import KINDS, RETRYABLE_STATUSES
 from app.security import tokens_match
 from app.waker import INBOX_JOB, WakerDep
 from app.webhooks import service as inbox
@@ -138,8 +141,8 @@ async def failures_page(
         "failures": data,
         "filter": chosen,
         "connections": choices,
-        "kinds": outbox.KINDS,
-        "statuses": outbox.RETRYABLE_STATUSES,
+        "kinds": KINDS,
+        "statuses": RETRYABLE_STATUSES,
         "active": "failures",
         "retried": retried,
     }
@@ -195,10 +198,10 @@ async def retry_failures(
 
     async def retry(session: AsyncSession, chosen: overview.FailureFilter, ids: list[int] | None) -> int:
         if ids is None:
-            return await outbox.retry_matching(
+            return await outbox_retry.retry_matching(
                 session, status=chosen.status, connection_id=chosen.connection_id, kind=chosen.kind
             )
-        return await outbox.retry_matching(session, ids=ids) if ids else 0
+        return await outbox_retry.retry_matching(session, ids=ids) if ids else 0
 
     ids = _chosen_ids(scope, only, command_id)
     _count, response = await _retry_from_page(
@@ -310,7 +313,7 @@ async def deal_page(request: Request, deal_id: int, _: SessionDep, sessions: Ses
         commands = await board.deal_commands(session, deal_id)
         # Every attempt of every command, manual retries included: what was tried, when, and why it
         # failed, even after a retry by hand replaced the command's last error.
-        attempts = await outbox.attempt_history(session, [c.id for c in commands])
+        attempts = await outbox_history.attempt_history(session, [c.id for c in commands])
         waits_for = await outbox.prerequisites(session, [c.id for c in commands])
         funnel_id = await board.deal_funnel_id(session, deal_id)
         ctx = await load_funnel(session, funnel_id) if funnel_id is not None else None

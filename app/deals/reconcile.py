@@ -13,7 +13,7 @@ saw (its webhook was lost) still gets its stage-entry work, whoever runs the rec
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -73,42 +73,61 @@ async def reconcile(
         connection = await session.get(Connection, connection_id)
         if connection is None:
             raise LookupError(f"no connection with id {connection_id}")
-        state = await get_sync_state(session, connection_id)
-        cursor = state.cursor
+        cursor = (await get_sync_state(session, connection_id)).cursor
     full = full or cursor is None
     result = ReconcileResult(full=full, cursor=cursor)
-    pages: AsyncIterator[list[DealSnapshot]]
-    if full:
-        pages = connector.list_all_deals()
-    else:
-        assert cursor is not None
-        pages = connector.list_deals_modified_since(cursor - overlap)
-
+    pages = (
+        connector.list_all_deals()
+        if full or cursor is None
+        else connector.list_deals_modified_since(cursor - overlap)
+    )
     previous_max_id = -1
     async for page in pages:
-        if not page:
-            continue
-        async with sessions.begin() as session:
-            ingested = await ingest(session, connection, page, source="reconcile")
-            mirrored = ingested.mirrored
-            if full:
-                ids = sorted(int(s.id) for s in page)
-                result.deleted += await _tombstone_missing_in_range(
-                    session, connection_id, previous_max_id, ids[-1], {str(i) for i in ids}
-                )
-                previous_max_id = ids[-1]
-            newest = max(s.updated_at for s in page)
-            result.cursor = max(result.cursor, newest) if result.cursor else newest
-        result.deals_seen += len(page)
-        result.created += mirrored.created
-        result.updated += mirrored.updated
-        result.entered += len(mirrored.entered)
-        result.queued += ingested.rules.enqueued
-        if progress is not None:
-            progress(len(page))
+        if page:
+            previous_max_id = await _ingest_page(sessions, connection, page, result, previous_max_id)
+            if progress is not None:
+                progress(len(page))
+    await _finish(sessions, connection_id, result, previous_max_id)
+    return result
 
+
+async def _ingest_page(
+    sessions: async_sessionmaker[AsyncSession],
+    connection: Connection,
+    page: list[DealSnapshot],
+    result: ReconcileResult,
+    previous_max_id: int,
+) -> int:
+    """Mirror one page (and, in a full pass, tombstone what the CRM no longer has between the
+    previous page's last id and this one's); returns the highest id seen so far."""
     async with sessions.begin() as session:
-        if full:
+        ingested = await ingest(session, connection, page, source="reconcile")
+        if result.full:
+            ids = sorted(int(s.id) for s in page)
+            result.deleted += await _tombstone_missing_in_range(
+                session, connection.id, previous_max_id, ids[-1], {str(i) for i in ids}
+            )
+            previous_max_id = ids[-1]
+        newest = max(s.updated_at for s in page)
+        result.cursor = max(result.cursor, newest) if result.cursor else newest
+    mirrored = ingested.mirrored
+    result.deals_seen += len(page)
+    result.created += mirrored.created
+    result.updated += mirrored.updated
+    result.entered += len(mirrored.entered)
+    result.queued += ingested.rules.enqueued
+    return previous_max_id
+
+
+async def _finish(
+    sessions: async_sessionmaker[AsyncSession],
+    connection_id: int,
+    result: ReconcileResult,
+    previous_max_id: int,
+) -> None:
+    """Record the pass: the cursor only moves forward, and only now that every page is in."""
+    async with sessions.begin() as session:
+        if result.full:
             # Everything above the last id seen is gone from the CRM too.
             result.deleted += await _tombstone_missing_in_range(
                 session, connection_id, previous_max_id, None, set()
@@ -117,12 +136,11 @@ async def reconcile(
         if result.cursor is not None and (state.cursor is None or result.cursor > state.cursor):
             state.cursor = result.cursor
         state.last_run_at = utcnow()
-        if full:
+        if result.full:
             state.last_full_at = state.last_run_at
         state.deals_seen = result.deals_seen
         state.last_error = None
         result.cursor = state.cursor
-    return result
 
 
 async def _tombstone_missing_in_range(

@@ -277,21 +277,40 @@ def _plan_stages(
     ctx: PlanContext,
 ) -> list[PlanItem]:
     caps = ctx.capabilities
+    claimed = _claim_stages(template, pipeline, mapping, caps)
+    mapped_ids = set(mapping.stages.values())
+    claimed_ids = {stage.id for stage in claimed.values()}
+    leftovers = [s for s in pipeline.stages if s.id not in claimed_ids]
+    total = len(template.stages) + sum(1 for s in leftovers if not _removable(s, mapping, mapped_ids, state))
+    _check_stage_limits(template, total, pipeline.id, caps)
+
+    items = _plan_template_stages(template, claimed, mapping, caps)
+    items.extend(_plan_leftover_stage(stage, state, mapping, mapped_ids) for stage in leftovers)
+    return items
+
+
+def _claim_stages(
+    template: FunnelTemplate, pipeline: Pipeline, mapping: StoredMapping, caps: Capabilities
+) -> dict[str, Stage]:
+    """The CRM stage each template stage code stands for: the one earlier runs recorded, else one
+    adopted (_adopt_stages). Codes with neither are missing and get created."""
     crm_stages = {s.id: s for s in pipeline.stages}
-    claimed: dict[str, Stage] = {}  # template code -> CRM stage
+    claimed: dict[str, Stage] = {}
     for spec in template.stages:
         stage = crm_stages.get(mapping.stages.get(spec.code, ""))
         if stage is not None:
             claimed[spec.code] = stage
-    _adopt_stages(template, pipeline, mapping, claimed, ctx.capabilities)
+    _adopt_stages(template, pipeline, mapping, claimed, caps)
+    return claimed
 
-    mapped_ids = set(mapping.stages.values())
-    leftovers = [s for s in pipeline.stages if s.id not in {c.id for c in claimed.values()}]
-    total = len(template.stages) + sum(1 for s in leftovers if not _removable(s, mapping, mapped_ids, state))
-    _check_stage_limits(template, total, pipeline.id, caps)
 
+def _plan_template_stages(
+    template: FunnelTemplate, claimed: dict[str, Stage], mapping: StoredMapping, caps: Capabilities
+) -> list[PlanItem]:
+    """One item per template stage, in template order: create it, or change or keep its CRM stage."""
     items: list[PlanItem] = []
     process_sorts = _process_sorts(template, claimed)
+    # Each final stage must sort after everything before it: the sort the previous one ends up with.
     previous_final_sort = max(process_sorts.values(), default=0)
     for index, spec in enumerate(template.stages):
         stage = claimed.get(spec.code)
@@ -300,62 +319,62 @@ def _plan_stages(
         else:
             wanted_sort = max(desired_sort(index), previous_final_sort + SORT_STEP)
         if stage is None:
-            new_stage = NewStage(spec.code, spec.name.ru, wanted_sort, spec.color, spec.semantics)
-            if spec.semantics != "process":
-                previous_final_sort = wanted_sort
-            items.append(
-                PlanItem(
-                    "create",
-                    "stage",
-                    spec.code,
-                    f"stage «{spec.name.ru}» ({spec.semantics})",
-                    payload=new_stage,
-                )
-            )
-            continue
-        changes: dict[str, tuple[Any, Any]] = {}
-        if stage.name != spec.name.ru:
-            changes["name"] = (stage.name, spec.name.ru)
-        styleable = spec.semantics == "process" or caps.final_stages_styleable
-        if styleable and (stage.color or "").lower() != spec.color:
-            changes["color"] = (stage.color, spec.color)
-        if spec.semantics == "process":
-            if stage.sort != wanted_sort:
-                changes["sort"] = (stage.sort, wanted_sort)
+            items.append(_create_stage_item(spec, wanted_sort))
+            sort_after = wanted_sort
         else:
-            # Final stages only need to stay after everything before them; the CRMs pin their own
-            # won/lost sorts far out (amoCRM 10000/11000), which is fine as long as order holds.
-            if stage.sort <= previous_final_sort and caps.final_stages_styleable:
-                changes["sort"] = (stage.sort, wanted_sort)
-            previous_final_sort = changes["sort"][1] if "sort" in changes else stage.sort
-        adopted = mapping.stages.get(spec.code) != stage.id
-        label = f"stage «{spec.name.ru}» → {stage.id}"
-        if changes:
-            change = StageChange(
-                stage,
-                name=changes["name"][1] if "name" in changes else None,
-                sort=changes["sort"][1] if "sort" in changes else None,
-                color=changes["color"][1] if "color" in changes else None,
-            )
-            reason = "reuses a stage the CRM created with the pipeline" if adopted else None
-            items.append(
-                PlanItem("change", "stage", spec.code, label, reason, changes, payload=(change, stage))
-            )
-        else:
-            items.append(
-                PlanItem(
-                    "unchanged",
-                    "stage",
-                    spec.code,
-                    label,
-                    "reuses a stage the CRM created with the pipeline" if adopted else None,
-                    payload=(None, stage),
-                )
-            )
-
-    for stage in leftovers:
-        items.append(_plan_leftover_stage(stage, state, mapping, mapped_ids))
+            changes = _stage_changes(spec, stage, wanted_sort, previous_final_sort, caps)
+            adopted = mapping.stages.get(spec.code) != stage.id
+            items.append(_existing_stage_item(spec, stage, changes, adopted))
+            sort_after = changes["sort"][1] if "sort" in changes else stage.sort
+        if spec.semantics != "process":
+            previous_final_sort = sort_after
     return items
+
+
+def _create_stage_item(spec: StageSpec, sort: int) -> PlanItem:
+    return PlanItem(
+        "create",
+        "stage",
+        spec.code,
+        f"stage «{spec.name.ru}» ({spec.semantics})",
+        payload=NewStage(spec.code, spec.name.ru, sort, spec.color, spec.semantics),
+    )
+
+
+def _stage_changes(
+    spec: StageSpec, stage: Stage, wanted_sort: int, previous_final_sort: int, caps: Capabilities
+) -> dict[str, tuple[Any, Any]]:
+    """What differs between a CRM stage and its template stage: attribute -> (now, wanted)."""
+    changes: dict[str, tuple[Any, Any]] = {}
+    if stage.name != spec.name.ru:
+        changes["name"] = (stage.name, spec.name.ru)
+    styleable = spec.semantics == "process" or caps.final_stages_styleable
+    if styleable and (stage.color or "").lower() != spec.color:
+        changes["color"] = (stage.color, spec.color)
+    if spec.semantics == "process":
+        if stage.sort != wanted_sort:
+            changes["sort"] = (stage.sort, wanted_sort)
+    # Final stages only need to stay after everything before them; the CRMs pin their own
+    # won/lost sorts far out (amoCRM 10000/11000), which is fine as long as order holds.
+    elif stage.sort <= previous_final_sort and caps.final_stages_styleable:
+        changes["sort"] = (stage.sort, wanted_sort)
+    return changes
+
+
+def _existing_stage_item(
+    spec: StageSpec, stage: Stage, changes: dict[str, tuple[Any, Any]], adopted: bool
+) -> PlanItem:
+    label = f"stage «{spec.name.ru}» → {stage.id}"
+    reason = "reuses a stage the CRM created with the pipeline" if adopted else None
+    if not changes:
+        return PlanItem("unchanged", "stage", spec.code, label, reason, payload=(None, stage))
+    change = StageChange(
+        stage,
+        name=changes["name"][1] if "name" in changes else None,
+        sort=changes["sort"][1] if "sort" in changes else None,
+        color=changes["color"][1] if "color" in changes else None,
+    )
+    return PlanItem("change", "stage", spec.code, label, reason, changes, payload=(change, stage))
 
 
 def _process_sorts(template: FunnelTemplate, claimed: dict[str, Stage]) -> dict[str, int]:

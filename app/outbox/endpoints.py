@@ -8,7 +8,8 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from app.api.deps import SessionsDep
 from app.connections import service as connections
-from app.outbox import service
+from app.outbox import history as outbox_history
+from app.outbox import retry, service
 from app.outbox.models import OutboxCommand
 from app.outbox.schemas import AttemptOut, BulkRetry, BulkRetryResult, CommandDetail, CommandOut
 from app.outbox.statuses import CommandStatus
@@ -55,7 +56,7 @@ async def get_command(command_id: int, sessions: SessionsDep) -> CommandDetail:
     when it was blocked, found in the CRM or retried by hand (manual retries keep it)."""
     async with sessions() as session:
         command, name = await service.command_with_connection(session, command_id)
-        history = (await service.attempt_history(session, [command.id])).get(command.id, [])
+        history = (await outbox_history.attempt_history(session, [command.id])).get(command.id, [])
     return CommandDetail(
         **command_out(command, name).model_dump(),
         history=[AttemptOut.model_validate(a) for a in history],
@@ -68,7 +69,7 @@ async def retry_many(body: BulkRetry, sessions: SessionsDep) -> BulkRetryResult:
         connection_id = None
         if body.connection is not None:
             connection_id = (await connections.get_connection(session, body.connection)).id
-        count = await service.retry_matching(
+        count = await retry.retry_matching(
             session, status=body.status, connection_id=connection_id, kind=body.kind, ids=body.ids
         )
     return BulkRetryResult(retried=count)
@@ -78,8 +79,8 @@ async def retry_many(body: BulkRetry, sessions: SessionsDep) -> BulkRetryResult:
 async def retry_one(command_id: int, sessions: SessionsDep) -> CommandOut:
     async with sessions.begin() as session:
         try:
-            command = await service.retry_command(session, command_id)
-        except service.CommandNotRetryable as exc:
+            command = await retry.retry_command(session, command_id)
+        except retry.CommandNotRetryable as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
         command, name = await service.command_with_connection(session, command.id)
         return command_out(command, name)

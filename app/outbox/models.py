@@ -9,7 +9,7 @@ from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, EnumString, UTCDateTime, utcnow
-from app.outbox.statuses import AttemptOutcome, CommandStatus
+from app.outbox.statuses import AttemptOutcome, CommandStatus, RuleName
 
 
 class OutboxCommand(Base):
@@ -18,6 +18,8 @@ class OutboxCommand(Base):
         Index("ix_outbox_commands_due", "connection_id", "status", "next_attempt_at"),
         Index("ix_outbox_commands_deal_id", "deal_id"),
         Index("ix_outbox_commands_after_command_id", "after_command_id"),
+        Index("ix_outbox_commands_stage_entry_id", "stage_entry_id"),
+        Index("ix_outbox_commands_echo_transition_id", "echo_transition_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -40,6 +42,19 @@ class OutboxCommand(Base):
     # move removes what describes it, instead of freeing it to be sent about a move that never was.
     after_command_id: Mapped[int | None] = mapped_column(
         ForeignKey("outbox_commands.id", ondelete="CASCADE"), default=None
+    )
+    # What the rules know about a command, as columns (issue #12): which rule queued it, and the
+    # stage entry (transition) it belongs to. NULL for commands not queued by the rules or the move
+    # API. SET NULL: a deleted transition leaves its commands, and their history, in place.
+    rule: Mapped[RuleName | None] = mapped_column(EnumString(RuleName, 32), default=None)
+    stage_entry_id: Mapped[int | None] = mapped_column(
+        ForeignKey("stage_transitions.id", ondelete="SET NULL"), default=None
+    )
+    # For a move: the transition it came back from the CRM as (echo matching), so a later move by a
+    # person to the same stage is not taken for it. Indexed so that deleting transitions (with
+    # their deal) does not scan the outbox for each one.
+    echo_transition_id: Mapped[int | None] = mapped_column(
+        ForeignKey("stage_transitions.id", ondelete="SET NULL"), default=None
     )
 
 

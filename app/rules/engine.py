@@ -3,6 +3,8 @@
 No database, no clock, no CRM: callers pass the deal's state, the funnel's configuration and `now`.
 Every effect carries its idempotency key, built from the deal, the stage entry it belongs to and the
 rule, so evaluating the same situation twice yields the same keys and the outbox drops the repeat.
+The rule and the entry are also carried as such (`Effect.rule`, `Effect.entry_id`), stored in their
+own outbox columns: readers find a rule's commands by those, never by parsing keys.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from app.outbox.statuses import CommandStatus
+from app.outbox.statuses import CommandStatus, RuleName
 from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate, StageSpec
 
 # "redate" is not sent to the CRM: it changes the due date of a follow-up task still in the outbox.
@@ -60,10 +62,33 @@ class DealState:
 class Effect:
     kind: EffectKind
     key: str
-    payload: dict[str, Any]
+    payload: dict[str, Any]  # what is sent to the CRM, and nothing else
+    rule: RuleName
+    entry_id: int  # the stage transition (stage entry) the effect belongs to
     # Key of the effect this one must wait for: a comment saying the deal was moved goes only
     # after the move is done, and never when the move failed.
     after: str | None = None
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """A deal's entry into a stage: what its effects are keyed by and belong to."""
+
+    deal: DealState
+    stage: StageSpec
+    entry_id: int
+
+    def effect(
+        self,
+        kind: EffectKind,
+        rule: RuleName,
+        suffix: str,
+        payload: dict[str, Any],
+        *,
+        after: str | None = None,
+    ) -> Effect:
+        key = f"{entry_scope(self.deal.id, self.stage.code, self.entry_id)}:{suffix}"
+        return Effect(kind, key, payload, rule, self.entry_id, after)
 
 
 @dataclass(frozen=True)
@@ -165,21 +190,43 @@ def resolve_assignee(rules: FunnelRules, role: str, deal: DealState) -> tuple[st
     )
 
 
-def task_effect(
-    key: str, deal: DealState, title: str, due_at: datetime, assignee: str | None, description: str
-) -> Effect:
+@dataclass(frozen=True)
+class TaskSpec:
+    """A CRM task one rule asks for."""
+
+    title: str
+    due_at: datetime
+    assignee: str | None
+    description: str
+
+
+def task_effect(entry: StageEntry, rule: RuleName, suffix: str, task: TaskSpec) -> Effect:
     payload: dict[str, Any] = {
-        "crm_deal_id": deal.crm_deal_id,
-        "title": title,
-        "due_at": due_at.astimezone(UTC).isoformat(),
-        "responsible_id": assignee,
-        "description": description,
+        "crm_deal_id": entry.deal.crm_deal_id,
+        "title": task.title,
+        "due_at": task.due_at.astimezone(UTC).isoformat(),
+        "responsible_id": task.assignee,
+        "description": task.description,
     }
-    return Effect("task", key, payload)
+    return entry.effect("task", rule, suffix, payload)
 
 
-def comment_effect(key: str, deal: DealState, text: str, *, after: str | None = None) -> Effect:
-    return Effect("comment", key, {"crm_deal_id": deal.crm_deal_id, "text": text}, after=after)
+def comment_effect(
+    entry: StageEntry, rule: RuleName, suffix: str, text: str, *, after: str | None = None
+) -> Effect:
+    return entry.effect(
+        "comment", rule, suffix, {"crm_deal_id": entry.deal.crm_deal_id, "text": text}, after=after
+    )
+
+
+def role_task(
+    rules: FunnelRules, entry: StageEntry, role: str, title: str, due_at: datetime, note: str = ""
+) -> TaskSpec:
+    """A task for whoever holds `role`, described as coming from the entry's stage; `note` adds to
+    the description (the fallback note, when the role had nobody, goes last)."""
+    assignee, fallback = resolve_assignee(rules, role, entry.deal)
+    description = _describe(rules, entry.stage, " ".join(n for n in (note, fallback) if n))
+    return TaskSpec(title, due_at, assignee, description)
 
 
 def _describe(rules: FunnelRules, stage: StageSpec, note: str) -> str:
@@ -202,72 +249,78 @@ def on_entry(
 ) -> list[Effect]:
     """Effects of a deal entering `stage_code`. A revert replaces everything else: the deal does not
     stay in the stage, so its tasks and follow-up would be noise."""
-    template = rules.template
-    stage = template.stage(stage_code)
-    scope = entry_scope(deal.id, stage_code, entry_id)
-    missing = missing_fields(rules, stage, deal)
-    effects: list[Effect] = []
-    if missing and stage.on_missing_fields == "revert":
-        back = rules.stage_ids.get(from_stage_code) if from_stage_code else None
-        if back is not None and from_stage_code and from_stage_code != stage_code:
-            back_name = template.stage(from_stage_code).name.ru
-            payload = {"crm_deal_id": deal.crm_deal_id, "pipeline_id": rules.pipeline_id,
-                       "stage_id": back, "origin": "revert"}  # fmt: skip
-            move = Effect("move", f"{scope}:revert:move", payload)
-            return [
-                move,
-                comment_effect(
-                    f"{scope}:revert:comment",
-                    deal,
-                    f"Сделка возвращена на этап «{back_name}»: для этапа «{stage.name.ru}» "
-                    f"не заполнены обязательные поля: {labels(template, missing)}.",
-                    after=move.key,  # it says the deal was moved back: sent only once it was
-                ),
-            ]
-        # Nowhere to go back to (created in this stage, or came from an unmanaged stage): say so.
-        effects.append(
-            comment_effect(
-                f"{scope}:revert:comment",
-                deal,
-                f"Для этапа «{stage.name.ru}» не заполнены обязательные поля: {labels(template, missing)}. "
-                "Вернуть сделку на предыдущий этап нельзя: он неизвестен.",
-            )
-        )
-    elif missing and stage.on_missing_fields == "comment":
-        effects.append(
-            comment_effect(
-                f"{scope}:missing:comment",
-                deal,
-                f"Сделка на этапе «{stage.name.ru}», но не заполнены обязательные поля: "
-                f"{labels(template, missing)}.",
-            )
-        )
-    elif missing:
-        assignee, note = resolve_assignee(rules, "responsible", deal)
-        effects.append(
-            task_effect(
-                f"{scope}:missing:task",
-                deal,
-                f"Заполнить обязательные поля этапа «{stage.name.ru}»: {labels(template, missing)}",
-                now + MISSING_FIELDS_TASK_DUE,
-                assignee,
-                _describe(rules, stage, note),
-            )
-        )
-    for index, spec in enumerate(stage.tasks):
-        assignee, note = resolve_assignee(rules, spec.assignee, deal)
-        effects.append(
-            task_effect(
-                f"{scope}:task:{index}",
-                deal,
-                spec.title.ru,
-                now + spec.due_in,
-                assignee,
-                _describe(rules, stage, note),
-            )
-        )
+    entry = StageEntry(deal, rules.template.stage(stage_code), entry_id)
+    missing = missing_fields(rules, entry.stage, deal)
+    if missing and entry.stage.on_missing_fields == "revert":
+        revert = revert_effects(rules, entry, missing, from_stage_code)
+        if revert is not None:
+            return revert
+        effects = [cannot_revert_comment(rules, entry, missing)]
+    else:
+        effects = missing_fields_effects(rules, entry, missing, now)
+    effects.extend(stage_tasks(rules, entry, now))
     effects.extend(follow_up(rules, deal, stage_code, entry_id=entry_id, previous=previous_follow_up))
     return effects
+
+
+def revert_effects(
+    rules: FunnelRules, entry: StageEntry, missing: Sequence[str], from_stage_code: str | None
+) -> list[Effect] | None:
+    """The move back to the stage the deal came from, then the comment saying why; None when there
+    is nowhere to go back to (created in this stage, came from an unmanaged stage, or re-entered the
+    same stage: "reverting" into it would loop)."""
+    back = rules.stage_ids.get(from_stage_code) if from_stage_code else None
+    if back is None or not from_stage_code or from_stage_code == entry.stage.code:
+        return None
+    back_name = rules.template.stage(from_stage_code).name.ru
+    payload = {"crm_deal_id": entry.deal.crm_deal_id, "pipeline_id": rules.pipeline_id, "stage_id": back}
+    move = entry.effect("move", RuleName.REVERT_MOVE, "revert:move", payload)
+    text = (
+        f"Сделка возвращена на этап «{back_name}»: для этапа «{entry.stage.name.ru}» "
+        f"не заполнены обязательные поля: {labels(rules.template, missing)}."
+    )
+    # It says the deal was moved back: sent only once it was.
+    return [move, comment_effect(entry, RuleName.REVERT_COMMENT, "revert:comment", text, after=move.key)]
+
+
+def cannot_revert_comment(rules: FunnelRules, entry: StageEntry, missing: Sequence[str]) -> Effect:
+    text = (
+        f"Для этапа «{entry.stage.name.ru}» не заполнены обязательные поля: {labels(rules.template, missing)}. "
+        "Вернуть сделку на предыдущий этап нельзя: он неизвестен."
+    )
+    # The key (and rule) of the revert's comment: it stands in for the revert.
+    return comment_effect(entry, RuleName.REVERT_COMMENT, "revert:comment", text)
+
+
+def missing_fields_effects(
+    rules: FunnelRules, entry: StageEntry, missing: Sequence[str], now: datetime
+) -> list[Effect]:
+    """The comment or the "fill them in" task a stage asks for when required fields are empty (its
+    on_missing_fields, other than revert)."""
+    if not missing:
+        return []
+    stage = entry.stage
+    if stage.on_missing_fields == "comment":
+        text = (
+            f"Сделка на этапе «{stage.name.ru}», но не заполнены обязательные поля: "
+            f"{labels(rules.template, missing)}."
+        )
+        return [comment_effect(entry, RuleName.MISSING_FIELDS_COMMENT, "missing:comment", text)]
+    title = f"Заполнить обязательные поля этапа «{stage.name.ru}»: {labels(rules.template, missing)}"
+    task = role_task(rules, entry, "responsible", title, now + MISSING_FIELDS_TASK_DUE)
+    return [task_effect(entry, RuleName.MISSING_FIELDS_TASK, "missing:task", task)]
+
+
+def stage_tasks(rules: FunnelRules, entry: StageEntry, now: datetime) -> list[Effect]:
+    return [
+        task_effect(
+            entry,
+            RuleName.STAGE_TASK,
+            f"task:{index}",
+            role_task(rules, entry, spec.assignee, spec.title.ru, now + spec.due_in),
+        )
+        for index, spec in enumerate(entry.stage.tasks)
+    ]
 
 
 # --- follow-up ------------------------------------------------------------------------------------
@@ -285,7 +338,10 @@ def parse_when(value: Any) -> datetime | None:
     elif isinstance(value, date):
         parsed = datetime(value.year, value.month, value.day)
     elif isinstance(value, int | float | Decimal):
-        return datetime.fromtimestamp(float(value), UTC)
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (ValueError, OverflowError, OSError):  # NaN, or beyond the calendar: not a date
+            return None
     else:
         text = str(value).strip()
         try:
@@ -312,8 +368,8 @@ def follow_up(
     there, and one that could not be created (dead) is created again. Keys carry the command that
     set the previous date, so going back to an earlier date is a change too, and the same date seen
     again is nothing."""
-    stage = rules.template.stage(stage_code)
-    spec = stage.follow_up
+    entry = StageEntry(deal, rules.template.stage(stage_code), entry_id)
+    spec = entry.stage.follow_up
     if spec is None:
         return []
     when = parse_when(field_value(rules, deal, spec.field))
@@ -322,24 +378,26 @@ def follow_up(
     due = when - spec.lead_time
     if previous is not None and previous.due_at == due:
         return []
-    scope = entry_scope(deal.id, stage_code, entry_id)
     if previous is None or previous.status == CommandStatus.DEAD:
-        key = f"{scope}:fu:{previous.command_id if previous else 0}:{stamp(due)}"
-        assignee, note = resolve_assignee(rules, spec.assignee, deal)
-        return [task_effect(key, deal, spec.title.ru, due, assignee, _describe(rules, stage, note))]
+        suffix = f"fu:{previous.command_id if previous else 0}:{stamp(due)}"
+        task = role_task(rules, entry, spec.assignee, spec.title.ru, due)
+        return [task_effect(entry, RuleName.FOLLOW_UP_TASK, suffix, task)]
+    return [_follow_up_new_due(entry, previous, due)]
+
+
+def _follow_up_new_due(entry: StageEntry, previous: PreviousFollowUp, due: datetime) -> Effect:
+    """The new due date for a follow-up task already queued: re-dated in the outbox while the CRM
+    does not have it yet ("redate": the create command's own rule), else its deadline moved there."""
     after = previous.last_command_id or previous.command_id
     due_iso = due.astimezone(UTC).isoformat()
     if previous.crm_task_id is None:
-        return [
-            Effect(
-                "redate",
-                f"{scope}:fu-redate:{after}:{stamp(due)}",
-                {"command_id": previous.command_id, "due_at": due_iso},
-            )
-        ]
-    payload = {"crm_deal_id": deal.crm_deal_id, "task_id": previous.crm_task_id, "due_at": due_iso,
+        payload: dict[str, Any] = {"command_id": previous.command_id, "due_at": due_iso}
+        return entry.effect("redate", RuleName.FOLLOW_UP_TASK, f"fu-redate:{after}:{stamp(due)}", payload)
+    payload = {"crm_deal_id": entry.deal.crm_deal_id, "task_id": previous.crm_task_id, "due_at": due_iso,
                "task_command_id": previous.command_id}  # fmt: skip
-    return [Effect("task_due", f"{scope}:fu-move:{after}:{stamp(due)}", payload)]
+    return entry.effect(
+        "task_due", RuleName.FOLLOW_UP_DEADLINE_MOVE, f"fu-move:{after}:{stamp(due)}", payload
+    )
 
 
 def _human(at: datetime) -> str:
@@ -363,22 +421,18 @@ def sla_escalation(
     now: datetime,
 ) -> Effect | None:
     """One escalation task per stay in the stage once its SLA is exceeded (the key is the entry's)."""
-    stage = rules.template.stage(stage_code)
+    entry = StageEntry(deal, rules.template.stage(stage_code), entry_id)
+    stage = entry.stage
     deadline = sla_deadline(stage, entered_at)
     if stage.sla is None or deadline is None or now <= deadline:
         return None
-    assignee, note = resolve_assignee(rules, stage.sla.escalate_to, deal)
     overdue = (
         f"Сделка «{deal.title}» находится на этапе «{stage.name.ru}» дольше {_duration(stage.sla.within)}"
+        f" (с {_human(entered_at)})."
     )
-    return task_effect(
-        f"{entry_scope(deal.id, stage_code, entry_id)}:sla",
-        deal,
-        f"Просрочен срок этапа «{stage.name.ru}»: {deal.title}"[:250],
-        now + timedelta(hours=1),
-        assignee,
-        _describe(rules, stage, f"{overdue} (с {_human(entered_at)}). {note}".strip()),
-    )
+    title = f"Просрочен срок этапа «{stage.name.ru}»: {deal.title}"[:250]
+    task = role_task(rules, entry, stage.sla.escalate_to, title, now + timedelta(hours=1), overdue)
+    return task_effect(entry, RuleName.SLA_ESCALATION, "sla", task)
 
 
 def _duration(value: timedelta) -> str:

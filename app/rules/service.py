@@ -10,12 +10,11 @@ suppression) and fire no rules, so a revert never loops.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.connections.models import Connection
@@ -24,15 +23,14 @@ from app.deals.mirror import MirrorResult
 from app.deals.models import Deal, StageTransition
 from app.deals.service import DealNotFound
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
+from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxCommand
-from app.outbox.service import enqueue
-from app.outbox.statuses import CommandStatus
+from app.outbox.statuses import CommandStatus, RuleName
 from app.rules.engine import (
     DealState,
     Effect,
     FunnelRules,
     PreviousFollowUp,
-    entry_scope,
     labels,
     missing_fields,
     on_entry,
@@ -158,6 +156,8 @@ async def enqueue_effects(
             idempotency_key=effect.key,
             deal_id=deal_id,
             after_command_id=after_command_id,
+            rule=effect.rule,
+            stage_entry_id=effect.entry_id,
         ):
             added += 1
     return added
@@ -176,29 +176,27 @@ async def _redate_queued_task(session: AsyncSession, command_id: int, due_at: st
     return 1
 
 
-async def previous_follow_ups(session: AsyncSession, deal_ids: Sequence[int]) -> dict[str, PreviousFollowUp]:
-    """Per stage entry (key scope) of the given deals: the newest follow-up task's create command,
-    and the due date the newest create or deadline move gave it."""
-    if not deal_ids:
+async def previous_follow_ups(session: AsyncSession, entry_ids: Iterable[int]) -> dict[int, PreviousFollowUp]:
+    """Per stage entry (transition id) of the given ones: the newest follow-up task's create
+    command, and the due date the newest create or deadline move gave it."""
+    entry_ids = list(entry_ids)
+    if not entry_ids:
         return {}
     rows = await session.scalars(
         select(OutboxCommand)
         .where(
-            OutboxCommand.deal_id.in_(list(deal_ids)),
-            OutboxCommand.kind.in_(("task", "task_due")),
-            or_(
-                OutboxCommand.idempotency_key.like("rules:%:fu:%"),
-                OutboxCommand.idempotency_key.like("rules:%:fu-move:%"),
-            ),
+            OutboxCommand.stage_entry_id.in_(entry_ids),
+            OutboxCommand.rule.in_((RuleName.FOLLOW_UP_TASK, RuleName.FOLLOW_UP_DEADLINE_MOVE)),
         )
         .order_by(OutboxCommand.id)
     )
-    latest: dict[str, PreviousFollowUp] = {}
+    latest: dict[int, PreviousFollowUp] = {}
     for command in rows:
-        scope = command.idempotency_key.split(":fu", 1)[0]
+        entry_id = command.stage_entry_id
+        assert entry_id is not None  # selected by it
         due = datetime.fromisoformat(command.payload["due_at"])
-        if command.kind == "task":
-            latest[scope] = PreviousFollowUp(
+        if command.rule == RuleName.FOLLOW_UP_TASK:
+            latest[entry_id] = PreviousFollowUp(
                 command.id,
                 due,
                 str(command.payload["title"]),
@@ -206,8 +204,8 @@ async def previous_follow_ups(session: AsyncSession, deal_ids: Sequence[int]) ->
                 crm_task_id=command.crm_result_id,
                 last_command_id=command.id,
             )
-        elif scope in latest and command.payload.get("task_command_id") == latest[scope].command_id:
-            latest[scope] = replace(latest[scope], due_at=due, last_command_id=command.id)
+        elif entry_id in latest and command.payload.get("task_command_id") == latest[entry_id].command_id:
+            latest[entry_id] = replace(latest[entry_id], due_at=due, last_command_id=command.id)
     return latest
 
 
@@ -262,7 +260,7 @@ async def apply_rules(
             continue
         echo = await match_echo(session, deal, transition)
         # A move a person asked for through our API is their decision: its stage entry counts, once.
-        if echo is not None and not is_person_move(echo.payload):
+        if echo is not None and not is_person_move(echo.rule):
             outcome.echoes += 1
             continue
         if transition.at < now - STALE_AFTER:
@@ -274,7 +272,7 @@ async def apply_rules(
             outcome.skipped += 1
             continue
         from_code = ctx.codes.get(transition.from_stage_id) if transition.from_stage_id else None
-        previous = await previous_follow_ups(session, [deal.id])
+        previous = await previous_follow_ups(session, [transition.id])
         effects = on_entry(
             ctx.rules,
             deal_state(deal),
@@ -282,17 +280,17 @@ async def apply_rules(
             entry_id=transition.id,
             now=now,
             from_stage_code=from_code,
-            previous_follow_up=previous.get(entry_scope(deal.id, code, transition.id)),
+            previous_follow_up=previous.get(transition.id),
         )
         outcome.evaluated += 1
         outcome.enqueued += await enqueue_effects(session, connection.id, deal.id, effects)
     return outcome
 
 
-def is_person_move(payload: dict[str, Any]) -> bool:
-    """Moves queued for a person (POST /api/deals/{id}/move: request_move below marks them
-    origin=api), as opposed to the rules' own reverts."""
-    return payload.get("origin") == "api"
+def is_person_move(rule: RuleName | None) -> bool:
+    """Whether a move command's rule says a person asked for it (POST /api/deals/{id}/move:
+    request_move below), as opposed to the rules' own reverts."""
+    return rule == RuleName.API_MOVE
 
 
 async def match_echo(session: AsyncSession, deal: Deal, transition: StageTransition) -> OutboxCommand | None:
@@ -308,14 +306,13 @@ async def match_echo(session: AsyncSession, deal: Deal, transition: StageTransit
             OutboxCommand.status.in_(LIVE_MOVE_STATUSES),
             OutboxCommand.created_at >= transition.at - ECHO_WINDOW,
             OutboxCommand.created_at <= transition.at + ECHO_SKEW,
+            OutboxCommand.echo_transition_id.is_(None),
         )
         .order_by(OutboxCommand.id)
     )
     for command in commands:
-        payload = dict(command.payload)
-        if str(payload.get("stage_id")) == transition.to_crm_stage_id and "echo_transition_id" not in payload:
-            payload["echo_transition_id"] = transition.id
-            command.payload = payload  # a new dict: the JSON column tracks assignment, not mutation
+        if str(command.payload.get("stage_id")) == transition.to_crm_stage_id:
+            command.echo_transition_id = transition.id
             return command
     return None
 
@@ -389,8 +386,7 @@ async def request_move(
             f"stage {stage_code} requires {labels(ctx.rules.template, missing)}; fill them in first",
         )
     key = f"api:move:{deal.id}:{stage_code}:{request_key or uuid.uuid4().hex}"
-    payload = {"crm_deal_id": deal.crm_deal_id, "pipeline_id": ctx.rules.pipeline_id,
-               "stage_id": target, "origin": "api"}  # fmt: skip
+    payload = {"crm_deal_id": deal.crm_deal_id, "pipeline_id": ctx.rules.pipeline_id, "stage_id": target}
     created = await enqueue(
         session,
         connection_id=connection.id,
@@ -398,6 +394,7 @@ async def request_move(
         payload=payload,
         idempotency_key=key,
         deal_id=deal.id,
+        rule=RuleName.API_MOVE,
     )
     command_id = await session.scalar(select(OutboxCommand.id).where(OutboxCommand.idempotency_key == key))
     assert command_id is not None

@@ -7,7 +7,7 @@ key, so the second insert of the same escalation or follow-up is dropped by the 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -18,7 +18,8 @@ from app.db import utcnow
 from app.deals.models import Deal
 from app.funnels.models import Funnel
 from app.outbox.models import OutboxCommand
-from app.rules.engine import entry_scope, follow_up, sla_deadline, sla_escalation
+from app.outbox.statuses import RuleName
+from app.rules.engine import follow_up, sla_deadline, sla_escalation
 from app.rules.service import (
     STALE_AFTER,
     FunnelContext,
@@ -113,16 +114,15 @@ async def past_sla(
                 )
     if not breaches:
         return breaches
-    keys = {f"{entry_scope(b.deal_id, b.stage, b.entry_id)}:sla": b for b in breaches}
-    done = set(
+    escalated = set(
         await session.scalars(
-            select(OutboxCommand.idempotency_key).where(
-                OutboxCommand.deal_id.in_([b.deal_id for b in breaches]),
-                OutboxCommand.idempotency_key.in_(list(keys)),
+            select(OutboxCommand.stage_entry_id).where(
+                OutboxCommand.rule == RuleName.SLA_ESCALATION,
+                OutboxCommand.stage_entry_id.in_([b.entry_id for b in breaches]),
             )
         )
     )
-    return [SlaBreach(**{**b.__dict__, "escalated": key in done}) for key, b in keys.items()]
+    return [replace(b, escalated=b.entry_id in escalated) for b in breaches]
 
 
 async def check_sla(
@@ -188,18 +188,17 @@ async def sweep_follow_ups(
                 if stage.follow_up is None:
                     continue
                 deals = await _deals_in(session, ctx, stage.code)  # CRM clocks may run ahead of ours
-                previous = await previous_follow_ups(session, [d.id for d in deals])
                 entries = await current_entries(session, [d.id for d in deals])
+                previous = await previous_follow_ups(session, entries.values())
                 for deal in deals:
                     if deal.id not in entries:
                         continue
-                    scope = entry_scope(deal.id, stage.code, entries[deal.id])
                     effects = follow_up(
                         ctx.rules,
                         deal_state(deal),
                         stage.code,
                         entry_id=entries[deal.id],
-                        previous=previous.get(scope),
+                        previous=previous.get(entries[deal.id]),
                     )
                     # A date long past is history, not something to remind anyone of now.
                     if effects and datetime.fromisoformat(effects[0].payload["due_at"]) < now - STALE_AFTER:

@@ -302,7 +302,7 @@ class AmoCRMConnector:
         except CRMError as exc:
             # We cannot tell whether amoCRM kept these items, so neither resend nor fail them. The
             # outbox treats a create that ended in TIMEOUT as "may have been applied" and looks its
-            # commands up by marker on the next drain (_recover_in_flight): exactly this state.
+            # commands up by marker on the next drain (app.outbox.recovery): exactly this state.
             raise Retryable(
                 f"amoCRM rejected part of a bulk create ({rejected.crm_text}) and checking whether it "
                 f"saved the rest failed: {exc.message}",

@@ -26,7 +26,7 @@ WON, LOST = int(WON_STATUS_ID), int(LOST_STATUS_ID)
 UNSORTED_TYPE = 1
 
 # The marker the outbox writes into every task and comment it creates ("[fs:<command id>]", see
-# app.outbox.service.marker): it finds them again when it cannot tell whether amoCRM saved them.
+# app.outbox.items.marker): it finds them again when it cannot tell whether amoCRM saved them.
 _MARKER = re.compile(r"\[fs:[^\[\]\s]+\]")
 
 

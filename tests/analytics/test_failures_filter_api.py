@@ -7,7 +7,7 @@ from typing import Any, get_args
 import httpx
 
 from app.analytics.schemas import CommandKind, RetryableStatus
-from app.outbox.service import KINDS, RETRYABLE_STATUSES
+from app.outbox.statuses import KINDS, RETRYABLE_STATUSES
 from tests.dashboard.support import CRM_ERROR_DEAD, CRM_ERROR_FAILED, TOKEN, Running
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

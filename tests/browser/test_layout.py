@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from app.funnels.models import Funnel
 from tests.browser.conftest import UIFactory
-from tests.rules.conftest import Bench
 from tests.support.browser import DESKTOP, PHONE
+from tests.support.rules_bench import Bench
 
 OVERFLOW = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
 # The innermost elements that stick out on the right: named in the failure message.

@@ -11,10 +11,10 @@ from sqlalchemy import select
 from app.connections.models import Connection
 from app.deals.models import Deal
 from app.funnels.models import Funnel
+from app.outbox.delivery import RetrySettings, drain_connection
 from app.outbox.models import OutboxCommand
-from app.outbox.service import RetrySettings, drain_connection
 from tests.browser.conftest import UIFactory
-from tests.rules.conftest import Bench
+from tests.support.rules_bench import Bench
 
 ONE_ATTEMPT = RetrySettings(max_attempts=1)
 ENTRY_TASK = "Связаться с клиентом по новой заявке"  # the typical funnel's NEW_REQUEST task

@@ -29,8 +29,9 @@ from app.connections.connector import open_connector
 from app.connections.models import Connection
 from app.funnels.plan import AMOCRM_EVENTS
 from app.main import create_app
+from app.outbox.delivery import DrainResult, RetrySettings, drain_connection
+from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxCommand
-from app.outbox.service import DrainResult, RetrySettings, drain_connection, enqueue
 from app.webhooks.models import InboxEvent
 from connectors.base import CRMConnector, Pipeline
 from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for

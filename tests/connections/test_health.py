@@ -27,7 +27,7 @@ from app.connections.health import (
 from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
 from app.main import create_app
-from app.outbox.service import drain_connection
+from app.outbox.delivery import drain_connection
 from app.scheduler import Runtime, run_reconcile
 from app.webhooks.processor import process_inbox
 from app.webhooks.service import store_event

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.connections.models import Connection
 from app.dashboard.i18n import LABELS
 from app.outbox.models import OutboxCommand
-from app.outbox.service import KINDS
+from app.outbox.statuses import KINDS
 from app.webhooks.models import InboxEvent
 from tests.dashboard.support import FAILED_EVENT_ERROR, T0, Running, csrf_of, login
 from tests.support.db import open_sessions

@@ -2,7 +2,7 @@
 
 A person moves ten deals into «Отзыв» (the typical funnel's stage with an entry task) while 30 % of
 the CRM's webhooks are lost on the way; the rest reach FunnelSync's real receiver. `funnelsync sync`
-(the real CLI, in a subprocess) and the worker (`worker --once`'s loop) then run in either order:
+(the real CLI) and the worker (`worker --once`'s loop) then run in either order:
 every moved deal ends up with exactly one task in the CRM — the lost ones through the sync, the
 others through whichever path saw them first, never twice. Both CRMs, both databases.
 """
@@ -10,7 +10,6 @@ others through whichever path saw them first, never twice. Both CRMs, both datab
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -23,9 +22,10 @@ from app.deals.reconcile import reconcile
 from app.outbox.models import OutboxCommand
 from app.scheduler import Runtime, run_until_idle
 from app.webhooks.models import InboxEvent
-from tests.rules.conftest import SUPERVISOR, Bench
 from tests.support.cli import run_cli
-from tests.support.live import live_funnel
+from tests.support.rules_bench import Bench, bench
+
+__all__ = ["bench"]  # the fixture, shared with tests/rules
 
 REVIEW_TASK = "Запросить отзыв или рекомендацию у клиента"  # «Отзыв»'s entry task (typical funnel)
 DEALS = 10
@@ -34,19 +34,6 @@ DROP_PERCENT = 30
 # 30 % evenly (the 4th, 7th and 10th of every 10); the amoCRM moves at these positions are made while
 # the account has no webhook subscribed, so amoCRM never sends them.
 LOST = (3, 6, 9)
-
-
-@pytest.fixture(params=["bitrix24", "amocrm"])
-async def bench(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
-    state_file = tmp_path / "amocrm-state.json"
-    async with live_funnel(
-        request.param,
-        database_url,
-        tmp_path,
-        sandbox_options={"state_file": state_file} if request.param == "amocrm" else None,
-        connection_settings={"supervisor_id": SUPERVISOR[request.param]},
-    ) as live:
-        yield Bench.extend(live, state_file=state_file)
 
 
 def move_losing_webhooks(bench: Bench, deals: list[str], stage: str) -> set[str]:

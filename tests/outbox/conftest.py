@@ -1,5 +1,5 @@
 """The outbox against each CRM sandbox over real HTTP, on each database: seed deals in the sandbox,
-enqueue commands with app.outbox.service.enqueue, drain with drain_connection, and read back what
+enqueue commands with app.outbox.enqueue.enqueue, drain with drain_connection, and read back what
 the CRM holds (deal stages, tasks) to check every command took effect exactly once.
 
 Retries are driven without sleeping: commands that failed are made due (next_attempt_at set to the
@@ -24,8 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.connections.models import Connection
 from app.main import create_app
+from app.outbox.delivery import DrainResult, RetrySettings, drain_connection
+from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxCommand
-from app.outbox.service import DrainResult, RetrySettings, drain_connection, enqueue
 from connectors.base import CRMConnector, NewStage, Pipeline
 from connectors.http import RetryPolicy
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from app.connections.registry import ConnectorRegistry
-from app.outbox.service import RetrySettings, drain_connection
+from app.outbox.delivery import RetrySettings, drain_connection
 from app.scheduler import Runtime, run_outbox
 from tests.outbox.conftest import CONNECTOR_RETRY, NO_DELAY, OUTAGE_FAULT, Outbox
 

@@ -13,8 +13,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.main import create_app
+from app.outbox.delivery import DrainResult, RetrySettings, drain_connection
+from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxAttempt, OutboxCommand
-from app.outbox.service import DrainResult, RetrySettings, drain_connection, enqueue, retry_matching
+from app.outbox.retry import retry_matching
 from tests.outbox.conftest import API_AUTH, CONNECTOR_RETRY, DUE, NO_DELAY, Outbox
 from tests.support.server import serve_asgi
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from app.main import create_app
-from app.outbox.service import RetrySettings
+from app.outbox.delivery import RetrySettings
 from tests.outbox.conftest import OUTAGE_FAULT, Outbox
 from tests.support.server import serve_asgi
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from app.outbox.statuses import RuleName
 from app.rules.engine import (
     DealState,
     FunnelRules,
@@ -100,12 +101,10 @@ def test_contact_and_company_are_never_enforced() -> None:
 def test_lost_without_reason_reverts_to_where_it_came_from_with_a_comment() -> None:
     move, comment = enter("LOST", frm="NEW_REQUEST")
     assert move.kind == "move"
-    assert move.payload == {
-        "crm_deal_id": "1001",
-        "pipeline_id": "3",
-        "stage_id": "C3:NEW_REQUEST",
-        "origin": "revert",
-    }
+    # The CRM's wire payload only: which rule queued it travels beside it (Effect.rule).
+    assert move.payload == {"crm_deal_id": "1001", "pipeline_id": "3", "stage_id": "C3:NEW_REQUEST"}
+    assert (move.rule, comment.rule) == (RuleName.REVERT_MOVE, RuleName.REVERT_COMMENT)
+    assert move.entry_id == comment.entry_id == ENTRY
     assert comment.kind == "comment" and "«Причина отказа»" in comment.payload["text"]
     assert "«Новая заявка»" in comment.payload["text"]
 

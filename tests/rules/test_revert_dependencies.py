@@ -16,9 +16,9 @@ from markupsafe import escape
 from sqlalchemy import func, select
 
 from app.connections.models import Connection
+from app.outbox.delivery import DrainResult, drain_connection
 from app.outbox.models import OutboxAttempt, OutboxCommand
-from app.outbox.service import DrainResult, drain_connection
-from tests.rules.conftest import Bench
+from tests.support.rules_bench import Bench
 
 TOKEN = "test-token-123"  # tests.support.crm.settings_for
 NOT_SENT = "not sent: the move it describes failed: "

@@ -14,14 +14,23 @@ from app.db import utcnow
 from app.deals.mirror import MirrorResult
 from app.deals.models import Deal, StageTransition
 from app.outbox.models import OutboxCommand
+from app.outbox.statuses import RuleName
 from app.rules.service import MissingRequiredFields, MoveRefused, apply_rules, request_move
 from app.rules.timers import check_sla, past_sla, sweep_follow_ups
 from app.webhooks.models import InboxEvent
-from tests.rules.conftest import SUPERVISOR, Bench
+from tests.support.rules_bench import SUPERVISOR, Bench
 
 CONTACT = "Связаться с клиентом по новой заявке"
 REVIEW = "Запросить отзыв или рекомендацию у клиента"
 FOLLOW_UP = "Следующий контакт по отложенной заявке"
+
+
+async def transitions(bench: Bench, crm_deal_id: str) -> list[int]:
+    """Ids of the deal's stage transitions (its stage entries), oldest first."""
+    deal = await bench.deal(crm_deal_id)
+    async with bench.p.sessions() as session:
+        query = select(StageTransition.id).where(StageTransition.deal_id == deal.id)
+        return list(await session.scalars(query.order_by(StageTransition.id)))
 
 
 async def outbox_size(bench: Bench) -> int:
@@ -107,6 +116,16 @@ async def test_revert_does_not_loop(bench: Bench) -> None:
     size = await outbox_size(bench)
     await bench.cycle()
     assert await outbox_size(bench) == size
+    # The move names its rule and the entry into «Отказ» it answers, and the transition it came back
+    # as, in columns: the payload is exactly what the CRM was sent.
+    [move] = await bench.commands(deal_id, "move")
+    entered_lost, came_back = (await transitions(bench, deal_id))[-2:]
+    assert (move.rule, move.stage_entry_id, move.echo_transition_id) == (
+        RuleName.REVERT_MOVE, entered_lost, came_back,
+    )  # fmt: skip
+    assert set(move.payload) == {"crm_deal_id", "pipeline_id", "stage_id"}
+    [comment] = await bench.commands(deal_id, "comment")
+    assert (comment.rule, comment.stage_entry_id) == (RuleName.REVERT_COMMENT, entered_lost)
 
     bench.move(deal_id, "LOST")  # again, still no reason: reverted again, exactly once
     await bench.cycle()
@@ -140,6 +159,8 @@ async def test_sla_breach_creates_one_escalation(bench: Bench) -> None:
     async with bench.p.sessions() as session:
         [breach] = await past_sla(session, now=late)
     assert breach.crm_deal_id == deal_id and breach.stage == "NEW_REQUEST" and breach.escalated
+    escalation = (await bench.commands(deal_id, "task"))[-1]
+    assert (escalation.rule, escalation.stage_entry_id) == (RuleName.SLA_ESCALATION, breach.entry_id)
     assert breach.overdue_by == timedelta(minutes=1)
 
     # Leaving the stage ends the breach.
@@ -178,6 +199,10 @@ async def test_follow_up_task_at_the_date_and_moved_when_the_date_moves(bench: B
     assert bench.comments(deal_id) == []
     [move] = await bench.commands(deal_id, "task_due")
     assert move.status == "done"
+    # Both found by rule and stage entry (previous_follow_ups), not by their keys.
+    [created] = [c for c in await bench.commands(deal_id, "task") if c.rule == RuleName.FOLLOW_UP_TASK]
+    assert move.rule == RuleName.FOLLOW_UP_DEADLINE_MOVE
+    assert move.stage_entry_id == created.stage_entry_id == (await transitions(bench, deal_id))[-1]
 
 
 async def test_lost_with_a_loss_reason_stays_lost(bench: Bench) -> None:
@@ -205,6 +230,10 @@ async def test_a_move_requested_through_the_api_runs_the_stage_rules_once(bench:
     await bench.drain()
     await bench.process()  # the CRM confirms our move: the entry of «Новая заявка» counts once
     await bench.drain()
+    [api_move] = await bench.commands(deal_id, "move")
+    assert (api_move.rule, api_move.stage_entry_id) == (RuleName.API_MOVE, None)
+    assert api_move.echo_transition_id == (await transitions(bench, deal_id))[-1]
+    assert "origin" not in api_move.payload
     assert bench.stage_of(deal_id) == "NEW_REQUEST"
     assert [t["title"] for t in bench.tasks(deal_id)] == [CONTACT]
     await bench.cycle()

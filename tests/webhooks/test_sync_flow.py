@@ -18,7 +18,7 @@ from app.connections.models import Connection
 from app.deals.models import Deal, SyncState
 from app.deals.reconcile import reconcile
 from app.deals.service import get_deal
-from app.outbox.service import drain_connection
+from app.outbox.delivery import drain_connection
 from app.webhooks.models import InboxEvent
 from app.webhooks.processor import process_inbox
 from connectors.base import CRMConnector, DealSnapshot, NewStage, Retryable

@@ -81,54 +81,60 @@ async def create_pipelines(request: Request) -> Response:
     errors = Errors()
     room = MAX_PIPELINES - len(state.pipelines)
     for index, (rid, item) in enumerate(zip(rids, items, strict=True)):
-        if not isinstance(item.get("name"), str) or not item["name"].strip():
-            errors.blank(rid, "name")
-        if index >= room:
-            _limit_error(
-                errors, rid, f"Pipelines limit exceeded: an account can have at most {MAX_PIPELINES}"
-            )
-        statuses = (item.get("_embedded") or {}).get("statuses")
-        if not isinstance(statuses, list) or not any(isinstance(s, dict) and "id" not in s for s in statuses):
-            errors.blank(rid, "_embedded.statuses")  # a pipeline cannot be created without stages
-            continue
-        regular = 0
-        for j, status in enumerate(statuses):
-            path = f"_embedded.statuses.{j}."
-            if not isinstance(status, dict):
-                errors.type(rid, path.rstrip("."), "object")
-            elif "id" in status:
-                if status["id"] not in (WON, LOST):
-                    errors.choice(rid, f"{path}id")
-                _check_status(errors, rid, path, {"name": status.get("name")}, creating=False)
-            else:
-                regular += 1
-                _check_status(errors, rid, path, status, creating=True)
-        if regular + 3 > MAX_STATUSES:
-            _limit_error(errors, rid, f"Statuses limit exceeded: a pipeline can have at most {MAX_STATUSES}")
+        _check_new_pipeline(errors, rid, item, over_limit=index >= room)
     errors.raise_if_any()
     href = base(request) + PIPELINES
     created = []
     for rid, item in zip(rids, items, strict=True):
-        is_main = bool(item.get("is_main", False))
-        if is_main:
-            for other in state.pipelines:
-                other["is_main"] = False
-        pipeline = state.add_pipeline(
-            item["name"].strip(), int(item.get("sort", 1)), is_main, bool(item.get("is_unsorted_on", True))
-        )
-        for status in item["_embedded"]["statuses"]:
-            if "id" in status:
-                system = state.status(pipeline, status["id"])
-                if system is not None and status.get("name"):
-                    system["name"] = status["name"].strip()
-            else:
-                state.add_status(
-                    pipeline, status["name"].strip(), int(status.get("sort", 100)), status["color"]
-                )
-        out = _pipeline_out(pipeline, href)
+        out = _pipeline_out(_add_pipeline(state, item), href)
         out["request_id"] = rid
         created.append(out)
     return hal({"_total_items": len(created), "_embedded": {"pipelines": created}})
+
+
+def _check_new_pipeline(errors: Errors, rid: str, item: dict[str, Any], *, over_limit: bool) -> None:
+    """Record what is wrong with one pipeline of a create request (its name, its stages, the limits)."""
+    if not isinstance(item.get("name"), str) or not item["name"].strip():
+        errors.blank(rid, "name")
+    if over_limit:
+        _limit_error(errors, rid, f"Pipelines limit exceeded: an account can have at most {MAX_PIPELINES}")
+    statuses = (item.get("_embedded") or {}).get("statuses")
+    if not isinstance(statuses, list) or not any(isinstance(s, dict) and "id" not in s for s in statuses):
+        errors.blank(rid, "_embedded.statuses")  # a pipeline cannot be created without stages
+        return
+    regular = 0
+    for j, status in enumerate(statuses):
+        path = f"_embedded.statuses.{j}."
+        if not isinstance(status, dict):
+            errors.type(rid, path.rstrip("."), "object")
+        elif "id" in status:  # the pipeline's own won/lost stage: only its name may be given
+            if status["id"] not in (WON, LOST):
+                errors.choice(rid, f"{path}id")
+            _check_status(errors, rid, path, {"name": status.get("name")}, creating=False)
+        else:
+            regular += 1
+            _check_status(errors, rid, path, status, creating=True)
+    if regular + 3 > MAX_STATUSES:
+        _limit_error(errors, rid, f"Statuses limit exceeded: a pipeline can have at most {MAX_STATUSES}")
+
+
+def _add_pipeline(state: SandboxState, item: dict[str, Any]) -> dict[str, Any]:
+    """Create a checked pipeline with its stages; naming a won/lost stage renames the system one."""
+    is_main = bool(item.get("is_main", False))
+    if is_main:
+        for other in state.pipelines:
+            other["is_main"] = False
+    pipeline = state.add_pipeline(
+        item["name"].strip(), int(item.get("sort", 1)), is_main, bool(item.get("is_unsorted_on", True))
+    )
+    for status in item["_embedded"]["statuses"]:
+        if "id" in status:
+            system = state.status(pipeline, status["id"])
+            if system is not None and status.get("name"):
+                system["name"] = status["name"].strip()
+        else:
+            state.add_status(pipeline, status["name"].strip(), int(status.get("sort", 100)), status["color"])
+    return pipeline
 
 
 @router.patch(PIPELINES + "/{pipeline_id:int}")

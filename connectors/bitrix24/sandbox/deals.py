@@ -274,37 +274,68 @@ def change_deal(
 ) -> bool:
     """Apply changes; emit ONCRMDEALUPDATE, or ONCRMDEALMOVETOCATEGORY when the funnel changed
     (DOCS crm/deals/events: a move to another funnel does not fire ONCRMDEALUPDATE)."""
-    state = ctx.state
     old_category = deal["CATEGORY_ID"]
-    category_id = old_category
+    category_id = _target_category(ctx.state, deal, fields, allow_category)
+    moved = False
+    if "STAGE_ID" in fields or category_id != old_category:
+        stage_id = _target_stage(ctx.state, deal, fields, category_id, allow_category)
+        moved = _move_deal(ctx, deal, category_id, stage_id, by_user)
+    edited = _apply_fields(ctx.state, deal, fields)
+    changed = moved or edited
+    if changed:
+        _announce_change(ctx, deal, by_user, moved_category=category_id != old_category)
+    return changed
+
+
+def _target_category(
+    state: PortalState, deal: dict[str, Any], fields: dict[str, Any], allow_category: bool
+) -> int:
+    """The funnel the deal ends up in: only crm.item.update and the UI may move it to another."""
     if allow_category and "CATEGORY_ID" in fields and str(fields["CATEGORY_ID"]) != "":
         category_id = _as_int(fields["CATEGORY_ID"], "CATEGORY_ID")
         if category_id not in state.categories:
             raise bad(f"Category with ID {category_id} not found", "NOT_FOUND")
+        return category_id
+    current: int = deal["CATEGORY_ID"]
+    return current
+
+
+def _target_stage(
+    state: PortalState, deal: dict[str, Any], fields: dict[str, Any], category_id: int, allow_category: bool
+) -> str:
+    """The stage the deal ends up in, given the funnel it ends up in."""
+    stage_id = str(fields.get("STAGE_ID") or "")
+    if state.stage(category_id, stage_id) is not None:
+        return stage_id
+    if not allow_category:
+        # Legacy crm.deal.update silently ignores a stage not in the deal's funnel
+        # (CORE CAllCrmDeal::Update, docs/crm/bitrix24.md §2).
+        current: str = deal["STAGE_ID"]
+        return current
+    if stage_id:
+        # crm.item.update validates the stage against the pipeline. UNVERIFIED exact
+        # error code/text: we answer like other crm.item field errors.
+        raise bad(f'Incorrect value for field "Stage" ({stage_id})', "CRM_FIELD_ERROR_VALUE_NOT_VALID")
+    first: str = state.stages_of(category_id)[0]["STATUS_ID"]
+    return first
+
+
+def _move_deal(ctx: Context, deal: dict[str, Any], category_id: int, stage_id: str, by_user: int) -> bool:
+    """Put the deal in that funnel and stage; False when it is there already."""
+    if stage_id == deal["STAGE_ID"] and category_id == deal["CATEGORY_ID"]:
+        return False
+    deal["CATEGORY_ID"] = category_id
+    deal["STAGE_ID"] = stage_id
+    deal["STAGE_SEMANTIC_ID"] = _semantic(ctx.state, category_id, stage_id)
+    deal["MOVED_TIME"] = ctx.clock.now()
+    deal["MOVED_BY_ID"] = str(by_user)
+    _sync_closed(deal)
+    return True
+
+
+def _apply_fields(state: PortalState, deal: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """Write the writable fields other than the stage; whether any value changed."""
     changed = False
-    if "STAGE_ID" in fields or category_id != old_category:
-        stage_id = str(fields.get("STAGE_ID") or "")
-        if state.stage(category_id, stage_id) is None:
-            if allow_category:
-                if stage_id:
-                    # crm.item.update validates the stage against the pipeline. UNVERIFIED exact
-                    # error code/text: we answer like other crm.item field errors.
-                    raise bad(
-                        f'Incorrect value for field "Stage" ({stage_id})', "CRM_FIELD_ERROR_VALUE_NOT_VALID"
-                    )
-                stage_id = state.stages_of(category_id)[0]["STATUS_ID"]
-            else:
-                # Legacy crm.deal.update silently ignores a stage not in the deal's funnel
-                # (CORE CAllCrmDeal::Update, docs/crm/bitrix24.md §2).
-                stage_id = deal["STAGE_ID"]
-        if stage_id != deal["STAGE_ID"] or category_id != old_category:
-            deal["CATEGORY_ID"] = category_id
-            deal["STAGE_ID"] = stage_id
-            deal["STAGE_SEMANTIC_ID"] = _semantic(state, category_id, stage_id)
-            deal["MOVED_TIME"] = ctx.clock.now()
-            deal["MOVED_BY_ID"] = str(by_user)
-            _sync_closed(deal)
-            changed = True
     for key, value in fields.items():
         if key in _READONLY or key == "STAGE_ID":
             continue
@@ -317,19 +348,22 @@ def change_deal(
             if deal.get(key) != new:
                 deal[key] = new
                 changed = True
-    if changed:
-        deal["DATE_MODIFY"] = ctx.clock.now()
-        deal["MODIFY_BY_ID"] = str(by_user)
-        deal["IS_NEW"] = "N"
-        ctx.touch()
-        if category_id != old_category:
-            ctx.emit(
-                "ONCRMDEALMOVETOCATEGORY",
-                {"ID": str(deal["ID"]), "CATEGORY_ID": str(category_id), "STAGE_ID": deal["STAGE_ID"]},
-            )
-        else:
-            ctx.emit("ONCRMDEALUPDATE", {"ID": str(deal["ID"])})
     return changed
+
+
+def _announce_change(ctx: Context, deal: dict[str, Any], by_user: int, *, moved_category: bool) -> None:
+    """Stamp the change and queue its event."""
+    deal["DATE_MODIFY"] = ctx.clock.now()
+    deal["MODIFY_BY_ID"] = str(by_user)
+    deal["IS_NEW"] = "N"
+    ctx.touch()
+    if moved_category:
+        ctx.emit(
+            "ONCRMDEALMOVETOCATEGORY",
+            {"ID": str(deal["ID"]), "CATEGORY_ID": str(deal["CATEGORY_ID"]), "STAGE_ID": deal["STAGE_ID"]},
+        )
+    else:
+        ctx.emit("ONCRMDEALUPDATE", {"ID": str(deal["ID"])})
 
 
 def deal_update(ctx: Context, params: dict[str, Any]) -> Result:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -62,6 +63,29 @@ class Stats:
     webhooks_failed: int = 0
     token_refreshes: int = 0
     token_uses: Counter[str] = field(default_factory=Counter)
+    # Waiters of POST /_sandbox/stats/wait, woken when a counter they may be waiting on moves.
+    _waiters: list[asyncio.Event] = field(default_factory=list, repr=False, compare=False)
+
+    def changed(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
+        self._waiters.clear()
+
+    async def wait_until(self, at_least: dict[str, dict[str, int]]) -> None:
+        """Until every counter named (e.g. {"by_method": {"batch": 1}}) reached its value (the
+        caller bounds it with asyncio.timeout). A test waits on what the CRM saw, not on a clock."""
+        while not self.reached(at_least):
+            waiter = asyncio.Event()
+            self._waiters.append(waiter)
+            await waiter.wait()
+
+    def reached(self, at_least: dict[str, dict[str, int]]) -> bool:
+        counters = {"by_method": self.by_method, "commands": self.commands}
+        return all(
+            counters[group][name] >= value
+            for group, wanted in at_least.items()
+            for name, value in wanted.items()
+        )
 
     def as_json(self) -> dict[str, Any]:
         writes = sum(n for m, n in self.commands.items() if _is_write(m))
@@ -260,6 +284,7 @@ class Portal:
             raise ApiError(429, "OPERATION_TIME_LIMIT", "Method is blocked due to operation time limit.")
         started = time.time()
         self.stats.commands[method] += 1
+        self.stats.changed()
         ctx = self.context(auth)
         result = handler(ctx, params)
         self.charge(method, time.time() - started)
@@ -296,61 +321,81 @@ class Portal:
         started = time.time()
         cmd = params.get("cmd")
         halt = str(params.get("halt", "0")) not in ("0", "", "false", "False", "N")
-        if isinstance(cmd, list):
-            commands = {str(i): c for i, c in enumerate(cmd)}
-        elif isinstance(cmd, dict):
-            commands = {str(k): c for k, c in cmd.items()}
-        else:
-            raise ApiError(400, "INVALID_ARG_VALUE", "Parameter 'cmd' must be array.")
-        if len(commands) > MAX_BATCH:
-            raise ApiError(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
-        results: dict[str, Any] = {}
-        errors: dict[str, Any] = {}
-        totals: dict[str, Any] = {}
-        nexts: dict[str, Any] = {}
-        times: dict[str, Any] = {}
-        for key, command in commands.items():
+        answers = _BatchAnswers()
+        for key, command in _batch_commands(cmd).items():
             method, _, query = str(command).partition("?")
             method = method.strip().lower().removesuffix(".json")
-            sub_params = _substitute(parse_php_query(query), results)
+            sub_params = _substitute(parse_php_query(query), answers.result)
             try:
-                if method == "batch":
-                    raise ApiError(
-                        405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage"
-                    )
-                if self.take_command_fault(method) is not None:
-                    # A fault aimed at this method fails the command inside the batch, the way a
-                    # portal reports one command's error in result_error while the others run.
-                    raise ApiError(500, "INTERNAL_SERVER_ERROR", f"Internal error in {method} (injected)")
-                result, timing = self.execute(method, sub_params, auth)
+                result, timing = self._execute_in_batch(method, sub_params, auth)
             except ApiError as exc:
                 self.stats.errors[exc.code or exc.description] += 1
-                errors[key] = exc.body()
+                answers.result_error[key] = exc.body()
                 if halt:
                     break
                 continue
-            results[key] = result.value
-            times[key] = timing
-            if result.total is not None:
-                totals[key] = result.total
-            if result.next is not None:
-                nexts[key] = result.next
-        as_list = isinstance(cmd, list)
+            answers.add(key, result, timing)
+        return {"result": answers.as_json(isinstance(cmd, list)), "time": self.time_block(started, None)}
+
+    def _execute_in_batch(
+        self, method: str, params: dict[str, Any], auth: Auth
+    ) -> tuple[Result, dict[str, Any]]:
+        """One batch command: like a top-level call, except that batch cannot nest and a fault aimed
+        at the method fails only this command."""
+        if method == "batch":
+            raise ApiError(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage")
+        if self.take_command_fault(method) is not None:
+            # A fault aimed at this method fails the command inside the batch, the way a
+            # portal reports one command's error in result_error while the others run.
+            raise ApiError(500, "INTERNAL_SERVER_ERROR", f"Internal error in {method} (injected)")
+        return self.execute(method, params, auth)
+
+
+def _batch_commands(cmd: Any) -> dict[str, Any]:
+    """Batch commands by key: `cmd` given as a list is keyed by position."""
+    if isinstance(cmd, list):
+        commands = {str(i): c for i, c in enumerate(cmd)}
+    elif isinstance(cmd, dict):
+        commands = {str(k): c for k, c in cmd.items()}
+    else:
+        raise ApiError(400, "INVALID_ARG_VALUE", "Parameter 'cmd' must be array.")
+    if len(commands) > MAX_BATCH:
+        raise ApiError(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
+    return commands
+
+
+@dataclass
+class _BatchAnswers:
+    """What a batch answers, per command key in command order."""
+
+    result: dict[str, Any] = field(default_factory=dict)
+    result_error: dict[str, Any] = field(default_factory=dict)
+    result_total: dict[str, Any] = field(default_factory=dict)
+    result_next: dict[str, Any] = field(default_factory=dict)
+    result_time: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, key: str, result: Result, timing: dict[str, Any]) -> None:
+        self.result[key] = result.value
+        self.result_time[key] = timing
+        if result.total is not None:
+            self.result_total[key] = result.total
+        if result.next is not None:
+            self.result_next[key] = result.next
+
+    def as_json(self, as_list: bool) -> dict[str, Any]:
+        """`cmd` given as a list answers lists; empty ones come back as [] not {} (PHP arrays)."""
 
         def shape(values: dict[str, Any]) -> Any:
             if not values:
-                return []  # empty ones come back as [] not {} (PHP arrays)
+                return []
             return list(values.values()) if as_list else values
 
         return {
-            "result": {
-                "result": shape(results),
-                "result_error": shape(errors),
-                "result_total": shape(totals),
-                "result_next": shape(nexts),
-                "result_time": shape(times),
-            },
-            "time": self.time_block(started, None),
+            "result": shape(self.result),
+            "result_error": shape(self.result_error),
+            "result_total": shape(self.result_total),
+            "result_next": shape(self.result_next),
+            "result_time": shape(self.result_time),
         }
 
 

@@ -38,7 +38,7 @@ def _routes(box: Sandbox) -> Counter[str]:
 
 
 def _task(ref: str, lead: int, title: str, command: int, **extra: str) -> NewTask:
-    # As the outbox builds it: its marker closes the description (app.outbox.service._dto).
+    # As the outbox builds it: its marker closes the description (app.outbox.items.to_item).
     return NewTask(ref, str(lead), title, DUE, description=f"[fs:{command}]", **extra)
 
 

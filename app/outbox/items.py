@@ -1,0 +1,64 @@
+"""A command as the connector's item, and the connector call that carries each kind."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from app.outbox.models import OutboxCommand
+from connectors.base import (
+    CRMConnector,
+    FieldUpdate,
+    ItemResult,
+    NewComment,
+    NewTask,
+    StageMove,
+    TaskDeadline,
+)
+
+# Sending these twice changes nothing in the CRM (a stage, a field value, a deadline set again).
+IDEMPOTENT_KINDS = frozenset({"move", "task_due", "fields"})
+
+
+def marker(command_id: int) -> str:
+    """Written into every task and comment we create, so that after a crash we can tell whether
+    the CRM got it (see app.outbox.recovery). Short, and unlikely to occur by accident."""
+    return f"[fs:{command_id}]"
+
+
+def _with_marker(text: str, command_id: int) -> str:
+    return f"{text}\n{marker(command_id)}" if text else marker(command_id)
+
+
+def to_item(command: OutboxCommand) -> Any:
+    ref, p = str(command.id), command.payload
+    crm_deal_id = str(p["crm_deal_id"])
+    if command.kind == "move":
+        return StageMove(ref, crm_deal_id, str(p["pipeline_id"]), str(p["stage_id"]))
+    if command.kind == "task":
+        return NewTask(
+            ref,
+            crm_deal_id,
+            p["title"],
+            datetime.fromisoformat(p["due_at"]),
+            p.get("responsible_id"),
+            _with_marker(p.get("description", ""), command.id),
+        )
+    if command.kind == "task_due":
+        return TaskDeadline(ref, str(p["task_id"]), datetime.fromisoformat(p["due_at"]))
+    if command.kind == "comment":
+        return NewComment(ref, crm_deal_id, _with_marker(p["text"], command.id))
+    return FieldUpdate(ref, crm_deal_id, p["values"])
+
+
+async def send(connector: CRMConnector, kind: str, items: Sequence[Any]) -> list[ItemResult]:
+    if kind == "move":
+        return await connector.move_deals(items)
+    if kind == "task":
+        return await connector.create_tasks(items)
+    if kind == "task_due":
+        return await connector.move_task_deadlines(items)
+    if kind == "comment":
+        return await connector.add_comments(items)
+    return await connector.update_deal_fields(items)

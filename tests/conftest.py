@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.matrix import BACKENDS
 from tests.support.postgres import PostgresServer, postgres_server
 
 _db_counter = itertools.count()
@@ -37,14 +38,10 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
 
 
-BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-if os.environ.get("FUNNELSYNC_TEST_BACKENDS") == "sqlite":  # quick local loop; CI runs both
-    BACKENDS = ["sqlite"]
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
-    """The database backend a test runs on: every database test runs on both."""
+    """The database backend a test runs on: every database test runs on both, unless it asks for
+    `each_crm_on_one_database`."""
     return str(request.param)
 
 

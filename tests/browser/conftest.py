@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.rules.conftest import Bench
 from tests.support.apt import PackageUnavailable, apt_install
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP
 from tests.support.live import live_funnel
+from tests.support.rules_bench import Bench
 
 ARTIFACTS = (
     Path(os.environ.get("FUNNELSYNC_ARTIFACTS_DIR", Path(__file__).parents[2] / "artifacts")) / "browser"
@@ -103,6 +103,13 @@ async def ui_factory(browser: Browser, request: pytest.FixtureRequest) -> AsyncI
         if not ui.page.is_closed():
             await ui.shot("final")
             await ui.page.context.close()
+
+
+@pytest.fixture
+def backend() -> str:
+    """One database for the browser tests: the pages read through the same services on both, and
+    tests/dashboard renders every page on both; a browser adds layout and interaction, not SQL."""
+    return "sqlite"
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import httpx
 import pytest
 
 from app.main import create_app
-from connectors.http import RetryPolicy
-from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
+from tests.support.crm import APP_TOKEN, FAST_RETRY, CRMSandbox, crm_sandbox, settings_for
 from tests.support.server import serve_asgi
 
 AUTH = {"Authorization": "Bearer test-token-123"}
@@ -127,7 +126,7 @@ def test_provision_api_outage_is_a_503_problem_and_a_rerun_completes(
     b24.reset_stats()
     assert api.post("/api/connections/b24/provision", json={**request, "dry_run": True}).status_code == 200
     reads = int(b24.box.stats()["requests"])
-    b24.box.fault("http_503", count=RetryPolicy().attempts, after=reads)
+    b24.box.fault("http_503", count=FAST_RETRY.attempts, after=reads)
     midway = api.post("/api/connections/b24/provision", json=request)
     assert midway.status_code == 503, midway.text
     outcome = midway.json()

@@ -12,12 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import run_cli
-from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox
+from tests.support.crm import APP_TOKEN, FAST_RETRY_ENV, CRMSandbox, crm_sandbox
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    return {"FUNNELSYNC_DATA_DIR": str(tmp_path / "var"), "FUNNELSYNC_PUBLIC_URL": "http://127.0.0.1:9"}
+    return {
+        "FUNNELSYNC_DATA_DIR": str(tmp_path / "var"),
+        "FUNNELSYNC_PUBLIC_URL": "http://127.0.0.1:9",
+        **FAST_RETRY_ENV,
+    }
 
 
 @pytest.fixture

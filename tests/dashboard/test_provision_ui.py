@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from app.main import create_app
-from connectors.http import RetryPolicy
-from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
+from tests.support.crm import FAST_RETRY, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
 
@@ -99,7 +98,7 @@ def test_an_outage_while_applying_shows_the_plan_and_how_to_finish(
     )
     assert plan.status_code == 200
     # Down at the first write, for it and all its retries (the app's default policy).
-    sandbox.box.fault("http_503", count=RetryPolicy().attempts, after=int(sandbox.box.stats()["requests"]))
+    sandbox.box.fault("http_503", count=FAST_RETRY.attempts, after=int(sandbox.box.stats()["requests"]))
     failed = client.post(
         "/templates/general.typical/provision", data={"csrf_token": token, "connection": "b24", "apply": "1"}
     )

@@ -18,8 +18,13 @@ from tests.support.db import open_sessions
 
 
 @pytest.fixture(params=["bitrix24", "amocrm"])
-def sandbox(request: pytest.FixtureRequest) -> Iterator[CRMSandbox]:
-    with crm_sandbox(request.param) as box:
+def crm(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def sandbox(crm: str) -> Iterator[CRMSandbox]:
+    with crm_sandbox(crm) as box:
         yield box
 
 

@@ -24,7 +24,7 @@ def context(capabilities: object) -> PlanContext:
     )
 
 
-@pytest.mark.parametrize("sandbox", ["amocrm"], indirect=True)
+@pytest.mark.parametrize("crm", ["amocrm"])
 async def test_amocrm_pipeline_limit_fails_before_any_write(provisioner: Provisioner) -> None:
     connector = provisioner.sandbox.connector()
     try:

@@ -19,6 +19,7 @@ from funnel_templates.loader import library
 from funnel_templates.schema import FunnelTemplate
 from tests.support.crm import FAST_RETRY, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
+from tests.support.matrix import each_crm_on_one_database
 
 TYPICAL = "general.typical"
 
@@ -107,7 +108,7 @@ async def run(
 
 
 @pytest.mark.slow  # one whole apply per request of a clean apply
-@pytest.mark.parametrize("crm", ["bitrix24", "amocrm"])
+@each_crm_on_one_database()
 async def test_a_failure_at_any_request_leaves_a_true_mapping_and_a_rerun_completes(
     crm: str, database_url: str, tmp_path: Path
 ) -> None:

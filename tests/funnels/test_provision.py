@@ -11,8 +11,12 @@ from connectors.base import Pipeline
 from funnel_templates.loader import library
 from funnel_templates.schema import FunnelTemplate
 from tests.funnels.conftest import Provisioner
+from tests.support.matrix import each_crm_on_one_database
 
 TYPICAL = "general.typical"
+
+# Provisioning is about what each CRM does: each CRM once, the databases shared out between them.
+pytestmark = each_crm_on_one_database()
 
 
 def edited(template: FunnelTemplate, change: Any) -> FunnelTemplate:

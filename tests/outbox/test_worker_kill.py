@@ -3,7 +3,7 @@ every command must take effect in the CRM exactly once.
 
 The dangerous moment is after the CRM executed a batch and before the worker committed its outcome.
 The test widens it deterministically (see _kill_mid_drain) and kills the worker inside it, watching
-the Bitrix24 sandbox's stats in a loop bounded by a deadline instead of sleeping."""
+the Bitrix24 sandbox's stats: the sandbox answers a wait once it executed what the test waits for."""
 
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +57,6 @@ def _finish(process: subprocess.Popen[str]) -> dict[str, Any]:
     return result
 
 
-def _wait_for(condition: Callable[[dict[str, Any]], bool], outbox: Outbox, what: str) -> dict[str, Any]:
-    """Poll the sandbox's stats until `condition` holds (bounded by a deadline, no fixed sleep)."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        stats: dict[str, Any] = outbox.box.stats()
-        if condition(stats):
-            return stats
-    raise AssertionError(f"timed out waiting until {what}: {outbox.box.stats()}")
-
-
 async def _kill_mid_drain(outbox: Outbox, tmp_path: Path, method: str) -> None:
     """Start a worker and SIGKILL it after the CRM executed a batch but before the worker recorded
     the outcome. The window is made wide on purpose: the sandbox holds the first batch a moment,
@@ -78,11 +66,11 @@ async def _kill_mid_drain(outbox: Outbox, tmp_path: Path, method: str) -> None:
     outbox.box.fault("timeout", count=1, method="batch", seconds=BATCH_DELAY)
     worker = _worker(outbox, tmp_path)
     try:
-        _wait_for(lambda s: s["by_method"].get("batch", 0) >= 1, outbox, "the first batch arrived")
+        outbox.box.wait_for_stats(DEADLINE, by_method={"batch": 1})  # the first batch arrived
         async with outbox.sessions() as locker:
             # A no-op update of every command: row locks (PostgreSQL) or the write lock (SQLite).
             await locker.execute(update(OutboxCommand).values(attempts=OutboxCommand.attempts))
-            stats = _wait_for(lambda s: s["commands"].get(method, 0) >= 50, outbox, "the batch ran")
+            stats = outbox.box.wait_for_stats(DEADLINE, commands={method: 50})  # the batch ran
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=30)
             await locker.rollback()

@@ -14,15 +14,26 @@ from pydantic import SecretStr
 from app.config import Settings
 from app.connections import service as connections
 from app.connections.models import Connection
-from app.connections.schemas import AmoCRMConnectionCreate, Bitrix24ConnectionCreate
 from connectors.amocrm.client import AmoCRMConnector
+from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.base import CRMConnector
 from connectors.bitrix24.client import Bitrix24Connector
+from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from connectors.http import AMOCRM_DEFAULT, BITRIX24_STANDARD, RetryPolicy
 from tests.connectors.amocrm import conftest as amo
 from tests.connectors.bitrix24 import conftest as b24
 
 FAST_RETRY = RetryPolicy(attempts=3, max_elapsed=20, base_delay=0.01, max_delay=0.05)
+# The same as service settings: the service's connectors retry a failing call this fast too, so a
+# test of an outage waits milliseconds, not the two minutes a real deployment allows.
+FAST_RETRY_SETTINGS = {
+    "crm_retry_attempts": FAST_RETRY.attempts,
+    "crm_retry_max_seconds": FAST_RETRY.max_elapsed,
+    "crm_retry_base_delay_seconds": FAST_RETRY.base_delay,
+    "crm_retry_max_delay_seconds": FAST_RETRY.max_delay,
+}
+# ... and as the environment of a CLI command.
+FAST_RETRY_ENV = {f"FUNNELSYNC_{key.upper()}": str(value) for key, value in FAST_RETRY_SETTINGS.items()}
 APP_TOKEN = "test-application-token"
 _keys = itertools.count()
 
@@ -132,4 +143,5 @@ def settings_for(data_dir: Any, database_url: str) -> Settings:
         secret_key=SecretStr("7sGqz8pM5Y2Jw8m3b7yS0gR5tW1vN9cX4eK6hL2dQ0A="),
         public_url="http://127.0.0.1:9",
         scheduler_enabled=False,
+        **FAST_RETRY_SETTINGS,
     )

@@ -45,6 +45,16 @@ class Sandbox:
         result: dict[str, Any] = self.control("GET", "/_sandbox/stats")
         return result
 
+    def wait_for_stats(self, timeout: float = 60, **at_least: dict[str, int]) -> dict[str, Any]:
+        """The stats once the counters reach `at_least` (e.g. by_method={"batch": 1}): the sandbox
+        answers when the CRM saw it, so the test waits on that, not on a clock."""
+        response = httpx.post(
+            f"{self.url}/_sandbox/stats/wait", json={**at_least, "timeout": timeout}, timeout=timeout + 30
+        )
+        assert response.status_code == 200, f"timed out waiting for {at_least}: {response.text}"
+        result: dict[str, Any] = response.json()
+        return result
+
     def reset_stats(self) -> None:
         self.control("POST", "/_sandbox/stats/reset")
 

@@ -143,6 +143,15 @@ def test_unknown_fault_kind_is_rejected(sandbox: Sandbox) -> None:
     assert response.status_code == 400 and "rate_limit" in response.json()["kinds"]
 
 
+def test_a_stats_wait_answers_once_the_counters_reach_what_it_names(sandbox: Sandbox) -> None:
+    wait = f"{sandbox.url}/_sandbox/stats/wait"
+    never = httpx.post(wait, json={"commands": {"crm.deal.add": 1}, "timeout": 0.05})
+    assert never.status_code == 408 and never.json()["commands"] == {}
+    httpx.post(f"{sandbox.webhook_url}crm.deal.add", json={"fields": {"TITLE": "x"}}).raise_for_status()
+    stats = sandbox.wait_for_stats(commands={"crm.deal.add": 1}, by_method={"crm.deal.add": 1})
+    assert stats["commands"]["crm.deal.add"] == 1
+
+
 def test_simulated_ui_changes_are_made_by_another_user(sandbox: Sandbox) -> None:
     deal = sandbox.create_deal(TITLE="ui")
     sandbox.control("POST", f"/_sandbox/deals/{deal}", {"fields": {"STAGE_ID": "EXECUTING"}})

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from connectors.base import NewComment, NewTask
 from connectors.http import BITRIX24_STANDARD, RetryPolicy
-from tests.connectors.bitrix24.conftest import NO_RETRY, running_sandbox
+from tests.connectors.bitrix24.conftest import NO_RETRY, running_sandbox, sandbox_process
 
 
 async def test_120_commands_go_out_in_three_batch_requests() -> None:
@@ -45,7 +45,7 @@ async def test_per_command_errors_map_to_the_item_ref() -> None:
 
 async def test_burst_of_500_calls_never_hits_query_limit() -> None:
     # The client limiter runs at the sandbox's limits (2/s, burst 50) scaled by the same speed factor.
-    with running_sandbox(speed=60.0) as box:
+    with sandbox_process(speed=60.0) as box:
         conn = box.webhook(rate=BITRIX24_STANDARD.scaled(60.0), retry=NO_RETRY)
         box.reset_stats()
         results = await asyncio.gather(*(conn.transport.call("scope") for _ in range(500)))

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from funnel_templates.automations import CreateDealAction, deal_link_problems
 from funnel_templates.schema import FunnelTemplate, TemplateRuleError
 
 LIBRARY_DIR = Path(__file__).resolve().parent / "library"
@@ -53,6 +54,8 @@ def _loc_to_path(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
                 f"{parts[-1]}.{code}" if code and parts else f"{parts[-1] if parts else ''}[{item}]"
             ]
             node = entry
+        elif isinstance(node, dict) and item not in node and node.get("kind") == item:
+            continue  # pydantic's discriminated-union tag ("notify"), already in the YAML as kind
         else:
             parts.append(str(item))
             node = node.get(item) if isinstance(node, dict) else None
@@ -127,9 +130,35 @@ def load_templates(paths: Iterable[Path] | None = None) -> list[FunnelTemplate]:
             continue
         seen[template.key] = display
         templates.append(template)
+    if not problems:
+        problems = _link_problems(templates, seen, library_too=paths is not None)
     if problems:
         raise TemplateError(problems)
     return templates
+
+
+def _link_problems(
+    templates: list[FunnelTemplate], displays: dict[str, str], library_too: bool
+) -> list[TemplateProblem]:
+    """`create_deal` targets must be loaded templates; files outside the library may also name the
+    library's (the files win when a key is in both, as they are what is being validated)."""
+    known = {t.key: t for t in templates}
+    if library_too and _names_other_funnels(templates, known):
+        known = {**library(), **known}
+    return [
+        TemplateProblem(displays[t.key], t.key, field, reason)
+        for t in templates
+        for field, reason in deal_link_problems(t, known)
+    ]
+
+
+def _names_other_funnels(templates: list[FunnelTemplate], known: dict[str, FunnelTemplate]) -> bool:
+    return any(
+        isinstance(action, CreateDealAction) and action.funnel not in known
+        for t in templates
+        for automation in t.automations
+        for action in automation.actions
+    )
 
 
 def _display_name(file: Path, base: Path) -> str:

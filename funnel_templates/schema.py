@@ -11,15 +11,22 @@ import re
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, BeforeValidator, field_validator, model_validator
+
+from funnel_templates.automations import (
+    AutomationSpec,
+    QualificationSpec,
+    check_automations,
+    check_qualification,
 )
+from funnel_templates.basics import BUILTIN_ROLES as BUILTIN_ROLES
+from funnel_templates.basics import Duration as Duration
+from funnel_templates.basics import LocalizedText as LocalizedText
+from funnel_templates.basics import StrictModel, TaskFields
+from funnel_templates.basics import TemplateRuleError as TemplateRuleError
+from funnel_templates.basics import format_duration as format_duration
+from funnel_templates.basics import parse_duration as parse_duration
+from funnel_templates.basics import unique as _unique
 
 # amoCRM accepts only these 21 status colours (amocrm-api-php StatusModel::COLORS). Bitrix24 accepts
 # any hex colour, so the amoCRM palette is the common denominator.
@@ -48,9 +55,6 @@ FIELD_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 BUILTIN_FIELDS: frozenset[str] = frozenset({"amount", "contact", "company", "responsible"})
 # Pseudo-field: the CRM's loss reason (amoCRM loss_reason_id, Bitrix24 enumeration field).
 LOSS_REASON_FIELD = "loss_reason"
-# Roles every template may assign tasks to without declaring them: the deal's responsible user and
-# the connection's configured supervisor.
-BUILTIN_ROLES: frozenset[str] = frozenset({"responsible", "supervisor"})
 
 Goal = Literal[
     "qualification",
@@ -69,42 +73,10 @@ Temperature = Literal["cold", "warm", "hot"]
 FieldType = Literal["string", "text", "number", "money", "date", "datetime", "enum", "boolean", "url"]
 MissingFieldAction = Literal["task", "comment", "revert"]
 
-_DURATION_RE = re.compile(r"^(\d+)\s*([smhdw])$")
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
-
-def parse_duration(value: object) -> object:
-    """Accept compact durations ("90s", "2m", "4h", "3d", "1w") besides what pydantic parses."""
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value.strip())
-        if match:
-            return timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
-    return value
-
-
-def format_duration(value: timedelta) -> str:
-    """Inverse of parse_duration for display and JSON: the largest unit that divides exactly."""
-    seconds = int(value.total_seconds())
-    for unit in ("w", "d", "h", "m"):
-        size = _DURATION_UNITS[unit]
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-# Serialised back to the compact form so JSON output can be fed to the loader again.
-Duration = Annotated[
-    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, when_used="json")
-]
-
-
+# Declared here rather than imported so ruff sees the pydantic base (lists as defaults are safe).
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LocalizedText(_Strict):
-    ru: str = Field(min_length=1)
-    en: str = Field(min_length=1)
+    model_config = StrictModel.model_config
 
 
 class RequiredField(_Strict):
@@ -116,12 +88,9 @@ def _required_field_shorthand(value: object) -> object:
     return {"field": value} if isinstance(value, str) else value
 
 
-class TaskSpec(_Strict):
+class TaskSpec(TaskFields):
     """A CRM task created when a deal enters the stage."""
 
-    title: LocalizedText
-    due_in: Duration = timedelta(days=1)
-    assignee: str = "responsible"
     derived: bool = False
 
 
@@ -240,7 +209,9 @@ class FunnelTemplate(_Strict):
     fields: list[FieldSpec] = []
     loss_reasons: list[LossReason] = []
     roles: list[RoleSpec] = []
-    automation: list[LocalizedText] = []  # seed automations that do not belong to one stage
+    automation: list[LocalizedText] = []  # seed automations kept as prose (no structured form)
+    automations: list[AutomationSpec] = []
+    qualification: QualificationSpec | None = None  # the Telegram qualification bot's questions
     notes: list[str] = []
 
     @field_validator("key")
@@ -258,6 +229,8 @@ class FunnelTemplate(_Strict):
             )
         self._check_stages()
         self._check_references()
+        check_automations(self)
+        check_qualification(self)
         return self
 
     def _check_stages(self) -> None:
@@ -339,19 +312,3 @@ class FunnelTemplate(_Strict):
             if stage.code == code:
                 return stage
         raise KeyError(code)
-
-
-class TemplateRuleError(ValueError):
-    """A cross-field rule failed; `field` is the dotted path to the offending part of the template."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def _unique(field: str, what: str, values: list[str]) -> None:
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            raise TemplateRuleError(field, f"duplicate {what} {value!r}")
-        seen.add(value)

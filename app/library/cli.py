@@ -11,8 +11,9 @@ from rich.table import Table
 
 from app.console import err, fail, out, print_json
 from app.library import service
+from funnel_templates.automations import NotifyAction, QualificationSpec, describe_action, describe_trigger
 from funnel_templates.loader import TemplateError, load_templates
-from funnel_templates.schema import format_duration
+from funnel_templates.schema import FunnelTemplate, format_duration
 
 templates_cli = typer.Typer(help="Browse and validate the funnel template library.", no_args_is_help=True)
 
@@ -51,6 +52,21 @@ def show_command(key: str, as_json: JsonOption = False) -> None:
         return
     out.print(f"[bold]{escape(template.name.ru)}[/] — {escape(template.name.en)}  [dim]({template.key})[/]")
     out.print(f"niche {template.niche} · goal {template.goal} · source {template.source}")
+    out.print(_stages_table(template))
+    if template.fields:
+        out.print("fields: " + ", ".join(f"{f.code} ({f.type})" for f in template.fields))
+    if template.loss_reasons:
+        out.print("loss reasons: " + "; ".join(escape(r.name.ru) for r in template.loss_reasons))
+    if template.automations:
+        out.print(_automations_table(template))
+    if template.qualification:
+        _print_qualification(template.qualification)
+    out.print("[dim]* derived from the seed's text rather than stated by it[/]")
+    for note in template.notes:
+        out.print(f"[dim]note: {escape(note)}[/]")
+
+
+def _stages_table(template: FunnelTemplate) -> Table:
     stages = Table(title="stages")
     for column in ("#", "code", "name", "semantics", "temp", "required", "tasks", "sla"):
         stages.add_column(column)
@@ -66,14 +82,40 @@ def show_command(key: str, as_json: JsonOption = False) -> None:
             "\n".join(f"{escape(t.title.ru)} ({format_duration(t.due_in)})" for t in stage.tasks),
             format_duration(stage.sla.within) if stage.sla else "",
         )
-    out.print(stages)
-    if template.fields:
-        out.print("fields: " + ", ".join(f"{f.code} ({f.type})" for f in template.fields))
-    if template.loss_reasons:
-        out.print("loss reasons: " + "; ".join(escape(r.name.ru) for r in template.loss_reasons))
-    out.print("[dim]* derived from the seed's text rather than stated by it[/]")
-    for note in template.notes:
-        out.print(f"[dim]note: {escape(note)}[/]")
+    return stages
+
+
+def _automations_table(template: FunnelTemplate) -> Table:
+    """Trigger, actions (channels in preference order) and the Russian message of each automation."""
+    table = Table(title="automations")
+    for column in ("code", "name", "trigger", "actions", "message (ru)"):
+        table.add_column(column, overflow="fold")  # wrap, never cut a code
+    for automation in template.automations:
+        trigger = escape(describe_trigger(automation.trigger))
+        if automation.only_in_stages:
+            trigger += f"\n[dim]only in {', '.join(automation.only_in_stages)}[/]"
+        messages = [a.message.ru for a in automation.actions if isinstance(a, NotifyAction)]
+        table.add_row(
+            automation.code + ("*" if automation.derived else ""),
+            escape(automation.name.ru),
+            trigger,
+            "\n".join(escape(describe_action(a)) for a in automation.actions),
+            "\n".join(escape(m) for m in messages),
+        )
+    return table
+
+
+def _print_qualification(spec: QualificationSpec) -> None:
+    out.print(
+        f"qualification bot: {len(spec.questions)} questions, threshold {spec.threshold} of "
+        f"{spec.max_score()} → {spec.qualified_stage}, otherwise {spec.rejected_stage}"
+    )
+    for question in spec.questions:
+        options = ", ".join(f"{o.name.ru} ({o.score})" for o in question.options)
+        line = f"  {question.code} → {question.field}: {question.text.ru}" + (
+            f" [{options}]" if options else ""
+        )
+        out.print(escape(line))
 
 
 @templates_cli.command("validate")

@@ -173,3 +173,17 @@ def test_a_funnel_without_deals_or_template_still_renders(client: httpx.Client, 
     assert (
         analytics.status_code == 200 and value(row(analytics.text, 'data-stage="NEW"'), "data-reached") == "0"
     )
+
+
+def test_template_page_lists_automations_and_the_bot(client: httpx.Client) -> None:
+    html = client.get("/templates/medical.new_clients").text
+    automations = html[html.index('id="tpl-automations"') :]
+    reminder = automations[automations.index('data-automation="visit_reminder"') :]
+    assert 'data-trigger="before_date"' in reminder and "<code>visit_at</code>" in reminder
+    assert 'data-action="notify"' in reminder and "telegram → sms" in reminder
+    assert "Напоминаем, что завтра, {deal.visit_at}" in reminder
+    english = client.get("/templates/by_goal.qualification", params={"lang": "en"}).text
+    nudge = english[english.index('data-automation="no_answer_to_no_contact"') :]
+    assert nudge.index("(derived)") < nudge.index("</h3>")  # the derived marker sits in its heading
+    bot = english[english.index('id="tpl-qualification"') :]
+    assert 'data-question="authority"' in bot and "4 / 6" in bot

@@ -47,6 +47,12 @@ class PermanentChannelError(ChannelError):
     """Sending this again would fail the same way (bad recipient, refused content, bad credentials)."""
 
 
+class ChannelAccountRefused(PermanentChannelError):
+    """The provider refuses our account, not this message (bad credentials, no money, an unapproved
+    sender name): every message would fail the same way until a person fixes the account, so the
+    service pauses the channel instead of dead-lettering message after message."""
+
+
 class RecipientUnreachable(PermanentChannelError):
     """The recipient cannot be reached on this channel any more (a bot blocked by the user, a number
     that cannot receive SMS): the service records it so it stops trying this contact here."""

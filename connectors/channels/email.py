@@ -18,6 +18,7 @@ from email.utils import parseaddr
 import aiosmtplib
 
 from connectors.channels.base import (
+    ChannelAccountRefused,
     ChannelError,
     OutgoingMessage,
     PermanentChannelError,
@@ -148,6 +149,8 @@ def _reply_error(code: int, text: str, context: str) -> ChannelError:
     provider_text = f"{context} {code} {text}".strip()
     if 400 <= code < 500:
         return TemporaryChannelError(provider_text, code=str(code))
+    if code in (530, 534, 535):  # authentication required / too weak / credentials invalid (RFC 4954)
+        return ChannelAccountRefused(provider_text, code=str(code))
     return PermanentChannelError(provider_text, code=str(code))
 
 

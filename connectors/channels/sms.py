@@ -29,6 +29,7 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from connectors.channels.base import (
+    ChannelAccountRefused,
     ChannelError,
     OutgoingMessage,
     PermanentChannelError,
@@ -65,13 +66,13 @@ class CodeMeaning:
 #   TemporaryChannelError: a limit or an outage that passes by itself.
 SMSRU_CODES: dict[int, CodeMeaning] = {
     # 200/300/301/302: credentials or account state; a person has to fix the connection.
-    200: CodeMeaning(PermanentChannelError, "wrong api_id"),
+    200: CodeMeaning(ChannelAccountRefused, "wrong api_id"),
     # 201: no money. Permanent per base.py's taxonomy (it fails the same way until someone tops up);
     # base.py has no account-level "pause the channel" error, which this code would rather be.
-    201: CodeMeaning(PermanentChannelError, "not enough money on the account"),
+    201: CodeMeaning(ChannelAccountRefused, "not enough money on the account"),
     202: CodeMeaning(RecipientUnreachable, "wrong recipient number, or no route to it"),
     203: CodeMeaning(PermanentChannelError, "no message text"),
-    204: CodeMeaning(PermanentChannelError, "sender name not approved by SMS.ru"),
+    204: CodeMeaning(ChannelAccountRefused, "sender name not approved by SMS.ru"),
     205: CodeMeaning(PermanentChannelError, "message too long (over 8 SMS)"),
     # 206: the account's daily limit; it resets the next day.
     206: CodeMeaning(TemporaryChannelError, "daily sending limit reached"),
@@ -94,9 +95,9 @@ SMSRU_CODES: dict[int, CodeMeaning] = {
     231: CodeMeaning(TemporaryChannelError, "limit of identical messages to this number per minute", 60.0),
     232: CodeMeaning(TemporaryChannelError, "limit of identical messages to this number per day"),
     233: CodeMeaning(TemporaryChannelError, "limit of repeated code messages to this number"),
-    300: CodeMeaning(PermanentChannelError, "wrong token"),
-    301: CodeMeaning(PermanentChannelError, "wrong api_id, or login/password"),
-    302: CodeMeaning(PermanentChannelError, "account not confirmed"),
+    300: CodeMeaning(ChannelAccountRefused, "wrong token"),
+    301: CodeMeaning(ChannelAccountRefused, "wrong api_id, or login/password"),
+    302: CodeMeaning(ChannelAccountRefused, "account not confirmed"),
     500: CodeMeaning(TemporaryChannelError, "SMS.ru server error, retry"),
 }
 # A code missing from the table: we cannot tell whether a resend would help, and resending an SMS

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from connectors.channels.base import (
+    ChannelAccountRefused,
     ChannelError,
     OutgoingMessage,
     PermanentChannelError,
@@ -224,6 +225,8 @@ class TelegramChannel:
             error_code == 400 and any(marker in description.lower() for marker in UNREACHABLE_400)
         ):
             return RecipientUnreachable(text, code=code)
+        if error_code == 401:  # the bot's token was revoked or is wrong: no message can go out
+            return ChannelAccountRefused(text, code=code)
         if "migrate_to_chat_id" in parameters:
             # A group became a supergroup: the chat id to store is in the answer.
             text += f" (the chat is now {parameters['migrate_to_chat_id']})"

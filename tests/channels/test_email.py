@@ -12,6 +12,7 @@ from email.message import EmailMessage
 import pytest
 
 from connectors.channels.base import (
+    ChannelAccountRefused,
     OutgoingMessage,
     PermanentChannelError,
     RecipientUnreachable,
@@ -125,7 +126,7 @@ async def test_login_with_the_right_password_sends_and_a_wrong_one_is_permanent(
 
         with pytest.raises(PermanentChannelError) as caught:
             await box.channel(username="mailer", password="wrong").send(outgoing())
-        assert caught.value.code == "535"
+        assert isinstance(caught.value, ChannelAccountRefused) and caught.value.code == "535"
         assert "wrong" not in caught.value.provider_text
         assert len(box.messages()) == 1
 

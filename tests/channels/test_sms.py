@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from connectors.channels.base import PermanentChannelError, RecipientUnreachable, TemporaryChannelError
+from connectors.channels.base import (
+    ChannelAccountRefused,
+    PermanentChannelError,
+    RecipientUnreachable,
+    TemporaryChannelError,
+)
 from connectors.channels.sms import SmsRuChannel, normalise_phone
 from tests.support.channels_http import FAST_SMS_RETRY, RunningSmsSandbox, message, running_sms_sandbox
 from tests.support.server import free_port
@@ -138,7 +143,7 @@ async def test_a_wrong_api_id_is_permanent_and_not_about_the_recipient(sandbox: 
             await sms.send(message())
     finally:
         await sms.aclose()
-    assert not isinstance(refused.value, RecipientUnreachable)
+    assert isinstance(refused.value, ChannelAccountRefused)  # the account, not this message
     assert refused.value.code == "200"
     assert "wrong-api-id" not in str(refused.value)
 
@@ -147,7 +152,7 @@ async def test_no_money_is_permanent(channel: SmsRuChannel, sandbox: RunningSmsS
     sandbox.control("POST", "/config", {"no_money": True})
     with pytest.raises(PermanentChannelError) as refused:
         await channel.send(message())
-    assert not isinstance(refused.value, RecipientUnreachable)
+    assert isinstance(refused.value, ChannelAccountRefused)
     assert refused.value.code == "201"
     assert sandbox.messages() == []
 

@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from connectors.channels.base import (
+    ChannelAccountRefused,
     OutgoingMessage,
     PermanentChannelError,
     RecipientUnreachable,
@@ -157,7 +158,7 @@ async def test_a_wrong_token_is_permanent_and_never_shown(sandbox: TelegramSandb
     with pytest.raises(PermanentChannelError) as caught:
         await channel.send(outgoing())
 
-    assert not isinstance(caught.value, RecipientUnreachable)
+    assert isinstance(caught.value, ChannelAccountRefused)
     assert caught.value.code == "401"
     assert "Unauthorized" in caught.value.provider_text
     assert_token_hidden(caught.value, wrong)

@@ -5,10 +5,25 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors.http import RetryPolicy
+
+# The API token is also the dashboard's password: shorter ones are guessable by brute force.
+MIN_API_TOKEN_LENGTH = 16
+GENERATE_TOKEN_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def check_api_token(token: str, source: str) -> str:
+    """The token itself when it is long enough; otherwise the service refuses to start, saying how
+    to make a good one (an empty token would let anyone in)."""
+    if len(token.strip()) < MIN_API_TOKEN_LENGTH:
+        raise ValueError(
+            f"{source} must be at least {MIN_API_TOKEN_LENGTH} characters "
+            f"(it has {len(token.strip())}); generate one with: {GENERATE_TOKEN_HINT}"
+        )
+    return token
 
 
 class Settings(BaseSettings):
@@ -56,6 +71,19 @@ class Settings(BaseSettings):
     reconcile_overlap_seconds: float = Field(default=600, ge=0)
     # Largest webhook body accepted (the CRMs send a few KiB).
     max_webhook_body: int = Field(default=1024 * 1024, ge=1024)
+    # CRM addresses that resolve to private, loopback, link-local or other non-global networks are
+    # refused (the credentials would go there); the sandboxes on 127.0.0.1 need this on.
+    allow_private_crm: bool = False
+    # Failed logins and bearer tokens per client address before answers turn into 429s.
+    auth_failures_allowed: int = Field(default=10, ge=1)
+    auth_failure_window_seconds: float = Field(default=300, gt=0)
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_api_token(value.get_secret_value(), "FUNNELSYNC_API_TOKEN")
+        return value
 
     @property
     def crm_retry(self) -> RetryPolicy:

@@ -132,6 +132,7 @@ def demo_settings(settings: Settings, ports: DemoPorts) -> Settings:
             "public_url": public,
             "api_token": SecretStr(api_token(settings)),  # the login token stays the same across runs
             "auto_migrate": True,
+            "allow_private_crm": True,  # the sandboxes run on 127.0.0.1
             "inbox_interval_seconds": 1.0,
             "outbox_interval_seconds": 1.0,
             # A short retry budget, so the simulated outage below leaves dead letters to retry.

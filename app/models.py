@@ -1,6 +1,7 @@
 """Import every domain's tables so Base.metadata is complete (Alembic, tests)."""
 
 from app.connections.models import Connection
+from app.dashboard.models import DashboardSessionRow
 from app.db import Base
 from app.deals.models import Deal, StageTransition, SyncState
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
@@ -11,6 +12,7 @@ from app.webhooks.models import InboxEvent
 __all__ = [
     "Base",
     "Connection",
+    "DashboardSessionRow",
     "Deal",
     "Funnel",
     "FunnelMapping",

@@ -46,7 +46,7 @@ from app.library.service import get_template
 from app.outbox.models import OutboxCommand
 from tests.dashboard.support import build_app  # the same wiring as the tests
 
-TOKEN = "bench-token"
+TOKEN = "bench-api-token-123"
 TEMPLATE = "general.typical"
 NOW = datetime.now(UTC).replace(microsecond=0)
 SPAN = timedelta(days=180)

@@ -198,6 +198,7 @@ def service_env(data_dir: Path, database_url: str, scheduler: bool) -> dict[str,
         FUNNELSYNC_DATA_DIR=str(data_dir),
         FUNNELSYNC_DATABASE_URL=database_url,
         FUNNELSYNC_API_TOKEN=API_TOKEN,
+        FUNNELSYNC_ALLOW_PRIVATE_CRM="true",  # the sandboxes run on 127.0.0.1
         FUNNELSYNC_SECRET_KEY=SECRET_KEY,
         FUNNELSYNC_SCHEDULER_ENABLED="true" if scheduler else "false",
         FUNNELSYNC_LOG_LEVEL="info",
@@ -241,7 +242,9 @@ async def amo_secret_and_inbox(database_url: str, data_dir: Path) -> tuple[str, 
     from app.db import create_engine, session_factory
     from app.webhooks.models import InboxEvent
 
-    settings = Settings(database_url=database_url, data_dir=data_dir, secret_key=SecretStr(SECRET_KEY))
+    settings = Settings(
+        database_url=database_url, data_dir=data_dir, secret_key=SecretStr(SECRET_KEY), allow_private_crm=True
+    )
     engine = create_engine(database_url)
     try:
         async with session_factory(engine)() as session:

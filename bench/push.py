@@ -183,7 +183,9 @@ async def outbox_run(box: Sandbox, n: int, workdir: Path) -> Run:
     target = stages[0]
     url = f"sqlite+aiosqlite:///{workdir / f'push-{box.crm}.db'}"
     await asyncio.to_thread(migrate.upgrade, url)  # alembic runs its own event loop
-    settings = Settings(database_url=url, data_dir=workdir, secret_key=SecretStr(SECRET_KEY))
+    settings = Settings(
+        database_url=url, data_dir=workdir, secret_key=SecretStr(SECRET_KEY), allow_private_crm=True
+    )
     data: Bitrix24ConnectionCreate | AmoCRMConnectionCreate
     if box.crm == "bitrix24":
         data = Bitrix24ConnectionCreate(name="bench", crm="bitrix24", webhook_url=box.webhook_url)

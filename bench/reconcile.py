@@ -164,9 +164,10 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     settings = Settings(
         database_url=database_url,
         data_dir=Path(spec["data_dir"]),
-        api_token=SecretStr("bench-token"),
+        api_token=SecretStr("bench-api-token-123"),
         secret_key=SecretStr(SECRET_KEY),
         scheduler_enabled=False,
+        allow_private_crm=True,  # the sandboxes run on 127.0.0.1
     )
     data: Bitrix24ConnectionCreate | AmoCRMConnectionCreate
     connector: CRMConnector

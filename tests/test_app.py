@@ -15,7 +15,7 @@ from app.main import create_app
 from tests.support.cli import run_cli
 from tests.support.server import serve_asgi
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-1234567890"
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ async def test_the_lifespan_puts_the_schedulers_waker_on_the_app(database_url: s
     for enabled, expected in ((True, SchedulerWaker), (False, NoWaker)):
         settings = Settings(
             database_url=database_url,
-            api_token=SecretStr("t"),
+            api_token=SecretStr("test-token-1234567890"),
             data_dir=tmp_path,
             scheduler_enabled=enabled,
             inbox_interval_seconds=3600,

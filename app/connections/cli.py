@@ -11,7 +11,7 @@ from rich.table import Table
 
 from app.config import Settings
 from app.connections import health, service
-from app.connections.connector import connected
+from app.connections.connector import AddressRefused, connected
 from app.connections.schemas import (
     AssigneesOut,
     CheckResult,
@@ -92,6 +92,10 @@ def add_command(
         fail(validation_message(exc))
 
     async def work(settings: Settings, sessions: Sessions) -> None:
+        try:  # before an authorization code (or any credential) is sent to the address
+            await service.refuse_private_urls(settings, service.input_urls(data))
+        except service.CRMAddressRefused as exc:
+            fail(str(exc))
         async with sessions() as session:
             # Checked before an amoCRM authorization code is spent on the exchange.
             if await _exists(session, data.name):
@@ -169,9 +173,11 @@ def check_command(
 
         try:
             async with connected(sessions, settings, name) as (record, connector):
-                checked = await check_connection(record, connector)
+                checked = await check_connection(record, connector, sessions)
         except service.ConnectionNotFound as exc:
             fail(str(exc))
+        except AddressRefused as exc:  # the connection is paused, saying why
+            fail(str(exc), code=1)
         if checked.error is None:
             await health.record_success(sessions, record.id)
         else:

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.connections import service
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.db import utcnow
 from connectors import factory
-from connectors.base import CRMConnector, TokenSet
+from connectors.base import CRMConnector, PermanentError, TokenSet
 from connectors.descriptor import descriptor_for
 from connectors.http import origin, with_origin
 
@@ -27,6 +27,11 @@ LAPSE_WARNING = timedelta(days=14)
 # Settings keys (non-secret, readable without decrypting the credentials).
 ROTATED_AT = "refresh_token_rotated_at"
 PREVIOUS_DOMAINS = "previous_domains"
+
+
+class AddressRefused(PermanentError):
+    """FunnelSync will not call this connection: its CRM address is not public (see
+    FUNNELSYNC_ALLOW_PRIVATE_CRM). A CRMError, so every caller reports it as a refusal."""
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -105,9 +110,30 @@ def move_connection(settings: Settings, record: Connection, old: str, new: str) 
         record.settings = {**(record.settings or {}), PREVIOUS_DOMAINS: history[-20:]}
 
 
+async def _refuse_private_address(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, record: Connection
+) -> None:
+    """Resolve the connection's addresses now, before any credential is sent there (they may have
+    been added with private ones allowed, or a DNS name may have moved); a refused connection is
+    paused, saying why, so its queue waits instead of failing command by command."""
+    try:
+        await service.refuse_private_urls(settings, service.record_urls(settings, record))
+    except service.CRMAddressRefused as exc:
+        async with sessions.begin() as session:
+            current = await session.get(Connection, record.id, with_for_update=True)
+            if current is not None:
+                current.status = ConnectionSwitch.PAUSED
+                current.paused_reason = str(exc)
+        log.warning("connection %s paused: %s", record.name, exc)
+        raise AddressRefused(str(exc)) from exc
+
+
 async def open_connector(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, record: Connection
 ) -> CRMConnector:
+    """A connector for `record`; raises AddressRefused (and pauses the connection) when its CRM
+    address is not public and private ones are not allowed."""
+    await _refuse_private_address(sessions, settings, record)
     connection_id = record.id
 
     async def save_tokens(tokens: TokenSet) -> None:

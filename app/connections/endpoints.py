@@ -44,6 +44,10 @@ async def add_connection(
 ) -> ConnectionOut:
     """Add a connection: `crm` names the CRM, the other fields are that CRM's (see its docs)."""
     data = _connection_input(body)
+    try:  # before an authorization code (or any credential) is sent to the address
+        await service.refuse_private_urls(settings, service.input_urls(data))
+    except service.CRMAddressRefused as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     async with sessions() as session:
         try:
             await service.get_connection(session, data.name)
@@ -85,7 +89,7 @@ async def check(name: str, sessions: SessionsDep, settings: SettingsDep) -> Chec
     503 if it is down, timed out or rate-limiting (Retry-After when known), 502 if it refused (bad
     credentials, blocked account), with the check's fields, `detail` in plain words and `crm_error`."""
     async with connected(sessions, settings, name) as (record, connector):
-        checked = await check_connection(record, connector)
+        checked = await check_connection(record, connector, sessions)
     if checked.error is None:
         await health.record_success(sessions, record.id)
         return checked.result

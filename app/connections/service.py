@@ -6,7 +6,11 @@ database. Nothing in this module logs or returns them.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
+import socket
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +28,15 @@ from connectors.descriptor import ConnectionInput, descriptor_for
 
 class ConnectionExists(ValueError):
     pass
+
+
+class CRMAddressRefused(ValueError):
+    """A CRM URL that points into a private, loopback, link-local or other non-global network."""
+
+
+# URLs in a connection's input that FunnelSync never calls (the CRM redirects a browser there).
+_NOT_CALLED = frozenset({"redirect_uri"})
+ALLOW_PRIVATE_HINT = "set FUNNELSYNC_ALLOW_PRIVATE_CRM=true to allow a CRM on a private network"
 
 
 class ConnectionNotFound(NotFound):
@@ -45,6 +58,60 @@ def build_record(
     record = Connection(name=data.name, crm=data.crm, base_url=new.base_url, settings=record_settings)
     store_credentials(settings, record, new.credentials)
     return record
+
+
+def _http_urls(values: Iterable[tuple[str, object]]) -> list[str]:
+    return [
+        str(value)
+        for key, value in values
+        if key not in _NOT_CALLED and isinstance(value, str) and urlsplit(value).scheme in ("http", "https")
+    ]
+
+
+def input_urls(data: ConnectionInput) -> list[str]:
+    """Every address a new connection's input would have FunnelSync call (with the credentials)."""
+    return _http_urls(data.model_dump().items())
+
+
+def record_urls(settings: Settings, record: Connection) -> list[str]:
+    """Every address a stored connection's connector calls: its base URL, a Bitrix24 inbound webhook
+    URL, an OAuth server."""
+    return [record.base_url, *_http_urls(credentials(settings, record).items())]
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of the address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    return ip.is_global and not ip.is_multicast
+
+
+async def _addresses(host: str, port: int) -> list[str]:
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise CRMAddressRefused(f"the CRM host {host!r} cannot be resolved ({exc}); check the URL") from exc
+    return [str(info[4][0]) for info in found]
+
+
+async def refuse_private_urls(settings: Settings, urls: Iterable[str]) -> None:
+    """Raise CRMAddressRefused unless every URL's host resolves (now) only to global addresses: the
+    credentials go wherever these point. A DNS name counts by what it resolves to."""
+    if settings.allow_private_crm:
+        return
+    for url in urls:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError as exc:
+            raise CRMAddressRefused(f"{url!r} has an invalid port") from exc
+        for address in await _addresses(host, port):
+            if not _is_public(address):
+                raise CRMAddressRefused(
+                    f"the CRM host {host!r} is at {address}, a private, loopback or otherwise "
+                    f"non-public address; {ALLOW_PRIVATE_HINT}"
+                )
 
 
 async def add_connection(session: AsyncSession, record: Connection) -> Connection:

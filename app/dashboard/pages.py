@@ -22,13 +22,13 @@ from app.connections import service as connections
 from app.connections.connector import connected
 from app.connections.health import crm_problem, error_from
 from app.dashboard.auth import (
-    SESSION_COOKIE,
-    SESSION_MAX_AGE,
     CsrfDep,
     SessionDep,
-    current_session,
-    issue_session,
+    end_session,
+    load_session,
+    login_token_matches,
     safe_next,
+    start_session,
 )
 from app.dashboard.render import is_partial, render
 from app.db import utcnow
@@ -41,7 +41,6 @@ from app.outbox import history as outbox_history
 from app.outbox import retry as outbox_retry
 from app.outbox import service as outbox
 from app.outbox.statuses import KINDS, RETRYABLE_STATUSES
-from app.security import tokens_match
 from app.waker import INBOX_JOB, WakerDep
 from app.webhooks import service as inbox
 from connectors.base import CRMError
@@ -66,7 +65,7 @@ async def static_file(name: str) -> Response:
 
 @router.get("/login")
 async def login_form(request: Request, next: str = "/") -> Response:
-    if current_session(request) is not None:
+    if await load_session(request) is not None:
         return RedirectResponse(safe_next(next), status.HTTP_303_SEE_OTHER)
     return render(request, "login.html", {"next": safe_next(next), "error": None})
 
@@ -75,32 +74,22 @@ async def login_form(request: Request, next: str = "/") -> Response:
 async def login(
     request: Request, token: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/"
 ) -> Response:
-    expected: str = request.app.state.api_token
-    if not token or not tokens_match(token, expected):
+    if not login_token_matches(request, token):
         return render(
             request,
             "login.html",
             {"next": safe_next(next), "error": "wrong_token"},
             status_code=status.HTTP_401_UNAUTHORIZED,
         )
-    cookie, _ = issue_session(expected)
     response = RedirectResponse(safe_next(next), status.HTTP_303_SEE_OTHER)
-    response.set_cookie(
-        SESSION_COOKIE,
-        cookie,
-        max_age=SESSION_MAX_AGE,
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    await start_session(request, response)
     return response
 
 
 @router.post("/logout")
-async def logout(_: CsrfDep) -> Response:
+async def logout(request: Request, session: CsrfDep) -> Response:
     response = RedirectResponse("/login", status.HTTP_303_SEE_OTHER)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    await end_session(request, session, response)
     return response
 
 

@@ -4,7 +4,8 @@ proves its sender (a token in the body, or the secret in the URL), which claims 
 compared with the connection, and how refusals name the token.
 
 An accepted delivery is committed to the inbox before the 2xx goes out, so an acknowledged event is
-never lost; a forged one is refused with 401 and nothing stored. A body we can authenticate but not
+never lost; a forged one is refused with 401 and nothing stored. A connection name that does not
+exist is answered exactly like a wrong credential, so the answers do not tell which names exist. A body we can authenticate but not
 parse is still stored (as failed) and acknowledged: the CRMs disable hooks that answer with errors.
 Processing happens later, in the inbox job, which this wakes.
 """
@@ -12,6 +13,7 @@ Processing happens later, in the inbox job, which this wakes.
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -44,15 +46,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _connection(sessions: Any, name: str, crm: str) -> Connection:
+async def _connection(sessions: Any, name: str, crm: str) -> Connection | None:
+    """The named connection of this CRM, or None (no such name, or one of another CRM)."""
     async with sessions() as session:
         try:
             record: Connection = await connections.get_connection(session, name)
         except connections.ConnectionNotFound:
-            record = None  # type: ignore[assignment]
-    if record is None or record.crm != crm:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no {crm} connection named {name!r}")
-    return record
+            return None
+    return record if record.crm == crm else None
+
+
+def _stored_credentials(
+    settings: Settings, descriptor: CRMDescriptor, record: Connection | None
+) -> dict[str, Any]:
+    """The connection's credentials; for a name that does not exist, a random credential no
+    delivery can match, so it is refused by the same steps and words as a wrong one."""
+    if record is None:
+        return {descriptor.webhook_auth.credential: secrets.token_urlsafe(32)}
+    return connections.credentials(settings, record)
 
 
 def _refuse(reason: str) -> HTTPException:
@@ -151,7 +162,7 @@ async def _receive(
     settings: Settings,
 ) -> dict[str, str]:
     record = await _connection(sessions, name, descriptor.name)
-    stored = connections.credentials(settings, record)
+    stored = _stored_credentials(settings, descriptor, record)
     auth = descriptor.webhook_auth
     if isinstance(auth, UrlSecret):
         if not tokens_match(secret, str(stored.get(auth.credential, ""))):
@@ -161,6 +172,8 @@ async def _receive(
     else:
         body = await _read_body(request, settings.max_webhook_body)
         identity = _identity_with_token(descriptor, auth, request, body, stored.get(auth.credential))
+    if record is None:  # unreachable: nothing matches the random credential
+        raise _refuse("wrong credential")
     if identity is not None:
         moved = _check_identity(descriptor, record, identity)
         if moved:

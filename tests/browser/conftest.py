@@ -26,7 +26,7 @@ from tests.support.rules_bench import Bench
 ARTIFACTS = (
     Path(os.environ.get("FUNNELSYNC_ARTIFACTS_DIR", Path(__file__).parents[2] / "artifacts")) / "browser"
 )
-TOKEN = "test-token-123"  # tests.support.crm.settings_for
+TOKEN = "test-token-1234567890"  # tests.support.crm.settings_for
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from app.main import create_app
 from tests.support.crm import APP_TOKEN, FAST_RETRY, CRMSandbox, crm_sandbox, settings_for
 from tests.support.server import serve_asgi
 
-AUTH = {"Authorization": "Bearer test-token-123"}
+AUTH = {"Authorization": "Bearer test-token-1234567890"}
 
 
 @pytest.fixture

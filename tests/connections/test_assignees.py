@@ -26,7 +26,7 @@ from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
 
-AUTH = {"Authorization": "Bearer test-token-123"}
+AUTH = {"Authorization": "Bearer test-token-1234567890"}
 REPAIR = "auto_service.repair"  # declares the roles mechanic and parts_manager
 TYPICAL = "general.typical"  # declares no roles
 # Stored, never called: nothing but the end-to-end test talks to a CRM.
@@ -253,6 +253,7 @@ def env(database_url: str, tmp_path: Path) -> dict[str, str]:
     return {
         "FUNNELSYNC_DATABASE_URL": database_url,
         "FUNNELSYNC_DATA_DIR": str(tmp_path / "var"),
+        "FUNNELSYNC_ALLOW_PRIVATE_CRM": "true",  # the sandboxes run on 127.0.0.1
         "FUNNELSYNC_SECRET_KEY": settings.secret_key.get_secret_value() if settings.secret_key else "",
         "FUNNELSYNC_PUBLIC_URL": "http://127.0.0.1:9",
     }

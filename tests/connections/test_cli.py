@@ -19,6 +19,7 @@ from tests.support.crm import APP_TOKEN, FAST_RETRY_ENV, CRMSandbox, crm_sandbox
 def env(tmp_path: Path) -> dict[str, str]:
     return {
         "FUNNELSYNC_DATA_DIR": str(tmp_path / "var"),
+        "FUNNELSYNC_ALLOW_PRIVATE_CRM": "true",  # the sandboxes run on 127.0.0.1
         "FUNNELSYNC_PUBLIC_URL": "http://127.0.0.1:9",
         **FAST_RETRY_ENV,
     }

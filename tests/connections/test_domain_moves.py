@@ -39,7 +39,7 @@ from tests.support.db import open_sessions
 from tests.support.notify import RequestCounter
 from tests.support.server import free_port, serve_asgi
 
-API_AUTH = {"Authorization": "Bearer test-token-123"}
+API_AUTH = {"Authorization": "Bearer test-token-1234567890"}
 NO_DELAY = RetrySettings(base_delay=timedelta(0), max_delay=timedelta(0))
 
 
@@ -214,7 +214,9 @@ async def test_queued_writes_reach_a_renamed_crm_which_is_recorded(moving: Movin
     assert moving.redirects() == 1
     # The overview shows the move.
     async with httpx.AsyncClient(base_url=moving.url, timeout=30) as client:
-        assert (await client.post("/login", data={"token": "test-token-123", "next": "/"})).status_code == 303
+        assert (
+            await client.post("/login", data={"token": "test-token-1234567890", "next": "/"})
+        ).status_code == 303
         page = (await client.get("/")).text
     assert f"{previous[-1]['domain']} → {moving.new_domain}" in page  # the latest move
 

@@ -47,7 +47,7 @@ from tests.outbox.conftest import NO_DELAY, OUTAGE_FAULT, Outbox, open_outbox
 from tests.support.cli import run_cli
 from tests.support.server import serve_asgi
 
-AUTH = {"Authorization": "Bearer test-token-123"}
+AUTH = {"Authorization": "Bearer test-token-1234567890"}
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 
@@ -181,6 +181,7 @@ async def views(outbox: Outbox, database_url: str, tmp_path: Path) -> AsyncItera
     env = {
         "FUNNELSYNC_DATABASE_URL": database_url,
         "FUNNELSYNC_DATA_DIR": str(tmp_path / "cli"),
+        "FUNNELSYNC_ALLOW_PRIVATE_CRM": "true",  # the sandboxes run on 127.0.0.1
         "FUNNELSYNC_SECRET_KEY": settings.secret_key.get_secret_value() if settings.secret_key else "",
         "FUNNELSYNC_PUBLIC_URL": "http://127.0.0.1:9",
     }
@@ -189,7 +190,7 @@ async def views(outbox: Outbox, database_url: str, tmp_path: Path) -> AsyncItera
             httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as api,
             httpx.AsyncClient(base_url=url, timeout=30) as dashboard,
         ):
-            login = await dashboard.post("/login", data={"token": "test-token-123", "next": "/"})
+            login = await dashboard.post("/login", data={"token": "test-token-1234567890", "next": "/"})
             assert login.status_code == 303
             yield Views(api, dashboard, env, outbox.crm)
 

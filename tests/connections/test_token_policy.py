@@ -195,10 +195,10 @@ async def test_refresh_token_lapse_is_shown_with_a_warning_before_it_comes(
     with serve_asgi(create_app(portal.settings)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             answer = await client.get(
-                f"/api/connections/{NAME}/status", headers={"Authorization": "Bearer test-token-123"}
+                f"/api/connections/{NAME}/status", headers={"Authorization": "Bearer test-token-1234567890"}
             )
             status = answer.json()
-            login = await client.post("/login", data={"token": "test-token-123", "next": "/"})
+            login = await client.post("/login", data={"token": "test-token-1234567890", "next": "/"})
             assert login.status_code == 303
             page = (await client.get("/")).text
 

@@ -310,7 +310,7 @@ async def test_a_toy_crms_webhook_is_stored_by_the_generic_receiver(toy_account:
 
 async def test_a_toy_connection_is_added_through_the_api(toy_account: ToyAccount) -> None:
     body = {"name": "toy-two", "crm": "toy", "account": "two", "token": "t", "base_url": "https://two.toy"}
-    auth = {"Authorization": "Bearer test-token-123"}
+    auth = {"Authorization": "Bearer test-token-1234567890"}
     with serve_asgi(create_app(toy_account.settings)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as client:
             added = await client.post("/api/connections", json=body)

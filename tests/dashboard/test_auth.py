@@ -1,11 +1,28 @@
-"""Dashboard login and CSRF over real HTTP, on both databases."""
+"""Dashboard login, sessions, CSRF and the throttle of failed logins, over real HTTP on both databases."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
 import httpx
 import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
-from app.dashboard.auth import SESSION_COOKIE
+from app.config import Settings
+from app.dashboard.auth import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    DashboardSession,
+    cookie_keys,
+    decode_cookie,
+    encode_cookie,
+)
 from tests.dashboard.support import TOKEN, Running, csrf_of, login
 
 PAGES = ["/", "/failures", "/templates", "/templates/general.typical"]
@@ -74,3 +91,69 @@ def test_logout_with_the_csrf_token(dashboard: Running) -> None:
         response = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
         assert response.status_code == 303 and response.headers["location"] == "/login"
         assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_a_logged_out_cookie_replayed_is_refused(dashboard: Running) -> None:
+    with httpx.Client(base_url=dashboard.url) as client:
+        login(client)
+        cookie = client.cookies[SESSION_COOKIE]
+        token = csrf_of(client.get("/").text)
+        assert client.post("/logout", data={"csrf_token": token}, follow_redirects=False).status_code == 303
+    with httpx.Client(base_url=dashboard.url, cookies={SESSION_COOKIE: cookie}) as replay:
+        assert replay.get("/", follow_redirects=False).status_code == 303
+        assert replay.get("/login", follow_redirects=False).status_code == 200  # the form, not a loop
+
+
+def _signed(key: bytes, data: dict[str, object]) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+    signature = hmac.new(key, payload.encode(), hashlib.sha256).digest()
+    return f"{payload}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+@pytest.mark.parametrize("key", [b"", TOKEN.encode(), b"funnelsync-dashboard-session-v1\0"])
+def test_cookies_signed_with_a_guessable_key_are_refused(dashboard: Running, key: bytes) -> None:
+    # An empty key, the API token (the old signing key) or the old context string: none of them is
+    # the key derived from the secret key.
+    now = int(time.time())
+    claims = {"sid": "forged", "csrf": "x", "iat": now, "tok": "x"}
+    with httpx.Client(base_url=dashboard.url, cookies={SESSION_COOKIE: _signed(key, claims)}) as client:
+        assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_a_cookie_is_bound_to_the_secret_key_and_the_api_token(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, secret_key=SecretStr(Fernet.generate_key().decode()))
+    other_key = settings.model_copy(update={"secret_key": SecretStr(Fernet.generate_key().decode())})
+    session = DashboardSession("sid", "csrf", int(time.time()))
+    cookie = encode_cookie(cookie_keys(settings, TOKEN), session)
+    assert decode_cookie(cookie_keys(settings, TOKEN), cookie) == session
+    assert decode_cookie(cookie_keys(settings, TOKEN + "-rotated"), cookie) is None
+    assert decode_cookie(cookie_keys(other_key, TOKEN), cookie) is None
+    expired = time.time() + SESSION_MAX_AGE + 1
+    assert decode_cookie(cookie_keys(settings, TOKEN), cookie, now=expired) is None
+
+
+def test_failed_logins_are_throttled_per_address(dashboard: Running) -> None:
+    allowed = Settings.model_fields["auth_failures_allowed"].default
+    with httpx.Client(base_url=dashboard.url) as client:
+        for _ in range(allowed):
+            assert client.post("/login", data={"token": "wrong-token", "next": "/"}).status_code == 401
+        throttled = client.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False)
+        assert throttled.status_code == 429  # even the right token, once throttled
+        assert int(throttled.headers["retry-after"]) >= 1
+        assert SESSION_COOKIE not in client.cookies
+        bearer = client.get("/api/analytics/overview", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert bearer.status_code == 429  # one count per address for the form and the API
+
+
+def test_failed_bearer_tokens_are_throttled(dashboard: Running) -> None:
+    allowed = Settings.model_fields["auth_failures_allowed"].default
+    with httpx.Client(base_url=dashboard.url) as client:
+        # No token at all is not a guess: it does not count.
+        for _ in range(allowed + 1):
+            assert client.get("/api/analytics/overview").status_code == 401
+        for _ in range(allowed):
+            wrong = client.get("/api/analytics/overview", headers={"Authorization": "Bearer wrong"})
+            assert wrong.status_code == 401
+        throttled = client.get("/api/analytics/overview", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert throttled.status_code == 429 and "retry-after" in throttled.headers
+        assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 429

@@ -27,7 +27,9 @@ def ui(database_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, CRMSan
 
         asyncio.run(add())
         with serve_asgi(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
-            assert client.post("/login", data={"token": "test-token-123", "next": "/"}).status_code == 303
+            assert (
+                client.post("/login", data={"token": "test-token-1234567890", "next": "/"}).status_code == 303
+            )
             yield client, sandbox
 
 

@@ -42,7 +42,7 @@ def seed(box: CRMSandbox, count: int) -> None:
 
 
 def test_sync_mirrors_what_the_crm_has(sandbox: CRMSandbox, tmp_path: Path) -> None:
-    env = {"FUNNELSYNC_DATA_DIR": str(tmp_path / "var")}
+    env = {"FUNNELSYNC_DATA_DIR": str(tmp_path / "var"), "FUNNELSYNC_ALLOW_PRIVATE_CRM": "true"}
     add_connection(sandbox, env)
     seed(sandbox, 30)
     first = run_cli("sync", "crm", "--json", env=env)

@@ -71,6 +71,7 @@ def cli_sync(bench: Bench, tmp_path: Path) -> dict[str, Any]:
         "FUNNELSYNC_DATABASE_URL": settings.database_url,
         "FUNNELSYNC_SECRET_KEY": settings.secret_key.get_secret_value(),
         "FUNNELSYNC_DATA_DIR": str(tmp_path / "cli"),
+        "FUNNELSYNC_ALLOW_PRIVATE_CRM": "true",  # the sandboxes run on 127.0.0.1
     }
     result = run_cli("sync", bench.p.record.name, "--json", env=env)
     assert result.returncode == 0, result.stderr

@@ -37,7 +37,7 @@ async def test_every_template_provisions(crm: str, group: int, tmp_path: Path, s
     settings = Settings(
         database_url=url,
         data_dir=tmp_path,
-        api_token=SecretStr("t"),
+        api_token=SecretStr("test-token-1234567890"),
         secret_key=SecretStr("7sGqz8pM5Y2Jw8m3b7yS0gR5tW1vN9cX4eK6hL2dQ0A="),
         scheduler_enabled=False,
     )

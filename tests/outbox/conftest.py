@@ -41,7 +41,7 @@ NO_DELAY = RetrySettings(base_delay=timedelta(0), max_delay=timedelta(0))
 DUE = datetime(2000, 1, 1, tzinfo=UTC)
 # A sandbox fault that stands for the CRM being down (503 from the gateway).
 OUTAGE_FAULT = {"bitrix24": "http_503", "amocrm": "http_503"}
-API_AUTH = {"Authorization": "Bearer test-token-123"}
+API_AUTH = {"Authorization": "Bearer test-token-1234567890"}
 
 
 @dataclass

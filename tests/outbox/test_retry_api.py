@@ -21,7 +21,7 @@ TITLE = "Перезвонить клиенту"
 @pytest.fixture
 async def api(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
     with serve_asgi(create_app(outbox.settings)) as url:
-        headers = {"Authorization": "Bearer test-token-123"}
+        headers = {"Authorization": "Bearer test-token-1234567890"}
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
             yield client
 

@@ -37,8 +37,9 @@ def _worker(outbox: Outbox, tmp_path: Path) -> subprocess.Popen[str]:
         **os.environ,
         "FUNNELSYNC_DATABASE_URL": outbox.settings.database_url or "",
         "FUNNELSYNC_DATA_DIR": str(tmp_path),
+        "FUNNELSYNC_ALLOW_PRIVATE_CRM": "true",  # the sandboxes run on 127.0.0.1
         "FUNNELSYNC_SECRET_KEY": outbox.settings.secret_key.get_secret_value(),
-        "FUNNELSYNC_API_TOKEN": "test-token-123",
+        "FUNNELSYNC_API_TOKEN": "test-token-1234567890",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "app", "worker", "--once"],

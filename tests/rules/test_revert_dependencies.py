@@ -20,7 +20,7 @@ from app.outbox.delivery import DrainResult, drain_connection
 from app.outbox.models import OutboxAttempt, OutboxCommand
 from tests.support.rules_bench import Bench
 
-TOKEN = "test-token-123"  # tests.support.crm.settings_for
+TOKEN = "test-token-1234567890"  # tests.support.crm.settings_for
 NOT_SENT = "not sent: the move it describes failed: "
 CONTACT = "Связаться с клиентом по новой заявке"
 

@@ -139,9 +139,10 @@ def settings_for(data_dir: Any, database_url: str) -> Settings:
     return Settings(
         database_url=database_url,
         data_dir=data_dir,
-        api_token=SecretStr("test-token-123"),
+        api_token=SecretStr("test-token-1234567890"),
         secret_key=SecretStr("7sGqz8pM5Y2Jw8m3b7yS0gR5tW1vN9cX4eK6hL2dQ0A="),
         public_url="http://127.0.0.1:9",
         scheduler_enabled=False,
+        allow_private_crm=True,  # the sandboxes run on 127.0.0.1
         **FAST_RETRY_SETTINGS,
     )

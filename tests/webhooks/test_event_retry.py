@@ -28,7 +28,7 @@ from tests.support.crm import settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
 
-AUTH = {"Authorization": "Bearer test-token-123"}
+AUTH = {"Authorization": "Bearer test-token-1234567890"}
 FORM = "application/x-www-form-urlencoded"
 # Authenticated by the URL's secret but not a lead event amoCRM's parser can read (a non-numeric id).
 GARBAGE = b"leads[status][0][id]=abc&leads[status][0][status_id]=&account[subdomain]=acme"

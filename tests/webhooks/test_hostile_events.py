@@ -39,7 +39,7 @@ from tests.support.server import free_port, serve_asgi
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
-AUTH = {"Authorization": "Bearer test-token-123"}
+AUTH = {"Authorization": "Bearer test-token-1234567890"}
 TS = "1766047124"
 
 

@@ -37,8 +37,9 @@ def env_for(database_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
         **os.environ,
         "FUNNELSYNC_DATABASE_URL": database_url,
         "FUNNELSYNC_DATA_DIR": str(tmp_path),
+        "FUNNELSYNC_ALLOW_PRIVATE_CRM": "true",  # the sandboxes run on 127.0.0.1
         "FUNNELSYNC_SECRET_KEY": SECRET_KEY,
-        "FUNNELSYNC_API_TOKEN": "test-token-123",
+        "FUNNELSYNC_API_TOKEN": "test-token-1234567890",
         **extra,
     }
 

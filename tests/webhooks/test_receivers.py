@@ -24,7 +24,7 @@ from tests.support.server import serve_asgi
 
 APP_TOKEN = "b24-app-token"
 DOMAIN = "acme.bitrix24.ru"
-AUTH = {"Authorization": "Bearer test-token-123"}
+AUTH = {"Authorization": "Bearer test-token-1234567890"}
 
 
 @dataclass
@@ -172,8 +172,30 @@ def test_oversized_body_is_413_and_not_stored(service: Service) -> None:
     assert service.inbox() == []
 
 
-def test_unknown_connection_is_404(service: Service) -> None:
-    response = httpx.post(f"{service.url}/webhooks/bitrix24/nope", content=bitrix_body(), headers=FORM)
-    assert response.status_code == 404
-    amo_as_b24 = httpx.post(f"{service.url}/webhooks/bitrix24/amo", content=bitrix_body(), headers=FORM)
-    assert amo_as_b24.status_code == 404
+def answer(url: str, body: str) -> tuple[int, object]:
+    response = httpx.post(url, content=body, headers=FORM)
+    return response.status_code, response.json()
+
+
+@pytest.mark.parametrize("body", [bitrix_body(token="wrong-token"), "not a bitrix24 event", ""])
+def test_an_unknown_bitrix24_connection_is_answered_like_a_wrong_token(service: Service, body: str) -> None:
+    # The answers must not tell which connection names exist: an unknown name, a connection of
+    # another CRM and a wrong token all read the same.
+    wrong_token = answer(f"{service.url}/webhooks/bitrix24/b24", body)
+    assert wrong_token[0] == 401
+    assert answer(f"{service.url}/webhooks/bitrix24/nope", body) == wrong_token
+    assert answer(f"{service.url}/webhooks/bitrix24/amo", body) == wrong_token
+    assert answer(f"{service.url}/webhooks/bitrix24/nope", bitrix_body()) == answer(
+        f"{service.url}/webhooks/bitrix24/b24", bitrix_body(token="wrong-token")
+    )
+    assert service.inbox() == []
+
+
+def test_an_unknown_amocrm_connection_is_answered_like_a_wrong_secret(service: Service) -> None:
+    wrong_secret = answer(f"{service.url}/webhooks/amocrm/amo/wrong-secret", amo_body())
+    assert wrong_secret == (401, {"detail": "webhook refused: wrong secret in the URL"})
+    assert answer(f"{service.url}/webhooks/amocrm/nope/wrong-secret", amo_body()) == wrong_secret
+    # Even with the right secret of another connection: the name is what is unknown.
+    assert answer(f"{service.url}/webhooks/amocrm/nope/{service.amo_secret}", amo_body()) == wrong_secret
+    assert answer(f"{service.url}/webhooks/amocrm/b24/{service.amo_secret}", amo_body()) == wrong_secret
+    assert service.inbox() == []

@@ -209,7 +209,7 @@ async def test_status_and_deal_api(flow: Flow) -> None:
     flow.move_to_crm_stage(stray, hand.id)
     await flow.deliver_and_process()
 
-    headers = {"Authorization": "Bearer test-token-123"}
+    headers = {"Authorization": "Bearer test-token-1234567890"}
     async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
         status = (await api.get(f"/api/connections/{flow.crm}/status")).json()
         assert status["events"].get("processed", 0) >= 4 and status["inbox_lag_seconds"] == 0
@@ -235,7 +235,7 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     await flow.deliver_and_process()
     local = await flow.deal(deal)
     assert local is not None
-    headers = {"Authorization": "Bearer test-token-123", "Idempotency-Key": "req-1"}
+    headers = {"Authorization": "Bearer test-token-1234567890", "Idempotency-Key": "req-1"}
     async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
         refused = await api.post(f"/api/deals/{local.id}/move", json={"stage": "QUALIFIED"})
         assert refused.status_code == 409 and "requires" in refused.json()["detail"]  # the budget is empty
@@ -269,7 +269,7 @@ async def test_metrics_expose_events_queues_and_push_latency(flow: Flow) -> None
     await flow.deliver_and_process()
     local = await flow.deal(deal)
     assert local is not None
-    headers = {"Authorization": "Bearer test-token-123"}
+    headers = {"Authorization": "Bearer test-token-1234567890"}
     async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
         assert (
             await api.post(f"/api/deals/{local.id}/move", json={"stage": "NEW_REQUEST"})

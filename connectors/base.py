@@ -18,6 +18,8 @@ CRMKind = str
 StageSemantics = Literal["process", "success", "failure"]
 DealEventKind = Literal["add", "update", "status", "responsible", "delete", "restore"]
 CustomFieldType = Literal["string", "text", "number", "money", "date", "datetime", "enum", "boolean", "url"]
+# What find_created can look up: things the outbox creates and cannot tell apart after a lost answer.
+CreatedKind = Literal["task", "comment", "deal"]
 
 # Both CRMs cap one bulk request at 50 items (Bitrix24 batch commands, amoCRM bulk POST/PATCH).
 MAX_BATCH = 50
@@ -262,6 +264,37 @@ class FieldUpdate:
 
 
 @dataclass(frozen=True)
+class ContactInfo:
+    """A client bound to a deal (Bitrix24 contact, amoCRM lead contact) and how to reach them.
+
+    `phones` and `emails` are the values as the CRM stores them (no normalisation: the channel
+    decides what it can use). `telegram` is a chat id or "@username" when the CRM holds one."""
+
+    id: str
+    name: str
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    telegram: str | None = None
+    is_primary: bool = False
+
+
+@dataclass(frozen=True)
+class NewDeal:
+    """A deal to create (repeat sale, win-back, a qualified lead from a bot). `fields` holds custom
+    field values by CRM field id; `marker` is the outbox's "[fs:<command id>]", written where
+    find_created("deal", ...) can find the deal again when the create's answer was lost."""
+
+    ref: str
+    pipeline_id: str
+    stage_id: str
+    title: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    responsible_id: str | None = None
+    contact_ids: tuple[str, ...] = ()
+    marker: str | None = None
+
+
+@dataclass(frozen=True)
 class ItemResult:
     """Outcome of one item of a bulk write: the CRM id it got, or the permanent error it hit."""
 
@@ -376,13 +409,23 @@ class CRMConnector(Protocol):
 
     async def add_comments(self, comments: Sequence[NewComment]) -> list[ItemResult]: ...
 
-    async def find_created(
-        self, kind: Literal["task", "comment"], lookups: Sequence[CreatedLookup]
-    ) -> dict[str, str]:
-        """ref -> CRM id of each looked-up task/comment that exists (absent refs: not created)."""
+    async def find_created(self, kind: CreatedKind, lookups: Sequence[CreatedLookup]) -> dict[str, str]:
+        """ref -> CRM id of each looked-up task/comment/deal that exists (absent refs: not created).
+        A deal has no id before it exists: its lookups carry the pipeline id as `deal_id`. A CRM
+        with nowhere to keep a deal's marker raises NotSupported for "deal"."""
         ...
 
     async def update_deal_fields(self, updates: Sequence[FieldUpdate]) -> list[ItemResult]: ...
+
+    async def get_deal_contacts(self, deal_ids: Sequence[str]) -> dict[str, list[ContactInfo]]:
+        """deal id -> its contacts, primary first (every requested id is a key; a deal that is gone
+        or has no contact maps to []). Batched: a few requests however many deals."""
+        ...
+
+    async def create_deals(self, items: Sequence[NewDeal]) -> list[ItemResult]:
+        """Create deals in bulk; an item the CRM refuses gets its PermanentError, the rest stand.
+        Not idempotent: never resent blind after a lost answer (see find_created)."""
+        ...
 
     async def list_webhooks(self) -> list[WebhookSubscription]: ...
 

@@ -16,6 +16,9 @@ Verified (amocrm/amocrm-api-php source):
   {status_id, pipeline_id}.
 - NotesFilter knows only id, note_type and updated_at (Kommo "notes by entity type" documents the
   same): notes of given deals are read per deal, GET /api/v4/leads/{id}/notes.
+- Leads ?with=contacts carry `_embedded.contacts` [{id, is_main}]; POST /api/v4/leads takes
+  `_embedded.contacts` [{id}]; contacts' phones/e-mails are the PHONE/EMAIL multitext fields
+  (docs/crm/amocrm.md §8). There is no Telegram field: `telegram_field` names one.
 Still unverified (no source found; built to docs/crm/amocrm.md and kept visible in the sandbox):
 - whether a bulk create answered 400 saved its valid items: no doc says either way, issue #11
   reports it, so the valid tasks/notes are looked up by marker before any is resent (_bulk_chunk;
@@ -31,6 +34,7 @@ Still unverified (no source found; built to docs/crm/amocrm.md and kept visible 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -53,6 +57,8 @@ from connectors.base import (
     AccountInfo,
     BatchTooLarge,
     Capabilities,
+    ContactInfo,
+    CreatedKind,
     CreatedLookup,
     CRMError,
     CRMKind,
@@ -63,6 +69,7 @@ from connectors.base import (
     ItemResult,
     LossReason,
     NewComment,
+    NewDeal,
     NewField,
     NewStage,
     NewTask,
@@ -125,10 +132,14 @@ class AmoCRMConnector:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         domain_saver: DomainSaver | None = None,
         rate_limit_window: float | None = None,
+        telegram_field: str | None = None,
     ) -> None:
+        """`telegram_field`: id or code of the contact field that holds a client's Telegram chat id
+        or @username (amoCRM has no standard one; docs/crm/amocrm.md §8)."""
         if (token is None) == (oauth is None):
             raise ValueError("give either token (long-lived) or oauth + tokens + token_saver")
         self.subdomain = subdomain
+        self.telegram_field = telegram_field
         self.base_url = (base_url or account_base_url(subdomain, domain)).rstrip("/")
         # One limiter (and one refresh lock) per account and integration (docs/crm/amocrm.md §3).
         self.account_key = account_key or f"amocrm:{self.base_url}:{oauth.client_id if oauth else 'token'}"
@@ -530,18 +541,7 @@ class AmoCRMConnector:
     async def update_deal_fields(self, updates: Sequence[FieldUpdate]) -> list[ItemResult]:
         """`values`: custom field id -> value (None clears); the lead's own price, name,
         responsible_user_id and loss_reason_id may be set by those names."""
-        items = []
-        for update in updates:
-            body: dict[str, Any] = {}
-            custom = []
-            for key, value in update.values.items():
-                if key in ("price", "name", "responsible_user_id", "loss_reason_id"):
-                    body[key] = int(value) if key != "name" and value is not None else value
-                else:
-                    custom.append({"field_id": int(key), "values": mapping.custom_field_value(value)})
-            if custom:
-                body["custom_fields_values"] = custom
-            items.append((update.ref, update.deal_id, body))
+        items = [(update.ref, update.deal_id, mapping.lead_values(update.values)) for update in updates]
         return await self._lead_writes(items)
 
     async def create_tasks(self, tasks: Sequence[NewTask]) -> list[ItemResult]:
@@ -572,15 +572,18 @@ class AmoCRMConnector:
         ]
         return await self._bulk("PATCH", "/api/v4/tasks", "tasks", items, idempotent=True)
 
-    async def find_created(
-        self, kind: Literal["task", "comment"], lookups: Sequence[CreatedLookup]
-    ) -> dict[str, str]:
-        """Tasks: GET /api/v4/tasks with filter[entity_type]=leads and the deals' ids in
+    async def find_created(self, kind: CreatedKind, lookups: Sequence[CreatedLookup]) -> dict[str, str]:
+        """Deals: not supported (see create_deals). Tasks: GET /api/v4/tasks with filter[entity_type]=leads and the deals' ids in
         filter[entity_id][] (documented: the id filter needs the type). Comments: GET
         /api/v4/leads/{id}/notes?filter[note_type][]=common once per deal, because the account-wide
         /api/v4/leads/notes documents no entity filter (only id, note_type, updated_at) and would
         mean reading every note of the account. Paginated; the marker is in a task's `text`, in a
         note's `params.text`."""
+        if kind == "deal":
+            raise NotSupported(
+                "amoCRM leads have no field for an external id that the API can filter on (the custom-field "
+                "filter is an alpha feature of some accounts): a created lead cannot be found by its marker"
+            )
         deals = sorted({item.deal_id for item in lookups if str(item.deal_id).isdigit()})
         texts: list[tuple[str, str, str]] = []  # (deal id, crm id, text)
         if kind == "task":
@@ -637,6 +640,101 @@ class AmoCRMConnector:
             if marker is not None:
                 lookups.append(CreatedLookup(ref, str(payload["entity_id"]), marker))
         return await self.find_created(kind, lookups) if lookups else {}
+
+    # --- contacts and new deals -------------------------------------------------------------------
+
+    async def get_deal_contacts(self, deal_ids: Sequence[str]) -> dict[str, list[ContactInfo]]:
+        """GET /api/v4/leads?with=contacts (each lead's `_embedded.contacts` [{id, is_main}]), then GET
+        /api/v4/contacts with the contacts' ids in filter[id][]; 50 ids a request for either. A lead
+        that is gone is absent from the answer: it has no contacts."""
+        wanted = [i for i in dict.fromkeys(str(d) for d in deal_ids) if i.isdigit()]
+        bindings: dict[str, list[tuple[str, bool]]] = {}
+        for chunk in chunked(wanted, IDS_PER_REQUEST):
+            params: list[tuple[str, Any]] = [("with", "contacts"), ("limit", LEADS_PAGE)]
+            params += [("filter[id][]", i) for i in chunk]
+            async for page in self._pages("/api/v4/leads", params, "leads", LEADS_PAGE):
+                bindings.update({str(lead["id"]): mapping.lead_contact_ids(lead) for lead in page})
+        contacts = await self._contacts_by_id(
+            list(dict.fromkeys(cid for pairs in bindings.values() for cid, _ in pairs))
+        )
+        out: dict[str, list[ContactInfo]] = {str(d): [] for d in deal_ids}
+        for deal_id, pairs in bindings.items():
+            out[deal_id] = [
+                mapping.contact_from_api(contacts[cid], is_primary=main, telegram_field=self.telegram_field)
+                for cid, main in pairs
+                if cid in contacts
+            ]
+        return out
+
+    async def _contacts_by_id(self, contact_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in chunked(list(contact_ids), IDS_PER_REQUEST):
+            params: list[tuple[str, Any]] = [("limit", LEADS_PAGE)] + [("filter[id][]", i) for i in chunk]
+            async for page in self._pages("/api/v4/contacts", params, "contacts", LEADS_PAGE):
+                found.update({str(c["id"]): c for c in page})
+        return found
+
+    async def create_deals(self, items: Sequence[NewDeal]) -> list[ItemResult]:
+        """POST /api/v4/leads, 50 a request: name, pipeline_id, status_id, responsible_user_id,
+        custom_fields_values and `_embedded.contacts` [{id}] (DOC leads-api "add leads"). Not resent
+        after a timeout. A lead cannot carry the outbox marker anywhere the API can search
+        (find_created raises NotSupported for "deal"), so a create whose answer was lost stays
+        uncertain for the outbox to settle. After a 400 naming some items, the others are looked up
+        by name, pipeline and stage among the leads created since (_saved_leads) and only those
+        amoCRM does not hold are sent again (docs/crm/amocrm.md §3, §8)."""
+        payloads: list[Item] = []
+        for item in items:
+            payload: dict[str, Any] = {
+                **mapping.lead_values(item.fields),
+                "name": item.title,
+                "pipeline_id": int(item.pipeline_id),
+                "status_id": int(item.stage_id),
+            }
+            if item.responsible_id:
+                payload["responsible_user_id"] = int(item.responsible_id)
+            if item.contact_ids:
+                payload["_embedded"] = {"contacts": [{"id": int(c)} for c in item.contact_ids]}
+            payloads.append((item.ref, payload))
+        # amoCRM's clock, not ours, stamps created_at: a minute's margin; the name must match too.
+        since = int(time.time()) - 60
+        claimed: set[str] = set()  # leads already answering an item: never matched again
+
+        async def saved(sent: list[Item]) -> dict[str, str]:
+            found = await self._saved_leads(sent, since, claimed)
+            claimed.update(found.values())
+            return found
+
+        results: list[ItemResult] = []
+        for chunk in chunked(payloads, MAX_BATCH):  # one request each, so `claimed` grows in between
+            done = await self._bulk(
+                "POST", "/api/v4/leads", "leads", chunk, idempotent=False, find_saved=saved
+            )
+            claimed.update(r.crm_id for r in done if r.crm_id)
+            results += done
+        return results
+
+    async def _saved_leads(self, items: list[Item], since: int, claimed: set[str]) -> dict[str, str]:
+        """After a 400 naming some items of a lead create, which of the others amoCRM saved anyway
+        (UNVERIFIED whether it ever does, see _bulk_chunk): with no marker on a lead, a lead counts as
+        ours when it was created since the request went out with the same name, pipeline and stage
+        and answers no other item."""
+        pipelines = sorted({int(payload["pipeline_id"]) for _, payload in items})
+        params: list[tuple[str, Any]] = [("limit", LEADS_PAGE), ("filter[created_at][from]", since)]
+        params += [("filter[pipeline_id][]", p) for p in pipelines]
+        candidates: list[dict[str, Any]] = []
+        async for page in self._pages("/api/v4/leads", params, "leads", LEADS_PAGE):
+            candidates += [lead for lead in page if str(lead.get("id")) not in claimed]
+        found: dict[str, str] = {}
+        for ref, payload in items:
+            key = (payload["name"], payload["pipeline_id"], payload["status_id"])
+            match = next(
+                (c for c in candidates if (c.get("name"), c.get("pipeline_id"), c.get("status_id")) == key),
+                None,
+            )
+            if match is not None:
+                candidates.remove(match)
+                found[ref] = str(match["id"])
+        return found
 
     # --- webhooks --------------------------------------------------------------------------------------
 

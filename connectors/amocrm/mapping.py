@@ -9,6 +9,7 @@ from typing import Any
 
 from connectors.amocrm.events import LOST_STATUS_ID, WON_STATUS_ID, normalise_value
 from connectors.base import (
+    ContactInfo,
     CustomField,
     CustomFieldType,
     DealSnapshot,
@@ -228,3 +229,64 @@ def custom_field_value(value: Any) -> list[dict[str, Any]] | None:
         else:
             out.append({"value": item})
     return out
+
+
+# --- contacts -------------------------------------------------------------------------------------
+
+# Codes of the contact fields every account has (PHPLIB MultitextCustomFieldValueModel users, DOC
+# contacts-api examples): multitext values [{value, enum_id, enum_code}].
+PHONE_CODE, EMAIL_CODE = "PHONE", "EMAIL"
+
+
+def lead_contact_ids(lead: dict[str, Any]) -> list[tuple[str, bool]]:
+    """A lead's `_embedded.contacts` (GET /api/v4/leads?with=contacts) as (id, is_main), main first."""
+    rows = [c for c in embedded(lead, "contacts") if c.get("id") is not None]
+    rows.sort(key=lambda c: not c.get("is_main"))
+    return [(str(c["id"]), bool(c.get("is_main"))) for c in rows]
+
+
+def _matches_field(cf: dict[str, Any], wanted: str) -> bool:
+    """A custom field named by its id or (case-insensitively) its code."""
+    return str(cf.get("field_id")) == wanted or str(cf.get("field_code") or "").upper() == wanted.upper()
+
+
+def _values_of(contact: dict[str, Any], wanted: str) -> tuple[str, ...]:
+    return tuple(
+        str(v["value"])
+        for cf in contact.get("custom_fields_values") or []  # null and [] alike
+        if isinstance(cf, dict) and _matches_field(cf, wanted)
+        for v in cf.get("values") or []
+        if isinstance(v, dict) and v.get("value") not in (None, "")
+    )
+
+
+def contact_from_api(contact: dict[str, Any], *, is_primary: bool, telegram_field: str | None) -> ContactInfo:
+    """A contact of GET /api/v4/contacts. amoCRM has no standard Telegram field: `telegram_field`
+    (id or code of a contact field, a connection setting) names the one holding it, if any."""
+    name = str(contact.get("name") or "").strip() or " ".join(
+        str(contact[k]).strip() for k in ("first_name", "last_name") if contact.get(k)
+    )
+    telegram = _values_of(contact, telegram_field) if telegram_field else ()
+    return ContactInfo(
+        id=str(contact["id"]),
+        name=name,
+        phones=_values_of(contact, PHONE_CODE),
+        emails=_values_of(contact, EMAIL_CODE),
+        telegram=telegram[0] if telegram else None,
+        is_primary=is_primary,
+    )
+
+
+def lead_values(values: Any) -> dict[str, Any]:
+    """A lead's writable values by key: its own price, name, responsible_user_id and loss_reason_id by
+    those names, any other key a custom field id (None clears) into custom_fields_values."""
+    body: dict[str, Any] = {}
+    custom = []
+    for key, value in values.items():
+        if key in ("price", "name", "responsible_user_id", "loss_reason_id"):
+            body[key] = int(value) if key != "name" and value is not None else value
+        else:
+            custom.append({"field_id": int(key), "values": custom_field_value(value)})
+    if custom:
+        body["custom_fields_values"] = custom
+    return body

@@ -23,12 +23,18 @@ Verified (search over b24restdocs / b24pysdk / fast_bitrix24 sources):
 - A deal the user may not change: crm.item.update and crm.timeline.comment.add answer ACCESS_DENIED,
   legacy crm.deal.update an empty code with "Access denied" (the methods' DOCS error tables); inside
   `batch` only that command's result_error (DOCS batch.md), so it is the item's error.
+- A deal's contacts: crm.deal.contact.items.get [{CONTACT_ID, SORT, ROLE_ID, IS_PRIMARY}], then
+  crm.contact.list with PHONE/EMAIL/IM named in select ("*" leaves multi-fields out); Telegram is an IM
+  value of VALUE_TYPE TELEGRAM (CORE). New deals: crm.item.add with contactIds, originatorId/originId
+  (DOCS crm-item-add.md; docs/crm/bitrix24.md §7).
 Still unverified (built to the safe reading in docs/crm/bitrix24.md, isolated so a correction is one line):
 - STATUS_ID max length in DEAL_STAGE_xx ("depends on the pipeline identifier"): we assume 22 with prefix.
 - What the portal substitutes for a batch reference that does not resolve: the fast pull stops at the
   first short page, so it never depends on it.
 - Exact error code/text of crm.item.update for a stage outside the pipeline, and of event.bind called
   with webhook auth (we never call it that way).
+- Whether crm.item.add checks that contactIds exist, which of several becomes primary, and whether
+  ORIGIN_ID takes the `@` list filter (docs/crm/bitrix24.md §7).
 - The text of crm.timeline.comment.add's ACCESS_DENIED (only the code is documented), and the
   cloud's ~60 s cut-off of one request (see transport.REQUEST_TIME_LIMIT).
 """
@@ -37,12 +43,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from connectors.base import (
     MAX_BATCH,
     AccountInfo,
     Capabilities,
+    ContactInfo,
+    CreatedKind,
     CreatedLookup,
     CRMKind,
     CustomField,
@@ -52,6 +60,7 @@ from connectors.base import (
     ItemResult,
     LossReason,
     NewComment,
+    NewDeal,
     NewField,
     NewStage,
     NewTask,
@@ -67,8 +76,11 @@ from connectors.base import (
 )
 from connectors.bitrix24.events import DEAL_EVENTS
 from connectors.bitrix24.mapping import (
+    CONTACT_SELECT,
     DEAL_SELECT,
     USER_TYPES,
+    bindings_in_order,
+    contact_from_row,
     deal_from_row,
     entity_id,
     field_from_row,
@@ -88,6 +100,8 @@ from connectors.http import BITRIX24_STANDARD, DomainSaver, RatePolicy, RetryPol
 _EVENT_ALIASES = {"add": "ONCRMDEALADD", "update": "ONCRMDEALUPDATE", "delete": "ONCRMDEALDELETE"}
 REQUIRED_SCOPES = ("crm", "task")
 PAGE = 50
+# ORIGINATOR_ID of the deals we create; ORIGIN_ID holds the outbox marker (find_created "deal").
+ORIGINATOR = "funnelsync"
 
 
 class Bitrix24Connector:
@@ -518,13 +532,13 @@ class Bitrix24Connector:
         outcomes = await self.transport.batch(commands, idempotent=True)
         return self._items(outcomes, [c.task_id for c in changes])
 
-    async def find_created(
-        self, kind: Literal["task", "comment"], lookups: Sequence[CreatedLookup]
-    ) -> dict[str, str]:
-        """One list command per deal, packed into batch: tasks.task.list filtered by the deal binding
+    async def find_created(self, kind: CreatedKind, lookups: Sequence[CreatedLookup]) -> dict[str, str]:
+        """Deals: see _find_created_deals. Otherwise one list command per deal, packed into batch: tasks.task.list filtered by the deal binding
         (UF_CRM_TASK "D_{id}", newest first), or crm.timeline.comment.list {ENTITY_ID, ENTITY_TYPE:
         deal} (dev.1c-bitrix.ru). Only the first page (50) of a deal's items is read: what we look
         for was created moments before the crash, so it is among the newest."""
+        if kind == "deal":
+            return await self._find_created_deals(lookups)
         deals = sorted({item.deal_id for item in lookups})
         if kind == "task":
             commands = [
@@ -576,6 +590,106 @@ class Bitrix24Connector:
         ]
         outcomes = await self.transport.batch(commands, idempotent=True)
         return self._items(outcomes, [u.deal_id for u in updates])
+
+    # --- contacts and new deals --------------------------------------------------------------------
+
+    async def get_deal_contacts(self, deal_ids: Sequence[str]) -> dict[str, list[ContactInfo]]:
+        """Two batched reads: crm.deal.contact.items.get per deal (its bindings with IS_PRIMARY and
+        SORT), then crm.contact.list with `@ID` and an explicit select of the multi-fields, 50 ids
+        a command (DOCS crm-deal-contact-items-get.md, crm-contact-list.md). 50 deals cost two
+        requests; a deal that is gone ("Not found.") has no contacts."""
+        wanted = list(dict.fromkeys(str(d) for d in deal_ids if str(d).isdigit()))
+        bindings = await self._contact_bindings(wanted)
+        contact_ids = list(dict.fromkeys(cid for pairs in bindings.values() for cid, _ in pairs))
+        rows = await self._contact_rows(contact_ids)
+        out: dict[str, list[ContactInfo]] = {str(d): [] for d in deal_ids}
+        for deal_id, pairs in bindings.items():
+            out[deal_id] = [
+                contact_from_row(rows[cid], is_primary=primary) for cid, primary in pairs if cid in rows
+            ]
+        return out
+
+    async def _contact_bindings(self, deal_ids: Sequence[str]) -> dict[str, list[tuple[str, bool]]]:
+        commands = [(d, "crm.deal.contact.items.get", {"id": int(d)}) for d in deal_ids]
+        bindings: dict[str, list[tuple[str, bool]]] = {}
+        for outcome in await self.transport.batch(commands, idempotent=True):
+            if outcome.error is not None:
+                if "not found" in outcome.error.crm_text.lower():
+                    continue  # deleted since: no one to write to
+                raise outcome.error
+            bindings[outcome.ref] = bindings_in_order(outcome.result)
+        return bindings
+
+    async def _contact_rows(self, contact_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        commands = [
+            (
+                str(i),
+                "crm.contact.list",
+                {"filter": {"@ID": [int(c) for c in chunk]}, "select": CONTACT_SELECT},
+            )
+            for i, chunk in enumerate(chunked(list(contact_ids), PAGE))
+        ]
+        rows: dict[str, dict[str, Any]] = {}
+        for outcome in await self.transport.batch(commands, idempotent=True):
+            if outcome.error is not None:
+                raise outcome.error
+            rows.update({str(r["ID"]): r for r in outcome.result or [] if isinstance(r, dict)})
+        return rows
+
+    async def create_deals(self, items: Sequence[NewDeal]) -> list[ItemResult]:
+        """crm.item.add (entityTypeId 2) per deal, packed into batch: title, categoryId, stageId,
+        assignedById, contactIds (the first is the primary), custom fields under their UF_CRM_*
+        names (useOriginalUfNames Y), and originatorId/originId = FunnelSync/the marker (DOCS
+        crm-item-add.md). Never resent after a timeout: a lost answer is settled by looking the
+        marker up (find_created "deal"), the way tasks and comments are."""
+        commands = [(item.ref, "crm.item.add", self._deal_params(item)) for item in items]
+        outcomes = await self.transport.batch(commands, idempotent=False)
+        ids = [
+            str(o.result["item"]["id"])
+            if o.error is None and isinstance(o.result, dict) and isinstance(o.result.get("item"), dict)
+            else None
+            for o in outcomes
+        ]
+        return self._items(outcomes, ids)
+
+    def _deal_params(self, item: NewDeal) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            **dict(item.fields),
+            "title": item.title,
+            "categoryId": int(item.pipeline_id),
+            "stageId": item.stage_id,
+            "assignedById": int(item.responsible_id or self.default_responsible_id),
+        }
+        if item.contact_ids:
+            fields["contactIds"] = [int(c) for c in item.contact_ids]
+        if item.marker:
+            fields["originatorId"] = ORIGINATOR
+            fields["originId"] = item.marker
+        return {"entityTypeId": 2, "useOriginalUfNames": "Y", "fields": fields}
+
+    async def _find_created_deals(self, lookups: Sequence[CreatedLookup]) -> dict[str, str]:
+        """Deals we created carry ORIGINATOR_ID "funnelsync" and the marker in ORIGIN_ID (both
+        documented deal fields, exact-match filters): crm.deal.list with `@ORIGIN_ID`, 50 markers
+        a command, all in one batch."""
+        markers = list(dict.fromkeys(item.marker for item in lookups))
+        commands = [
+            (
+                str(i),
+                "crm.deal.list",
+                {
+                    "filter": {"ORIGINATOR_ID": ORIGINATOR, "@ORIGIN_ID": list(chunk)},
+                    "select": ["ID", "ORIGIN_ID"],
+                },
+            )
+            for i, chunk in enumerate(chunked(markers, PAGE))
+        ]
+        by_marker: dict[str, str] = {}
+        for outcome in await self.transport.batch(commands, idempotent=True):
+            if outcome.error is not None:
+                raise outcome.error
+            for row in outcome.result or []:
+                by_marker.setdefault(str(row.get("ORIGIN_ID")), str(row.get("ID")))
+        return {item.ref: by_marker[item.marker] for item in lookups if item.marker in by_marker}
 
     # --- webhooks ----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from connectors.base import (
+    ContactInfo,
     CustomField,
     CustomFieldType,
     DealSnapshot,
@@ -29,6 +30,11 @@ USER_TYPES: dict[CustomFieldType, str] = {
     "url": "url",
 }
 DEAL_SELECT = ["*", "UF_*"]
+# Multi-fields (PHONE, EMAIL, IM) come back only when named: "*" leaves them out (DOCS
+# crm-contact-list.md, parameter select).
+CONTACT_SELECT = ["ID", "NAME", "SECOND_NAME", "LAST_NAME", "PHONE", "EMAIL", "IM"]
+# IM values of this VALUE_TYPE hold a Telegram account (CORE Multifield/Type/Im.php VALUE_TYPE_TELEGRAM).
+TELEGRAM_VALUE_TYPE = "TELEGRAM"
 
 
 def entity_id(pipeline_id: str) -> str:
@@ -126,3 +132,38 @@ def deal_from_row(row: dict[str, Any]) -> DealSnapshot:
         closed=str(row.get("CLOSED", "N")) == "Y",
         fields={k: v for k, v in row.items() if k.startswith("UF_")},
     )
+
+
+def _multi_values(row: dict[str, Any], type_id: str) -> list[dict[str, Any]]:
+    """The multi-field entries [{ID, VALUE_TYPE, VALUE, TYPE_ID}] of one kind (DOCS crm_multifield)."""
+    values = row.get(type_id)
+    return [v for v in values if isinstance(v, dict) and v.get("VALUE")] if isinstance(values, list) else []
+
+
+def contact_from_row(row: dict[str, Any], *, is_primary: bool) -> ContactInfo:
+    """A crm.contact.list row selected with CONTACT_SELECT."""
+    name = " ".join(str(row[k]).strip() for k in ("NAME", "SECOND_NAME", "LAST_NAME") if row.get(k))
+    telegram = next(
+        (
+            str(v["VALUE"])
+            for v in _multi_values(row, "IM")
+            if str(v.get("VALUE_TYPE") or "").upper() == TELEGRAM_VALUE_TYPE
+        ),
+        None,
+    )
+    return ContactInfo(
+        id=str(row["ID"]),
+        name=name,
+        phones=tuple(str(v["VALUE"]) for v in _multi_values(row, "PHONE")),
+        emails=tuple(str(v["VALUE"]) for v in _multi_values(row, "EMAIL")),
+        telegram=telegram,
+        is_primary=is_primary,
+    )
+
+
+def bindings_in_order(rows: Any) -> list[tuple[str, bool]]:
+    """crm.deal.contact.items.get rows [{CONTACT_ID, SORT, ROLE_ID, IS_PRIMARY}] as (contact id,
+    primary), the primary first and the rest by SORT as the deal card shows them."""
+    items = [r for r in rows or [] if isinstance(r, dict) and r.get("CONTACT_ID") not in (None, "")]
+    items.sort(key=lambda r: (str(r.get("IS_PRIMARY")) != "Y", int(r.get("SORT") or 0)))
+    return [(str(r["CONTACT_ID"]), str(r.get("IS_PRIMARY")) == "Y") for r in items]

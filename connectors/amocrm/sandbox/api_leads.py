@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from connectors.amocrm.sandbox import api_contacts
 from connectors.amocrm.sandbox import leads as lead_logic
 from connectors.amocrm.sandbox.common import array_body, base, is_int, json_body, sandbox, user_id
 from connectors.amocrm.sandbox.errors import Errors, hal, no_content, not_found, request_ids
@@ -117,22 +118,30 @@ async def list_leads(request: Request) -> Response:
     chunk = found[(page - 1) * limit : page * limit]
     if not chunk:
         return no_content()  # empty list: 204 with no body
-    href = base(request)
     return hal(
         {
             "_page": page,
             "_links": _links(request, page, len(found) > page * limit),
-            "_embedded": {"leads": [lead_logic.lead_out(lead, href) for lead in chunk]},
+            "_embedded": {"leads": [_lead_out(request, state, lead) for lead in chunk]},
         }
     )
 
 
+def _lead_out(request: Request, state: SandboxState, lead: dict[str, Any]) -> dict[str, Any]:
+    """A lead as answered; `with=contacts` adds `_embedded.contacts` [{id, is_main, _links}]."""
+    out = lead_logic.lead_out(lead, base(request))
+    if "contacts" in request.query_params.get("with", "").split(","):
+        out["_embedded"]["contacts"] = api_contacts.embedded_contacts(state, lead["id"], base(request))
+    return out
+
+
 @router.get("/api/v4/leads/{lead_id:int}")
 async def get_lead(request: Request, lead_id: int) -> Response:
-    lead = sandbox(request).state.leads.get(str(lead_id))
+    state = sandbox(request).state
+    lead = state.leads.get(str(lead_id))
     if lead is None or lead["is_deleted"]:
         return no_content()
-    return hal(lead_logic.lead_out(lead, base(request)))
+    return hal(_lead_out(request, state, lead))
 
 
 @router.post("/api/v4/leads")
@@ -144,10 +153,20 @@ async def create_leads(request: Request) -> Response:
     parsed = [
         lead_logic.validate(box.state, errors, rid, item, None) for rid, item in zip(rids, items, strict=True)
     ]
-    errors.raise_if_any()
+    linked = [
+        api_contacts.linked_contact_ids(box.state, errors, rid, item)
+        for rid, item in zip(rids, items, strict=True)
+    ]
+    if not box.state.config.partial_bulk_saves:  # that mode saves the valid items before the 400
+        errors.raise_if_any()
     out, events = [], []
-    for rid, item, values in zip(rids, items, parsed, strict=True):
+    for rid, item, values, contact_ids in zip(rids, items, parsed, linked, strict=True):
+        if rid in errors.by_item:
+            continue
+        item = {k: v for k, v in item.items() if k != "_embedded"}
         lead, evs = lead_logic.create(box.state, item, values or {}, user_id(request))
+        if contact_ids:
+            api_contacts.link_contacts(box.state, lead["id"], contact_ids)
         events += evs
         out.append(
             {
@@ -157,6 +176,7 @@ async def create_leads(request: Request) -> Response:
             }
         )
     box.hooks.emit(events)
+    errors.raise_if_any()
     return hal({"_links": {"self": {"href": base(request) + "/api/v4/leads"}}, "_embedded": {"leads": out}})
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from connectors.bitrix24.sandbox import deals
+from connectors.bitrix24.sandbox import contacts, deals
 from connectors.bitrix24.sandbox.api import ApiError
 from connectors.bitrix24.sandbox.common import sandbox
 from connectors.bitrix24.sandbox.config import SandboxConfig
@@ -177,6 +177,31 @@ async def sim_delete(deal_id: int, request: Request) -> Response:
         return JSONResponse(exc.body(), status_code=404)
     box.after_ui_change(request, ctx)
     return JSONResponse({"ok": True})
+
+
+# --- contacts made in the UI ------------------------------------------------------------------------
+
+
+@router.post("/contacts")
+async def sim_contact(request: Request) -> Response:
+    """A manager adds a client: {"fields": {NAME, PHONE: [{VALUE, VALUE_TYPE}], EMAIL, IM}, "deal_id":
+    bind to this deal, "primary": make it the deal's primary contact}. Answers {"ID"}."""
+    box = sandbox(request)
+    spec = await request.json()
+    ctx = box.ui_context(spec.get("user_id"))
+    deal_id = spec.get("deal_id")
+    if deal_id is not None and int(deal_id) not in box.portal.state.deals:
+        return JSONResponse({"error": "NOT_FOUND"}, status_code=404)
+    try:
+        contact = contacts.create_contact(ctx, spec.get("fields", {}))
+    except ApiError as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+    if deal_id is not None:
+        contacts.add_binding(
+            ctx, int(deal_id), int(contact["ID"]), primary=bool(spec.get("primary")), sort=None
+        )
+    box.after_ui_change(request, ctx)
+    return JSONResponse({"ID": contact["ID"]})
 
 
 # --- deliveries and state ----------------------------------------------------------------------------

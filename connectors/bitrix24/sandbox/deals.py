@@ -6,6 +6,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from connectors.bitrix24.sandbox import contacts
 from connectors.bitrix24.sandbox.api import ApiError, Context, Result, bad
 from connectors.bitrix24.sandbox.state import PortalState
 
@@ -383,6 +384,7 @@ def deal_update(ctx: Context, params: dict[str, Any]) -> Result:
 def remove_deal(ctx: Context, deal_id: int) -> None:
     if ctx.state.deals.pop(deal_id, None) is None:
         raise bad("Not found", "NOT_FOUND")
+    ctx.state.deal_contacts.pop(deal_id, None)
     ctx.touch()
     ctx.emit("ONCRMDEALDELETE", {"ID": str(deal_id)})
 
@@ -406,12 +408,17 @@ def _entity_type(params: dict[str, Any]) -> None:
         raise ApiError(400, "NOT_FOUND", "Smart process not found")
 
 
-def to_item(deal: dict[str, Any]) -> dict[str, Any]:
+def to_item(deal: dict[str, Any], ctx: Context | None = None, *, original_uf: bool = False) -> dict[str, Any]:
+    """crm.item shape; with `ctx` also contactIds (DOCS crm-item-add.md response), and with
+    `original_uf` (useOriginalUfNames=Y) user fields under their UF_CRM_* names."""
     item: dict[str, Any] = {}
+    if ctx is not None:
+        item["contactIds"] = [int(b["CONTACT_ID"]) for b in contacts.bindings_of(ctx, int(deal["ID"]))]
     for key, value in deal.items():
         if key.startswith("_"):
             continue
-        name = ITEM_NAMES.get(key) or (uf_to_camel(key) if key.startswith("UF_CRM_") else None)
+        uf_name = (key if original_uf else uf_to_camel(key)) if key.startswith("UF_CRM_") else None
+        name = ITEM_NAMES.get(key) or uf_name
         if name is None:
             continue
         if key in ("ID", "CATEGORY_ID", "ASSIGNED_BY_ID", "CREATED_BY_ID", "MODIFY_BY_ID", "MOVED_BY_ID"):
@@ -439,7 +446,7 @@ def item_get(ctx: Context, params: dict[str, Any]) -> Result:
     deal = ctx.state.deals.get(_as_int(params.get("id", ""), "id"))
     if deal is None:
         raise ApiError(400, "NOT_FOUND", "Element not found")
-    return Result({"item": to_item(deal)})
+    return Result({"item": to_item(deal, ctx, original_uf=_original_uf(params))})
 
 
 _CAMEL_FILTER = re.compile(r"^(!@|>=|<=|!=|=%|%=|>|<|@|!|=|%)?(.*)$")
@@ -459,12 +466,38 @@ def item_list(ctx: Context, params: dict[str, Any]) -> Result:
     return Result({"items": [to_item(d) for d in page]}, total, nxt)
 
 
+def _original_uf(params: dict[str, Any]) -> bool:
+    return str(params.get("useOriginalUfNames", "N")).upper() in ("Y", "1", "TRUE")
+
+
+def _check_new_stage(ctx: Context, fields: dict[str, Any]) -> None:
+    """crm.item.add checks field values (DOCS crm-item-add.md): a stage outside the category is
+    CRM_FIELD_ERROR_VALUE_NOT_VALID, worded as crm.item.update's (exact text UNVERIFIED)."""
+    stage_id = str(fields.get("STAGE_ID") or "")
+    category_id = _as_int(fields.get("CATEGORY_ID", 0) or 0, "categoryId")
+    if category_id not in ctx.state.categories:
+        raise ApiError(
+            400, "CRM_FIELD_ERROR_VALUE_NOT_VALID", f'Incorrect value for field "Pipeline" ({category_id})'
+        )
+    if stage_id and ctx.state.stage(category_id, stage_id) is None:
+        raise ApiError(
+            400, "CRM_FIELD_ERROR_VALUE_NOT_VALID", f'Incorrect value for field "Stage" ({stage_id})'
+        )
+
+
 def item_add(ctx: Context, params: dict[str, Any]) -> Result:
     _entity_type(params)
     fields = params.get("fields")
     if not isinstance(fields, dict):
         raise ApiError(400, "INVALID_ARG_VALUE", "Parameter 'fields' must be array.")
-    return Result({"item": to_item(create_deal(ctx, _legacy_fields(ctx, fields), by_user=ctx.user_id))})
+    fields = dict(fields)
+    contact_ids = contacts.check_contact_ids(ctx, fields.pop("contactIds")) if "contactIds" in fields else []
+    legacy = _legacy_fields(ctx, fields)
+    _check_new_stage(ctx, legacy)
+    deal = create_deal(ctx, legacy, by_user=ctx.user_id)
+    if contact_ids:
+        contacts.bind_contacts(ctx, int(deal["ID"]), contact_ids)
+    return Result({"item": to_item(deal, ctx, original_uf=_original_uf(params))})
 
 
 def item_update(ctx: Context, params: dict[str, Any]) -> Result:
@@ -477,8 +510,14 @@ def item_update(ctx: Context, params: dict[str, Any]) -> Result:
     fields = params.get("fields")
     if not isinstance(fields, dict):
         raise ApiError(400, "INVALID_ARG_VALUE", "Parameter 'fields' must be array.")
+    fields = dict(fields)
+    contact_ids = (
+        contacts.check_contact_ids(ctx, fields.pop("contactIds")) if "contactIds" in fields else None
+    )
     change_deal(ctx, deal, _legacy_fields(ctx, fields), by_user=ctx.user_id, allow_category=True)
-    return Result({"item": to_item(deal)})
+    if contact_ids is not None:
+        contacts.bind_contacts(ctx, int(deal["ID"]), contact_ids)
+    return Result({"item": to_item(deal, ctx, original_uf=_original_uf(params))})
 
 
 def item_delete(ctx: Context, params: dict[str, Any]) -> Result:

@@ -48,6 +48,9 @@ class PortalState:
     # Per-deal rights: user id -> ids of deals that user may see but not change (a deal outside the
     # user's department, say). Everything else is allowed, like an administrator's webhook.
     edit_denied: dict[int, set[int]] = field(default_factory=dict)
+    contacts: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # deal id -> its contact bindings [{CONTACT_ID, SORT, ROLE_ID, IS_PRIMARY}] (sandbox/contacts.py)
+    deal_contacts: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
     def next_id(self, kind: str, start: int = 1) -> int:
         value = self.counters.get(kind, start - 1) + 1
@@ -127,17 +130,20 @@ class PortalState:
             "handlers": self.handlers,
             "counters": self.counters,
             "edit_denied": {str(u): sorted(ids) for u, ids in self.edit_denied.items()},
+            "contacts": list(self.contacts.values()),
+            "deal_contacts": {str(d): rows for d, rows in self.deal_contacts.items()},
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PortalState:
         state = cls()
         state.categories = {int(c["id"]): c for c in data.get("categories", [])}
-        for name in ("statuses", "deals", "userfields", "tasks", "comments"):
+        for name in ("statuses", "deals", "userfields", "tasks", "comments", "contacts"):
             setattr(state, name, {int(row["ID"]): row for row in data.get(name, [])})
         state.handlers = list(data.get("handlers", []))
         state.counters = {k: int(v) for k, v in data.get("counters", {}).items()}
         state.edit_denied = {int(u): {int(i) for i in ids} for u, ids in data.get("edit_denied", {}).items()}
+        state.deal_contacts = {int(d): list(rows) for d, rows in data.get("deal_contacts", {}).items()}
         return state
 
     @classmethod

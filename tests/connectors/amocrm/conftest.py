@@ -66,6 +66,11 @@ class Sandbox:
         )["ids"]
         return result
 
+    def create_contact(self, lead_id: int | None = None, *, is_main: bool = False, **fields: Any) -> int:
+        """A contact as a manager adds it in the UI, linked to `lead_id` when given."""
+        body = {**fields, "lead_id": lead_id, "is_main": is_main}
+        return int(self.control("POST", "/_sandbox/contacts", body)["id"])
+
     def main_pipeline(self) -> dict[str, Any]:
         body = self.api("GET", "/api/v4/leads/pipelines").json()
         result: dict[str, Any] = next(p for p in body["_embedded"]["pipelines"] if p["is_main"])

@@ -71,6 +71,11 @@ class Sandbox:
     def create_deal(self, **fields: Any) -> int:
         return int(self.control("POST", "/_sandbox/deals", {"fields": fields})["ID"])
 
+    def create_contact(self, deal_id: int | None = None, *, primary: bool = False, **fields: Any) -> int:
+        """A contact as a manager adds it in the UI, bound to `deal_id` when given."""
+        spec = {"fields": fields, "deal_id": deal_id, "primary": primary}
+        return int(self.control("POST", "/_sandbox/contacts", spec)["ID"])
+
     def webhook(self, **options: Any) -> Bitrix24Connector:
         options.setdefault("retry", FAST_RETRY)
         options.setdefault("rate", BITRIX24_STANDARD.scaled(self.config.speed))

@@ -8,10 +8,11 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from app.analytics import board, overview, service
 from app.analytics.funnels import BadPeriod, FunnelNotFound, load_funnel, parse_period
-from app.analytics.schemas import Board, CommandKind, Failures, FunnelAnalytics, Overview, RetryableStatus
+from app.analytics.schemas import Board, Failures, FunnelAnalytics, Overview, RetryableStatus
 from app.api.deps import SessionsDep
 from app.connections import service as connections
 from app.db import utcnow
+from app.outbox.statuses import CommandKind
 
 router = APIRouter(prefix="/analytics", tags=["analytics"])
 

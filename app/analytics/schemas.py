@@ -132,7 +132,6 @@ class Overview(BaseModel):
 
 
 # The filter values of the failure lists: app.outbox.statuses.KINDS and RETRYABLE_STATUSES.
-CommandKind = Literal["move", "task", "task_due", "comment", "fields"]
 RetryableStatus = Literal["failed", "dead"]
 
 

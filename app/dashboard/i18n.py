@@ -126,6 +126,7 @@ LABELS: dict[str, tuple[str, str]] = {
     ),
     "kind_move": ("перенос стадии", "stage move"),
     "kind_task": ("задача", "task"),
+    "kind_deal": ("новая сделка", "new deal"),
     "kind_task_due": ("срок задачи", "task deadline"),
     "kind_comment": ("комментарий", "comment"),
     "kind_fields": ("поля сделки", "deal fields"),

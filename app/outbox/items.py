@@ -12,6 +12,7 @@ from connectors.base import (
     FieldUpdate,
     ItemResult,
     NewComment,
+    NewDeal,
     NewTask,
     StageMove,
     TaskDeadline,
@@ -32,6 +33,8 @@ def _with_marker(text: str, command_id: int) -> str:
 
 
 def to_item(command: OutboxCommand) -> Any:
+    if command.kind == "deal":  # the only kind that does not act on an existing deal
+        return _new_deal(command)
     ref, p = str(command.id), command.payload
     crm_deal_id = str(p["crm_deal_id"])
     if command.kind == "move":
@@ -52,7 +55,23 @@ def to_item(command: OutboxCommand) -> Any:
     return FieldUpdate(ref, crm_deal_id, p["values"])
 
 
+def _new_deal(command: OutboxCommand) -> NewDeal:
+    p = command.payload
+    return NewDeal(
+        str(command.id),
+        str(p["pipeline_id"]),
+        str(p["stage_id"]),
+        str(p["title"]),
+        dict(p.get("fields") or {}),
+        p.get("responsible_id"),
+        tuple(str(c) for c in p.get("contact_ids") or ()),
+        marker=marker(command.id),
+    )
+
+
 async def send(connector: CRMConnector, kind: str, items: Sequence[Any]) -> list[ItemResult]:
+    if kind == "deal":
+        return await connector.create_deals(items)
     if kind == "move":
         return await connector.move_deals(items)
     if kind == "task":

@@ -12,7 +12,7 @@ from app.db import utcnow
 from app.outbox.items import marker
 from app.outbox.models import OutboxAttempt, OutboxCommand
 from app.outbox.statuses import AttemptOutcome, CommandStatus
-from connectors.base import CreatedLookup, CRMConnector, CRMError
+from connectors.base import CreatedKind, CreatedLookup, CRMConnector, CRMError, NotSupported
 
 if TYPE_CHECKING:
     from app.outbox.delivery import DrainResult
@@ -40,19 +40,8 @@ async def recover_in_flight(
         )
     if not stuck:
         return
-    found: dict[str, str] = {}
-    for kind in ("task", "comment"):
-        lookups = [
-            CreatedLookup(str(c.id), str(c.payload["crm_deal_id"]), marker(c.id))
-            for c in stuck
-            if c.kind == kind
-        ]
-        if lookups:
-            try:
-                found |= await connector.find_created(kind, lookups)
-            except CRMError as exc:
-                metrics.crm_error(exc)
-                stuck = [c for c in stuck if c.kind != kind]  # ask again next time
+    found, unknowable, unasked = await _look_up(connector, stuck)
+    stuck = [c for c in stuck if c.kind not in unasked]  # ask again next time
     now = utcnow()
     async with sessions.begin() as session:
         for command in stuck:
@@ -66,8 +55,57 @@ async def recover_in_flight(
                 }
                 result.delivered += 1
                 session.add(OutboxAttempt(command_id=command.id, at=now, outcome=AttemptOutcome.FOUND))
+            elif str(command.id) in unknowable:
+                # Sending it again could create it twice, and the CRM cannot say whether it has it:
+                # a person checks and retries it by hand if it is missing.
+                values = {"status": CommandStatus.DEAD, "last_error": unknowable[str(command.id)]}
+                result.dead += 1
+                session.add(
+                    OutboxAttempt(
+                        command_id=command.id,
+                        at=now,
+                        outcome=AttemptOutcome.DEAD,
+                        error=unknowable[str(command.id)],
+                    )
+                )
             else:  # never reached the CRM (or is harmless to send again): back to the queue
                 values = {"status": CommandStatus.PENDING}
             await session.execute(
                 update(OutboxCommand).where(OutboxCommand.id == command.id).values(**values)
             )
+
+
+async def _look_up(
+    connector: CRMConnector, stuck: list[OutboxCommand]
+) -> tuple[dict[str, str], dict[str, str], set[str]]:
+    """Ask the CRM for what the stuck creates left behind. Returns (command id -> CRM id found,
+    command id -> why it can never be known, the kinds the CRM could not be asked about now)."""
+    found: dict[str, str] = {}
+    unknowable: dict[str, str] = {}
+    unasked: set[str] = set()
+    for kind in CREATED_KINDS:
+        commands = [c for c in stuck if c.kind == kind]
+        if not commands:
+            continue
+        lookups = [CreatedLookup(str(c.id), _where(c), marker(c.id)) for c in commands]
+        try:
+            found |= await connector.find_created(kind, lookups)
+        except NotSupported as exc:
+            for command in commands:
+                unknowable[str(command.id)] = (
+                    f"the CRM's answer never came back and it cannot say whether it created this {kind} "
+                    f"({exc.crm_text}); check the CRM and retry the command if it is missing"
+                )
+        except CRMError as exc:
+            metrics.crm_error(exc)
+            unasked.add(kind)
+    return found, unknowable, unasked
+
+
+# What a create leaves behind, and where to look for it: a new deal in its pipeline, a task or a
+# comment on its deal.
+CREATED_KINDS: tuple[CreatedKind, ...] = ("deal", "task", "comment")
+
+
+def _where(command: OutboxCommand) -> str:
+    return str(command.payload["pipeline_id" if command.kind == "deal" else "crm_deal_id"])

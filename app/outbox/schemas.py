@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from app.outbox.statuses import AttemptOutcome, CommandStatus
+from app.outbox.statuses import AttemptOutcome, CommandKind, CommandStatus
 
 
 class CommandOut(BaseModel):
@@ -48,7 +48,7 @@ class BulkRetry(BaseModel):
 
     status: Literal["failed", "dead"] | None = None
     connection: str | None = None
-    kind: Literal["move", "task", "task_due", "comment", "fields"] | None = None
+    kind: CommandKind | None = None
     ids: list[int] | None = None
 
 

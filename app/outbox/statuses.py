@@ -6,6 +6,7 @@ status without importing the database layer."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
 
 
 class CommandStatus(StrEnum):
@@ -54,7 +55,8 @@ class RuleName(StrEnum):
 
 
 # Command kinds, in delivery order within a drain: a task is created before a deadline move could
-# name it.
-KINDS = ("move", "task", "task_due", "comment", "fields")
+# name it; a new deal (repeat sale, win-back, a bot's lead) waits for nothing.
+CommandKind = Literal["deal", "move", "task", "task_due", "comment", "fields"]
+KINDS: tuple[CommandKind, ...] = get_args(CommandKind)
 # What a person may send again (POST /api/outbox/.../retry, the Failures page).
 RETRYABLE_STATUSES = (CommandStatus.FAILED, CommandStatus.DEAD)

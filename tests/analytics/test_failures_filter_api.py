@@ -6,8 +6,8 @@ from typing import Any, get_args
 
 import httpx
 
-from app.analytics.schemas import CommandKind, RetryableStatus
-from app.outbox.statuses import KINDS, RETRYABLE_STATUSES
+from app.analytics.schemas import RetryableStatus
+from app.outbox.statuses import KINDS, RETRYABLE_STATUSES, CommandKind
 from tests.dashboard.support import CRM_ERROR_DEAD, CRM_ERROR_FAILED, TOKEN, Running
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

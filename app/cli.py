@@ -53,8 +53,10 @@ def serve(
     """Run the HTTP service (webhooks, API, dashboard) and its scheduler."""
     import uvicorn
 
+    from app.logging_filters import install_log_redaction
     from app.main import create_app
 
+    install_log_redaction()  # the access log would print the amoCRM webhook secret of every delivery
     settings = get_settings()
     out.print(f"API token: set by FUNNELSYNC_API_TOKEN or stored in {settings.data_dir}/api-token")
     uvicorn.run(

@@ -31,6 +31,7 @@ from app.deals.models import Deal, StageTransition
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
 from app.funnels.service import provision
 from app.library.service import get_template
+from app.logging_filters import install_log_redaction
 from app.main import create_app
 from app.outbox.models import OutboxCommand
 from app.outbox.statuses import CommandStatus, RuleName
@@ -271,6 +272,7 @@ async def summary(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
 
 async def _start_servers(apps: list[tuple[ASGIApp, int]]) -> tuple[list[_Server], list[asyncio.Task[None]]]:
     """Serve each app on its port; returns once all listen (RuntimeError when one cannot start)."""
+    install_log_redaction()  # the demo's amoCRM deliveries carry their secret in the URL
     servers = [
         _Server(uvicorn.Config(asgi, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
         for asgi, port in apps

@@ -13,6 +13,7 @@ from app.config import get_settings
 from app.connections.registry import ConnectorRegistry
 from app.console import out, print_json
 from app.db import create_engine, session_factory
+from app.logging_filters import install_log_redaction
 from app.scheduler import Runtime, build_scheduler, run_until_idle
 
 
@@ -23,6 +24,7 @@ def worker_command(
 ) -> None:
     """Run inbox processing, outbox delivery, timers and reconciliation (any number of workers may
     share one PostgreSQL; leases keep one worker per CRM account)."""
+    install_log_redaction()  # CRM errors in log lines must not name an inbound webhook's code
     settings = get_settings()
     if settings.should_auto_migrate:
         migrate.upgrade(settings.resolved_database_url)

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import math
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -116,6 +117,32 @@ MAX_HOST_REDIRECTS = 3
 # (old origin, new origin), e.g. ("https://old.bitrix24.ru", "https://new.bitrix24.ru"): the app
 # records the account's new address. Origins carry no path, so never a webhook's secret code.
 DomainSaver = Callable[[str, str], Awaitable[None]]
+
+
+# A Bitrix24 inbound webhook URL carries its credential in the path: /rest/<user id>/<code>/. Only
+# the code is secret (the user id helps to tell webhooks apart), so only the code is replaced.
+_WEBHOOK_CODE = re.compile(r"(/rest/\d+/)[A-Za-z0-9]+(?![A-Za-z0-9])")
+REDACTED = "***"
+
+
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """`text` (an error, a log line) with every Bitrix24 inbound-webhook code and each of the
+    known `secrets` replaced by "***". Secrets shorter than 6 characters are not searched for:
+    replacing every "1" in a text hides more than it protects."""
+    redacted = _WEBHOOK_CODE.sub(rf"\1{REDACTED}", text)
+    for secret in sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True):
+        redacted = redacted.replace(secret, REDACTED)
+    return redacted
+
+
+def redact_error(error: CRMError, secrets: Iterable[str | None] = ()) -> CRMError:
+    """The same error with its message and CRM text redacted (in place, so its type, cause and
+    other attributes stay): what is stored, shown and logged of it names no credential."""
+    known = list(secrets)
+    error.message = redact(error.message, known)
+    error.crm_text = redact(error.crm_text, known)
+    error.args = tuple(redact(a, known) if isinstance(a, str) else a for a in error.args)
+    return error
 
 
 def origin(url: str | httpx.URL) -> str:
@@ -238,9 +265,10 @@ class ThrottledClient:
         try:
             return await self._client.request(method, url, **kwargs)
         except httpx.TimeoutException as exc:
-            raise Retryable(f"timed out calling {url}: {exc!r}", crm_code="TIMEOUT") from exc
+            # httpx's texts and the URL name a Bitrix24 inbound webhook's code: redacted here.
+            raise Retryable(redact(f"timed out calling {url}: {exc!r}"), crm_code="TIMEOUT") from exc
         except httpx.TransportError as exc:
-            raise Retryable(f"network error calling {url}: {exc!r}", crm_code="NETWORK") from exc
+            raise Retryable(redact(f"network error calling {url}: {exc!r}"), crm_code="NETWORK") from exc
 
     async def aclose(self) -> None:
         await self._client.aclose()

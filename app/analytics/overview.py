@@ -27,6 +27,7 @@ from app.outbox.models import OutboxCommand
 from app.outbox.statuses import KINDS, RETRYABLE_STATUSES, CommandStatus
 from app.status.connection import connection_status
 from app.webhooks.models import EventStatus, InboxEvent
+from app.webhooks.service import body_preview as redacted_preview
 
 OUTBOX_STATUSES = (CommandStatus.PENDING, CommandStatus.FAILED, CommandStatus.DEAD, CommandStatus.DONE)
 BODY_PREVIEW_BYTES = 400
@@ -74,7 +75,7 @@ async def overview(session: AsyncSession, now: datetime | None = None) -> Overvi
 
 
 def body_preview(body: bytes) -> str:
-    text = body[:BODY_PREVIEW_BYTES].decode("utf-8", errors="replace")
+    text = redacted_preview(body[:BODY_PREVIEW_BYTES])
     return text + ("…" if len(body) > BODY_PREVIEW_BYTES else "")
 
 

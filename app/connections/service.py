@@ -23,7 +23,8 @@ from app.connections.models import Connection, ConnectionSwitch
 from app.connections.schemas import ConnectionOut
 from app.errors import NotFound
 from app.security import decrypt, encrypt
-from connectors.descriptor import ConnectionInput, descriptor_for
+from connectors.descriptor import ConnectionInput, NewConnection, descriptor_for
+from connectors.http import origin
 
 
 class ConnectionExists(ValueError):
@@ -55,9 +56,20 @@ def build_record(
     if data.supervisor_id:
         record_settings["supervisor_id"] = data.supervisor_id
     record_settings.update(new.settings)
-    record = Connection(name=data.name, crm=data.crm, base_url=new.base_url, settings=record_settings)
+    record = Connection(
+        name=data.name, crm=data.crm, base_url=_stored_base_url(data.crm, new), settings=record_settings
+    )
     store_credentials(settings, record, new.credentials)
     return record
+
+
+def _stored_base_url(crm: str, new: NewConnection) -> str:
+    """What the plain base_url column holds: for a CRM whose base URL is a credential (a Bitrix24
+    inbound webhook) only its origin; the full URL lives in the encrypted credentials, where the
+    connector reads it from."""
+    if descriptor_for(crm).base_url_is_secret and isinstance(new.credentials.get("webhook_url"), str):
+        return origin(new.base_url)
+    return new.base_url
 
 
 def _http_urls(values: Iterable[tuple[str, object]]) -> list[str]:

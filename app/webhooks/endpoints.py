@@ -13,6 +13,7 @@ from app.waker import INBOX_JOB, WakerDep
 from app.webhooks import service
 from app.webhooks.models import EventStatus, InboxEvent
 from app.webhooks.schemas import EventRetry, EventRetryResult, InboxEventOut
+from connectors.http import redact
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -24,13 +25,13 @@ def event_out(event: InboxEvent, connection: str) -> InboxEventOut:
         id=event.id,
         connection=connection,
         status=event.status,
-        error=event.error,
+        error=redact(event.error) if event.error else event.error,  # older rows: recorded unredacted
         attempts=event.attempts,
         deals=event.deals,
         received_at=event.received_at,
         processed_at=event.processed_at,
         content_type=event.content_type,
-        body_preview=event.body[:PREVIEW].decode("utf-8", errors="replace"),
+        body_preview=service.body_preview(event.body[:PREVIEW]),
     )
 
 

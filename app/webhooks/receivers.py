@@ -26,7 +26,7 @@ from app.connections.connector import record_domain
 from app.connections.models import Connection
 from app.security import tokens_match
 from app.waker import INBOX_JOB, get_waker
-from app.webhooks.service import dedupe_key, store_event
+from app.webhooks.service import dedupe_key, store_event, strip_token
 from connectors.descriptor import BodyToken, CRMDescriptor, UnknownCRM, UrlSecret, descriptor_for
 from connectors.events import WebhookIdentity, WebhookParseError, parse_deal_events, read_identity
 
@@ -78,8 +78,11 @@ async def _accept(request: Request, sessions: Any, record: Connection, body: byt
         keys = [e.dedupe_key for e in parse_deal_events(record.crm, body, content_type)]
     except WebhookParseError as exc:
         error = f"cannot parse webhook body: {exc}"
+    # The key from the body as received, so a delivery is a duplicate exactly when it was before;
+    # the body stored without its token (verified by now, never needed again).
+    key = dedupe_key(keys, body)
     async with sessions.begin() as session:
-        new = await store_event(session, record.id, dedupe_key(keys, body), body, content_type, error=error)
+        new = await store_event(session, record.id, key, strip_token(body), content_type, error=error)
     if new and error is None:
         get_waker(request).wake(INBOX_JOB)
     outcome = "duplicate" if not new else "unparseable" if error else "accepted"

@@ -4,6 +4,7 @@ sending failed events back to the processor."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
@@ -15,6 +16,26 @@ from app.connections.models import Connection
 from app.db import dialect_insert, utcnow
 from app.errors import NotFound
 from app.webhooks.models import EventStatus, InboxEvent
+
+# A Bitrix24 event's auth[application_token]: as form data (the key raw or percent-encoded) and as
+# JSON (relays forward the same structure). An unterminated value (a preview cut inside it) counts.
+_FORM_TOKEN = re.compile(rb"(?:^|(?<=&))(auth(?:\[|%5[Bb])application_token(?:\]|%5[Dd])=)[^&]*")
+_JSON_TOKEN = re.compile(rb'("application_token"\s*:\s*)"(?:[^"\\]|\\.)*"?')
+REDACTED = b"***"
+
+
+def strip_token(body: bytes) -> bytes:
+    """The body with the value of every application_token it carries replaced by "***", every
+    other byte as received. Stored bodies must not hold the credential that proves a delivery:
+    it was checked on arrival, and the processor needs only the event."""
+    body = _FORM_TOKEN.sub(rb"\1" + REDACTED, body)
+    return _JSON_TOKEN.sub(rb'\1"' + REDACTED + b'"', body)
+
+
+def body_preview(head: bytes) -> str:
+    """Text of the head of a stored body for the API and the dashboard, with any token redacted
+    (bodies stored before tokens were stripped still carry theirs)."""
+    return strip_token(head).decode("utf-8", errors="replace")
 
 
 def dedupe_key(event_keys: Sequence[str], body: bytes) -> str:

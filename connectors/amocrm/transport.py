@@ -33,7 +33,7 @@ from connectors.base import (
     RateLimited,
     Retryable,
 )
-from connectors.http import RatePolicy, RetryPolicy, ThrottledClient, with_retries
+from connectors.http import RatePolicy, RetryPolicy, ThrottledClient, redact, with_retries
 
 _blocked: dict[str, AccountBlocked] = {}
 _TITLE = re.compile(r"<title>(.*?)</title>", re.I | re.S)
@@ -64,7 +64,12 @@ class _Unauthorized(Exception):
 
 
 def crm_text(response: httpx.Response) -> str:
-    """The CRM's own words: problem+json detail/hint/title, or an HTML page's title."""
+    """The CRM's own words: problem+json detail/hint/title, or an HTML page's title; a webhook
+    path's secret code in them (a proxy echoing a URL) redacted."""
+    return redact(_crm_words(response))
+
+
+def _crm_words(response: httpx.Response) -> str:
     body = response.text.strip()
     try:
         data = json.loads(body) if body else None

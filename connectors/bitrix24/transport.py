@@ -39,6 +39,7 @@ from connectors.http import (
     RetryPolicy,
     ThrottledClient,
     origin,
+    redact_error,
     with_origin,
     with_retries,
 )
@@ -268,9 +269,20 @@ class Bitrix24Transport:
         self, method: str, params: Mapping[str, Any] | None = None, *, idempotent: bool = True
     ) -> Any:
         """Call one method; return the whole JSON body (result, total, next, time)."""
-        return await with_retries(
-            lambda: self._call_once(method, dict(params or {})), self.retry, idempotent=idempotent
-        )
+        try:
+            return await with_retries(
+                lambda: self._call_once(method, dict(params or {})), self.retry, idempotent=idempotent
+            )
+        except CRMError as exc:
+            raise redact_error(exc, self._secrets()) from exc.__cause__
+
+    def _secrets(self) -> list[str | None]:
+        """What an error text must never carry: the tokens and the app secret (the webhook's
+        code is found by its place in the URL)."""
+        if self._auth is None or self.oauth is None:
+            return []
+        tokens = self._auth.tokens
+        return [tokens.access_token, tokens.refresh_token, self.oauth.client_secret]
 
     async def _call_once(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         inner = (
@@ -387,7 +399,10 @@ class Bitrix24Transport:
             return False
         if self._auth.tokens.expires_at - datetime.now(UTC) > within:
             return False
-        await self._refresh(self._auth.tokens.access_token)
+        try:
+            await self._refresh(self._auth.tokens.access_token)
+        except CRMError as exc:
+            raise redact_error(exc, self._secrets()) from exc.__cause__
         return True
 
     async def _refresh(self, failed_token: str | None) -> None:

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.connections import service as connections
+from app.connections.check import record_account_id
 from app.connections.models import Connection
 from app.funnels.apply import apply_plan
 from app.funnels.plan import (
@@ -91,6 +92,7 @@ async def provision(
     ctx = plan_context(settings, record, connector)
     async with sessions() as session:
         mapping = await load_mapping(session, record.id, template.key)
+    account = await connector.check()  # read with the plan's reads, so a dry run makes the same calls
 
     async def current_state() -> CRMState:
         async with sessions() as session:
@@ -101,6 +103,9 @@ async def provision(
     outcome = ProvisionOutcome(record.name, plan, dry_run=dry_run, applied=False)
     if dry_run:
         return outcome
+    # Provisioning registers our webhook: from here on a delivery naming another account is refused,
+    # so the account id the CRM names is recorded now, as `connections check` does (issue #16).
+    await record_account_id(sessions, record, account)
     store = DatabaseMappingStore(sessions, record.id, template)
     try:
         await apply_plan(plan, template, connector, store, ctx, current_state)

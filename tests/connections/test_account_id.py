@@ -1,5 +1,5 @@
-"""amoCRM: `connections check` records the account id the CRM names; from then on a delivery with
-the right URL secret but another account[id] is refused."""
+"""amoCRM: `connections check` and provisioning record the account id the CRM names; from then on a
+delivery with the right URL secret but another account[id] is refused."""
 
 from __future__ import annotations
 
@@ -69,3 +69,22 @@ def test_check_records_the_account_id_and_webhooks_of_another_account_are_refuse
         assert other.status_code == 401 and "does not match this connection" in other.json()["detail"]
         own = api.post(hook, content=delivery(str(config.account_id), config.subdomain), headers=FORM)
         assert own.status_code == 200, own.text
+
+
+def test_provisioning_records_the_account_id(amo: CRMSandbox, database_url: str, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, database_url)
+    config = amo.box.config
+    body = {"name": "amo", "crm": "amocrm", "subdomain": config.subdomain, "base_url": amo.url}
+    with (
+        serve_asgi(create_app(settings)) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=60) as api,
+    ):
+        assert api.post("/api/connections", json={**body, "token": config.token}).status_code == 201
+        request = {"template": "general.typical", "dry_run": True}
+        assert api.post("/api/connections/amo/provision", json=request).status_code == 200
+        assert (
+            "account_id" not in api.get("/api/connections/amo").json()["settings"]
+        )  # a dry run writes nothing
+        applied = api.post("/api/connections/amo/provision", json={**request, "dry_run": False})
+        assert applied.status_code == 200 and applied.json()["applied"], applied.text
+        assert api.get("/api/connections/amo").json()["settings"]["account_id"] == str(config.account_id)

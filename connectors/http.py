@@ -199,7 +199,9 @@ class ThrottledClient:
 
     A redirect to the same scheme and path on another host (a renamed portal/account) is followed:
     the request is sent again there, later requests go there directly and `on_host_change` is told
-    once. Any other redirect raises RedirectRefused."""
+    once, before anything is sent to the new host: it may refuse the move by raising
+    RedirectRefused (the service does for a host that is not a public address: the credentials
+    would go there). Any other redirect raises RedirectRefused."""
 
     def __init__(
         self,
@@ -242,13 +244,18 @@ class ThrottledClient:
         return response
 
     async def _moved(self, old: str, new: str) -> None:
+        await self._record_move(old, new)  # may refuse the move (RedirectRefused)
         if str(self._client.base_url).startswith(old):
             self._client.base_url = httpx.URL(with_origin(str(self._client.base_url), old, new))
         log.warning("%s moved from %s to %s: following it", self.account_key, old, new)
+
+    async def _record_move(self, old: str, new: str) -> None:
         if self.on_host_change is None:
             return
         try:
             await self.on_host_change(old, new)
+        except RedirectRefused:
+            raise  # the owner refuses the new address: nothing is sent there
         except Exception:
             # The call itself can go on at the new address; the next process start meets the
             # redirect again and records the move then.

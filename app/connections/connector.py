@@ -18,7 +18,7 @@ from app.db import utcnow
 from connectors import factory
 from connectors.base import CRMConnector, PermanentError, TokenSet
 from connectors.descriptor import descriptor_for
-from connectors.http import origin, with_origin
+from connectors.http import RedirectRefused, origin, with_origin
 
 log = logging.getLogger("funnelsync.connections")
 
@@ -150,6 +150,7 @@ async def open_connector(
             current.settings = {**current.settings, ROTATED_AT: utcnow().isoformat()}
 
     async def save_domain(old: str, new: str) -> None:
+        await refuse_private_move(settings, old, new)
         async with sessions.begin() as session:
             current = await session.get(Connection, connection_id, with_for_update=True)
             if current is not None:
@@ -179,3 +180,12 @@ async def connected(
         yield record, connector
     finally:
         await connector.aclose()
+
+
+async def refuse_private_move(settings: Settings, old: str, new: str) -> None:
+    """A CRM that redirects to a host that is not a public address would receive the credentials
+    there: refused like such an address at connect time (the connection pauses, saying why)."""
+    try:
+        await service.refuse_private_urls(settings, [new])
+    except service.CRMAddressRefused as exc:
+        raise RedirectRefused(f"{old} redirected to {new}: {exc}", crm_code="PRIVATE_REDIRECT") from exc

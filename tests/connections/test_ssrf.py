@@ -14,10 +14,11 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from app.connections import service
-from app.connections.connector import AddressRefused, open_connector
+from app.connections.connector import AddressRefused, open_connector, refuse_private_move
 from app.connections.models import Connection, ConnectionSwitch
 from app.main import create_app
 from connectors.amocrm.descriptor import AmoCRMConnectionCreate
+from connectors.http import RatePolicy, RedirectRefused, ThrottledClient
 from tests.support.cli import run_cli
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
@@ -142,3 +143,34 @@ def test_a_connector_for_a_private_address_is_refused_and_the_connection_paused(
     with serve_asgi(create_app(private_refused(tmp_path, database_url))) as url:
         check = httpx.post(f"{url}/api/connections/amo/check", headers=AUTH)
     assert check.status_code == 502 and "is at 127.0.0.1" in check.json()["detail"]
+
+
+async def test_a_redirect_to_a_private_host_is_refused_before_anything_is_sent_there(tmp_path: Path) -> None:
+    """A public CRM host that answers with a host-only redirect to a private address would get the
+    next request, credentials included, there. The sandboxes all live on loopback, so this one
+    redirect is a mocked response (a fault no sandbox can make)."""
+    settings = Settings(data_dir=tmp_path, allow_private_crm=False)
+    sent: list[str] = []
+
+    def crm(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url.host))
+        return httpx.Response(301, headers={"Location": "http://127.0.0.1/rest/1/code/profile"})
+
+    async def guard(old: str, new: str) -> None:
+        await refuse_private_move(settings, old, new)
+
+    client = ThrottledClient(
+        "http://crm.example", "ssrf:test", RatePolicy(per_second=100, burst=100),
+        transport=httpx.MockTransport(crm), on_host_change=guard,
+    )  # fmt: skip
+    try:
+        with pytest.raises(RedirectRefused) as refused:
+            await client.request("GET", "/rest/1/code/profile")
+    finally:
+        await client.aclose()
+    assert sent == ["crm.example"]  # nothing went to 127.0.0.1
+    assert refused.value.crm_code == "PRIVATE_REDIRECT" and "127.0.0.1" in str(refused.value)
+    # Allowed explicitly (a self-hosted CRM on a private network), the move is accepted.
+    await refuse_private_move(
+        Settings(data_dir=tmp_path, allow_private_crm=True), "http://crm.example", "http://127.0.0.1"
+    )

@@ -18,6 +18,7 @@ BURST_SPEED = 10.0  # 7 rps scaled to 70 rps on both sides: 500 calls take about
 REAL_SPEED = 1.0
 
 
+@pytest.mark.timing
 async def test_500_calls_in_a_burst_get_no_429(make_connector: ConnectorFactory) -> None:
     with running_sandbox(speed=BURST_SPEED) as box:
         connector = make_connector(box, retry=NO_RETRY)  # a single 429 would fail the test

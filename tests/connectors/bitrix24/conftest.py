@@ -4,8 +4,6 @@ app that records the events the sandbox posts."""
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -21,8 +19,7 @@ from connectors.bitrix24.client import Bitrix24Connector
 from connectors.bitrix24.sandbox import SandboxConfig, create_sandbox_app
 from connectors.bitrix24.transport import OAuthApp
 from connectors.http import BITRIX24_STANDARD, RetryPolicy
-from tests.support.cli import REPO
-from tests.support.server import free_port, serve_asgi
+from tests.support.server import serve_asgi
 
 _keys = itertools.count()
 FAST_RETRY = RetryPolicy(attempts=4, max_elapsed=20, base_delay=0.01, max_delay=0.05)
@@ -114,36 +111,6 @@ def running_sandbox(**options: Any) -> Iterator[Sandbox]:
     app = create_sandbox_app(config)
     with serve_asgi(app) as url:
         yield Sandbox(url, config, app)
-
-
-@contextmanager
-def sandbox_process(speed: float) -> Iterator[Sandbox]:
-    """The sandbox in a process of its own (`funnelsync sandbox bitrix24`), for the tests that judge
-    request timing: in the test's process the sandbox's thread shares the GIL with the client it
-    measures, and a busy client delays when requests are admitted, bunching them into a burst the
-    real CRM, with its own CPU, would never see."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "sandbox", "bitrix24", "--port", str(port), "--speed", str(speed)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stderr is not None
-        # uvicorn says so on stderr once it accepts connections; EOF means the process died.
-        for line in process.stderr:
-            if "Application startup complete" in line:
-                break
-        else:
-            raise RuntimeError(f"the sandbox process exited with {process.wait()}")
-        # Keep reading what it logs, or a full pipe would stop it mid-test.
-        threading.Thread(target=process.stderr.read, daemon=True).start()
-        yield Sandbox(f"http://127.0.0.1:{port}", SandboxConfig(speed=speed), None)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture

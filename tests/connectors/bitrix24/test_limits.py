@@ -10,7 +10,7 @@ import pytest
 
 from connectors.base import NewComment, NewTask
 from connectors.http import BITRIX24_STANDARD, RetryPolicy
-from tests.connectors.bitrix24.conftest import NO_RETRY, running_sandbox, sandbox_process
+from tests.connectors.bitrix24.conftest import NO_RETRY, running_sandbox
 
 
 async def test_120_commands_go_out_in_three_batch_requests() -> None:
@@ -53,10 +53,10 @@ async def test_burst_of_500_calls_never_hits_query_limit() -> None:
     # The client limiter runs at the sandbox's limits (2/s, burst 50) scaled by the same speed factor:
     # 20 times the real rate, where a request's own CPU time (client and sandbox) is a small share
     # of the interval between requests, as against a real portal; at 60 times it was a third.
-    with sandbox_process(speed=BURST_SPEED) as box:
+    with running_sandbox(speed=BURST_SPEED) as box:
         conn = box.webhook(rate=BITRIX24_STANDARD.scaled(BURST_SPEED), retry=NO_RETRY)
-        # Warm up both processes first (code paths loaded and compiled on first use, connections
-        # opened): on a fresh checkout that first-use pause fell inside the burst and bunched it.
+        # Warm up first (code paths loaded and compiled on first use, connections opened): on a
+        # fresh checkout that first-use pause could fall inside the burst and bunch it.
         # These calls go through the same limiter, so the burst still starts from what they used.
         await asyncio.gather(*(conn.transport.call("scope") for _ in range(5)))
         box.reset_stats()

@@ -6,6 +6,7 @@ PostgreSQL server (own folder and port), its own migrated templates, its own tmp
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import sqlite3
@@ -24,6 +25,13 @@ _db_counter = itertools.count()
 def _expected_seconds(item: pytest.Item) -> float:
     slow = item.get_closest_marker("slow")
     return float(slow.kwargs.get("seconds", 20)) if slow else 0.0
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Collection imports the whole suite and the app: freezing those objects keeps them out of every
+    # later garbage collection, whose full passes over them otherwise stall a process for long
+    # enough to bunch the requests of the rate-limit tests (marker `timing`).
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 """How deals flow through a funnel in a period: step conversion and median time in stage.
 
-The counts come from app.analytics.transitions (entries and exits per stage, in SQL); this module
+The counts come from app.analytics.daily_flow (entries and exits per stage, from the daily stage
+counts; app.analytics.transitions computes the same from the transitions alone); this module
 turns them into the page's rows. Definitions, over entries into a stage inside the period (a deal that
 comes back to a stage counts again):
 
@@ -18,9 +19,10 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.analytics.daily_flow import stage_flow
 from app.analytics.funnels import FunnelContext
 from app.analytics.schemas import Period, StageConversion, StageInfo, StageTime
-from app.analytics.transitions import Exits, Medians, deleted_deals, stage_entries, stage_exits
+from app.analytics.transitions import Exits, Medians, deleted_deals
 from app.deals.models import Deal, StageTransition
 
 Buckets = dict[int, list[tuple[int | None, int]]]  # stage id -> (progress of the next stage, entries)
@@ -39,8 +41,7 @@ async def flow_rows(session: AsyncSession, ctx: FunnelContext, period: Period) -
     if not ctx.stages:
         return {}, {}
     deleted = await deleted_deals(session, ctx)
-    entries = await stage_entries(session, ctx, period, deleted)
-    exits, medians = await stage_exits(session, ctx, period, deleted)
+    entries, exits, medians = await stage_flow(session, ctx, period, deleted)
     return flow_buckets(ctx, entries, exits), medians
 
 

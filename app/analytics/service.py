@@ -12,6 +12,7 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.analytics.daily_flow import stage_flow
 from app.analytics.flow import Buckets, build_flow, flow_buckets, won_entries
 from app.analytics.funnels import FunnelContext
 from app.analytics.loss_reasons import label_loss_reasons, loss_reason_field_ids
@@ -19,17 +20,9 @@ from app.analytics.schemas import (
     FunnelAnalytics,
     LossReasonCount,
     Period,
-    StageInfo,
     TemperatureCount,
 )
-from app.analytics.transitions import (
-    Exits,
-    Medians,
-    deleted_deals,
-    stage_entries,
-    stage_exits,
-    stage_groups,
-)
+from app.analytics.transitions import Medians, deleted_deals
 from app.deals.models import Deal
 
 TEMPERATURES = ("cold", "warm", "hot")
@@ -92,11 +85,11 @@ async def _loss_reasons(
 async def funnel_analytics(
     sessions: async_sessionmaker[AsyncSession], ctx: FunnelContext, period: Period
 ) -> FunnelAnalytics:
-    """Four connections at once, so the page waits for the slowest part rather than the sum: the
-    exits and medians (most of the work) in two groups of stages, the entries and won entries, and
-    the loss reasons and stage totals (aiosqlite and asyncpg both execute off the event loop, and
-    SQLite releases the GIL while it reads). Each part is a consistent read; together they may
-    straddle a write, which a dashboard can live with."""
+    """Three connections at once, so the page waits for the slowest part rather than the sum: the
+    entries, exits and medians (from the daily stage counts), the won entries, and the loss reasons
+    and stage totals (aiosqlite and asyncpg both execute off the event loop, and SQLite releases the
+    GIL while it reads). Each part is a consistent read; together they may straddle a write, which a
+    dashboard can live with."""
 
     async def read(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with sessions() as session:
@@ -104,19 +97,11 @@ async def funnel_analytics(
 
     async def flow() -> tuple[Buckets, Medians, dict[int, int]]:
         deleted = await read(lambda s: deleted_deals(s, ctx))
-
-        async def entries_and_won(session: AsyncSession) -> tuple[dict[int, int], dict[int, int]]:
-            return await stage_entries(session, ctx, period, deleted), await won_entries(session, ctx, period)
-
-        def exits(group: list[StageInfo]) -> Awaitable[tuple[Exits, Medians]]:
-            return read(partial(stage_exits, ctx=ctx, period=period, deleted=deleted, stages=group))
-
-        (entries, won), parts = await asyncio.gather(
-            read(entries_and_won), asyncio.gather(*map(exits, stage_groups(ctx)))
+        (entries, exits, medians), won = await asyncio.gather(
+            read(partial(stage_flow, ctx=ctx, period=period, deleted=deleted)),
+            read(partial(won_entries, ctx=ctx, period=period)),
         )
-        exited = {stage_id: n for part, _ in parts for stage_id, n in part.items()}
-        medians = {stage_id: median for _, part in parts for stage_id, median in part.items()}
-        return flow_buckets(ctx, entries, exited), medians, won
+        return flow_buckets(ctx, entries, exits), medians, won
 
     async def rest() -> tuple[list[LossReasonCount], int, dict[int | None, tuple[int, Decimal]]]:
         async with sessions() as session:

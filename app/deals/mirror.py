@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.analytics import daily_counts
 from app.db import dialect_insert, utcnow
 from app.deals.models import Deal, StageTransition
 from app.funnels.models import Funnel, FunnelStage
@@ -126,6 +127,8 @@ async def mirror_snapshots(
             _record_transition(session, result, deal, None, None, None, snapshot, source)
             continue
         _update(session, result, deal, snapshot, index, source)
+    # In this transaction: the analytics' daily counts commit with the transitions they count.
+    await daily_counts.record(session, result.transitions)
     return result
 
 

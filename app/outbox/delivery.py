@@ -1,6 +1,7 @@
-"""Deliver the outbox: the worker drains one connection at a time under a lease (one process talks
-to one account, so the account's rate limit holds across processes), in chunks of at most 50 items
-per CRM call so every item's outcome is known.
+"""Deliver the outbox: a connection is drained under a lease (one process talks to one account, so
+the account's rate limit holds across processes), in chunks of at most 50 items per CRM call so
+every item's outcome is known. The worker drains many connections at once, in turns of at most
+`max_chunks` requests each (app.concurrency), so one account's backlog never holds up another's.
 
 A drain: recover what a dead worker left in flight (app.outbox.recovery), then per kind in delivery
 order, the commands whose prerequisite allows it (app.outbox.dependencies), one request per chunk
@@ -13,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases
@@ -64,6 +65,15 @@ class DrainResult:
     paused: bool = False
     requests: int = 0
     errors: list[str] = field(default_factory=list)
+    more: bool = False  # stopped at `max_chunks` with due commands left: the connection wants a new turn
+
+    def add(self, other: DrainResult) -> None:
+        """Add another drain's counts to this total."""
+        self.delivered += other.delivered
+        self.retried += other.retried
+        self.dead += other.dead
+        self.blocked += other.blocked
+        self.requests += other.requests
 
 
 async def drain_connection(
@@ -73,9 +83,11 @@ async def drain_connection(
     *,
     retry: RetrySettings | None = None,
     limit: int = 1000,
+    max_chunks: int | None = None,
 ) -> DrainResult:
     """Deliver due commands of one connection. Returns without work when another process holds
-    the connection's lease or the connection is paused."""
+    the connection's lease or the connection is paused. With `max_chunks`, stops after that many
+    requests (a turn: others get theirs) and sets `more` when due commands were left."""
     retry = retry or RetrySettings()
     result = DrainResult()
     key = f"outbox:{record.id}"
@@ -84,15 +96,21 @@ async def drain_connection(
     try:
         await recover_in_flight(sessions, record.id, connector, result)
         commands = await _due_commands(sessions, record.id, limit)
+        chunks = 0
         for kind in KINDS:
             # Decided per kind, after the kinds before it were sent: a comment waiting for a move
             # goes in the same drain the move succeeded in.
             batch = await ready_to_send(sessions, [c for c in commands if c.kind == kind], result)
             for start in range(0, len(batch), MAX_BATCH):
+                if max_chunks is not None and chunks >= max_chunks:
+                    result.more = True  # the turn is over; the rest goes in the next one
+                    return result
                 chunk = batch[start : start + MAX_BATCH]
+                chunks += 1
                 if not await deliver_chunk(sessions, record, connector, kind, chunk, retry, result):
                     return result  # connection paused: stop talking to this account
                 await leases.acquire(sessions, key, LEASE_TTL)  # keep the lease while we work
+        result.more = len(commands) >= limit and chunks > 0  # more were due than one read holds
     finally:
         await leases.release(sessions, key)
     return result
@@ -114,3 +132,26 @@ async def _due_commands(
             .limit(limit)
         )
         return [c for c, _ in rows]
+
+
+async def connections_with_work(session: AsyncSession) -> list[Connection]:
+    """Active connections with commands due now or left in flight (recovery): the only ones a
+    worker gives a turn, so hundreds of idle connections cost one query, not a lease each. One
+    index seek per connection (ix_outbox_commands_due)."""
+    due = exists().where(
+        OutboxCommand.connection_id == Connection.id,
+        or_(
+            and_(
+                OutboxCommand.status.in_((CommandStatus.PENDING, CommandStatus.FAILED)),
+                OutboxCommand.next_attempt_at <= utcnow(),
+            ),
+            OutboxCommand.status == CommandStatus.SENDING,
+        ),
+    )
+    return list(
+        await session.scalars(
+            select(Connection)
+            .where(Connection.status == ConnectionSwitch.ACTIVE, due)
+            .order_by(Connection.id)
+        )
+    )

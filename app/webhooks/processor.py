@@ -1,7 +1,8 @@
 """Inbox processor: turn stored deliveries into mirrored deals, per connection, in arrival order.
 
 One processor at a time handles a connection (a lease), so its events stay in order even with
-several processes on one PostgreSQL. Deals an event only names (Bitrix24 sends just the id) are
+several processes on one PostgreSQL; many connections are processed at once, a batch per turn
+(app.concurrency), so one portal's backlog or outage never delays another's mirror. Deals an event only names (Bitrix24 sends just the id) are
 fetched in batches before the write transaction, so no database lock is held while the CRM answers.
 The ingest step (mirror, tombstones, stage rules: app.deals.ingest) and marking the events processed
 commit together.
@@ -18,10 +19,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases, metrics
+from app.concurrency import ConnectionPool, is_failing
 from app.connections import health
 from app.connections.models import Connection
 from app.db import utcnow
@@ -53,47 +55,67 @@ async def process_inbox(
     parse: EventParser,
     *,
     batch: int = BATCH,
+    pool: ConnectionPool[int] | None = None,
 ) -> ProcessResult:
     """Process pending events of every connection that has some; returns totals.
 
-    One connection's trouble never stops the others: whatever escapes a connection's processing is
-    logged and the loop goes on with the next connection."""
+    Connections are processed at once, a batch per turn, round robin (app.concurrency; without a
+    `pool`, one connection at a time, waited for to the end). One connection's
+    trouble never stops the others: whatever escapes a connection's turn is logged and its events
+    stay pending."""
     total = ProcessResult()
     async with sessions() as session:
-        connection_ids = list(
-            await session.scalars(
-                select(InboxEvent.connection_id).where(InboxEvent.status == EventStatus.PENDING).distinct()
-            )
+        pending = exists().where(
+            InboxEvent.connection_id == Connection.id, InboxEvent.status == EventStatus.PENDING
         )
-    for connection_id in connection_ids:
+        rows = await session.execute(
+            select(Connection.id, Connection.consecutive_failures, Connection.last_failure_class)
+            .where(pending)
+            .order_by(Connection.id)
+        )
+        connection_ids, failing = [], []
+        for connection_id, failures, failure_class in rows:
+            connection_ids.append(connection_id)
+            if is_failing(failures, failure_class):
+                failing.append(connection_id)
+
+    async def turn(connection_id: int) -> bool:
         try:
-            _add(total, await _process_connection(sessions, connection_id, connector_for, parse, batch))
+            result, more = await _process_turn(sessions, connection_id, connector_for, parse, batch)
         except Exception:
             log.exception("inbox: processing connection %s failed; its events stay pending", connection_id)
+            return False
+        _add(total, result)
+        return more
+
+    # A connection whose CRM calls are failing gets its turn outside the slots (app.concurrency).
+    if pool is not None:
+        await pool.run(connection_ids, turn, failing=failing)
+        return total
+    one_off = ConnectionPool[int](slots=1)
+    await one_off.run(connection_ids, turn, failing=failing)
+    await one_off.wait_idle()  # a direct call processes everything it can before it returns
+    return total
     return total
 
 
-async def _process_connection(
+async def _process_turn(
     sessions: async_sessionmaker[AsyncSession],
     connection_id: int,
     connector_for: ConnectorFor,
     parse: EventParser,
     batch: int,
-) -> ProcessResult:
-    """Batch after batch of one connection's pending events, under its lease."""
-    total = ProcessResult()
+) -> tuple[ProcessResult, bool]:
+    """One batch of one connection's pending events, under its lease; whether more may be pending
+    (a full batch that the CRM did not defer)."""
     key = f"inbox:{connection_id}"
     if not await leases.acquire(sessions, key, LEASE_TTL):
-        return total  # another process is on it
+        return ProcessResult(), False  # another process is on it
     try:
-        while True:
-            result = await _process_connection_batch(sessions, connection_id, connector_for, parse, batch)
-            _add(total, result)
-            if result.processed + result.failed < batch or result.deferred:
-                break
+        result = await _process_connection_batch(sessions, connection_id, connector_for, parse, batch)
     finally:
         await leases.release(sessions, key)
-    return total
+    return result, result.processed + result.failed >= batch and not result.deferred
 
 
 def _add(total: ProcessResult, part: ProcessResult) -> None:

@@ -19,14 +19,16 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, status
 
 from app import metrics
-from app.api.deps import SessionsDep, SettingsDep
+from app.api.deps import get_sessions, get_settings_from_app
 from app.config import Settings
 from app.connections import service as connections
 from app.connections.connector import record_domain
 from app.connections.models import Connection
+from app.funnels.webhook_upkeep import note_webhook_seen
 from app.security import tokens_match
 from app.waker import INBOX_JOB, get_waker
-from app.webhooks.service import dedupe_key, store_event, strip_token
+from app.webhooks.group_commit import Delivery, committer
+from app.webhooks.service import dedupe_key, strip_token
 from connectors.descriptor import BodyToken, CRMDescriptor, UnknownCRM, UrlSecret, descriptor_for
 from connectors.events import WebhookIdentity, WebhookParseError, parse_deal_events, read_identity
 
@@ -81,8 +83,9 @@ async def _accept(request: Request, sessions: Any, record: Connection, body: byt
     # The key from the body as received, so a delivery is a duplicate exactly when it was before;
     # the body stored without its token (verified by now, never needed again).
     key = dedupe_key(keys, body)
-    async with sessions.begin() as session:
-        new = await store_event(session, record.id, key, strip_token(body), content_type, error=error)
+    # Committed (with the deliveries arriving alongside) before the answer: see group_commit.
+    delivery = Delivery(record.id, key, strip_token(body), content_type, error)
+    new = await committer(sessions).store(delivery)
     if new and error is None:
         get_waker(request).wake(INBOX_JOB)
     outcome = "duplicate" if not new else "unparseable" if error else "accepted"
@@ -140,20 +143,27 @@ def _descriptor(crm: str, secret: str | None) -> CRMDescriptor:
     return descriptor
 
 
+# The app's sessions and settings are read with the shared getters called directly rather than as
+# SessionsDep/SettingsDep: FastAPI runs a plain-def dependency in its thread pool, two thread hops per
+# delivery that a burst of webhooks feels (issue #14).
+
+
 @router.post("/{crm}/{name}")
-async def webhook(
-    crm: str, name: str, request: Request, sessions: SessionsDep, settings: SettingsDep
-) -> dict[str, str]:
+async def webhook(crm: str, name: str, request: Request) -> dict[str, str]:
     """A CRM whose events carry a token (Bitrix24: auth[application_token])."""
-    return await _receive(_descriptor(crm, None), name, None, request, sessions, settings)
+    descriptor = _descriptor(crm, None)
+    return await _receive(
+        descriptor, name, None, request, get_sessions(request), get_settings_from_app(request)
+    )
 
 
 @router.post("/{crm}/{name}/{secret}")
-async def webhook_with_secret(
-    crm: str, name: str, secret: str, request: Request, sessions: SessionsDep, settings: SettingsDep
-) -> dict[str, str]:
+async def webhook_with_secret(crm: str, name: str, secret: str, request: Request) -> dict[str, str]:
     """A CRM that does not sign its webhooks (amoCRM): the secret in the URL proves the sender."""
-    return await _receive(_descriptor(crm, secret), name, secret, request, sessions, settings)
+    descriptor = _descriptor(crm, secret)
+    return await _receive(
+        descriptor, name, secret, request, get_sessions(request), get_settings_from_app(request)
+    )
 
 
 async def _receive(
@@ -181,6 +191,8 @@ async def _receive(
         moved = _check_identity(descriptor, record, identity)
         if moved:
             await _record_move(sessions, record, moved)
+    if isinstance(auth, BodyToken):  # the token matched: a hook registered by hand is in place
+        await note_webhook_seen(sessions, settings, record)
     return await _accept(request, sessions, record, body)
 
 

@@ -90,6 +90,7 @@ async def run_worker(bench: Bench) -> None:
     assert outbox.dead == 0
 
 
+@pytest.mark.slow(seconds=5)
 @pytest.mark.parametrize("order", ["sync_first", "worker_first"])
 async def test_every_moved_deal_gets_its_task_once_despite_lost_webhooks(
     bench: Bench, order: str, tmp_path: Path

@@ -90,6 +90,7 @@ async def _kill_mid_drain(outbox: Outbox, tmp_path: Path, method: str) -> None:
     assert held.expires_at > utcnow() and holder_is_dead(held.holder)
 
 
+@pytest.mark.slow(seconds=9)  # a worker process is started and killed
 async def test_moves_survive_a_worker_killed_mid_drain(outbox: Outbox, tmp_path: Path) -> None:
     deals = outbox.seed(500)
     target = outbox.stages[0]
@@ -116,6 +117,7 @@ async def _tasks_killed_and_restarted(outbox: Outbox, tmp_path: Path) -> list[st
     return deals
 
 
+@pytest.mark.slow(seconds=9)
 async def test_tasks_survive_a_worker_killed_mid_drain_exactly_once(outbox: Outbox, tmp_path: Path) -> None:
     """Tasks are not idempotent in the CRM: the batch in flight must not be sent again blindly."""
     deals = await _tasks_killed_and_restarted(outbox, tmp_path)
@@ -128,6 +130,7 @@ async def test_tasks_survive_a_worker_killed_mid_drain_exactly_once(outbox: Outb
     assert {c.status for c in commands} == {"done"}  # nothing left open, nothing dead
 
 
+@pytest.mark.slow(seconds=9)
 async def test_tasks_left_in_flight_are_reconciled_with_the_crm(outbox: Outbox, tmp_path: Path) -> None:
     await _tasks_killed_and_restarted(outbox, tmp_path)
 

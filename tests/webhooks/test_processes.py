@@ -130,6 +130,7 @@ def worker_once(database_url: str, tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow(seconds=5)  # starts and kills service processes
 def test_acknowledged_events_survive_sigkill(
     database_url: str, tmp_path: Path, served: tuple[subprocess.Popen[str], str]
 ) -> None:
@@ -149,6 +150,7 @@ def test_acknowledged_events_survive_sigkill(
     assert count(database_url, Deal) == 40
 
 
+@pytest.mark.slow(seconds=10)
 @pytest.mark.postgres
 def test_two_workers_on_one_postgresql_process_each_event_once(
     postgres: PostgresServer, tmp_path: Path, served_pg: tuple[str, str]

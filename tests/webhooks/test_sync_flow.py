@@ -280,6 +280,10 @@ async def test_metrics_expose_events_queues_and_push_latency(flow: Flow) -> None
         finally:
             await connector.aclose()
         text = (await api.get("/metrics")).text
+    # The CRM posts a webhook for our own move: take it in, so none is left in flight when the
+    # sandbox stops (its delivery retries would hold the teardown for seconds).
+    flow.actions += 1
+    await flow.deliver_and_process()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

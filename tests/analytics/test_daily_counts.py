@@ -1,0 +1,189 @@
+"""The daily stage counts (app.analytics.daily_counts, read by app.analytics.daily_flow) give the page
+exactly the numbers the transitions give (app.analytics.transitions, the reference), on both
+databases: deals that move back, deals deleted, snapshots that arrive out of order (a reconcile
+backfilling old moves after newer ones), periods with and without partial days. The counts kept
+by the mirror also equal what counting every transition afresh gives (migration 0008's backfill).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.analytics import daily_counts, transitions
+from app.analytics.daily_flow import median, split_period, stage_flow
+from app.analytics.flow import build_flow, flow_buckets, won_entries
+from app.analytics.funnels import FunnelContext, load_funnel
+from app.analytics.models import DailyStageEntries, DailyStageExits
+from app.analytics.schemas import Period
+from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
+from connectors.base import DealSnapshot
+from tests.support.db import add_funnel, open_sessions
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+STAGES = [("A", "process"), ("B", "process"), ("C", "process"), ("WON", "success"), ("LOST", "failure")]
+CODES = [code for code, _ in STAGES]
+PERIODS = [
+    Period(start=T0, end=T0 + timedelta(days=20)),  # whole days only
+    Period(
+        start=T0 + timedelta(days=2, hours=5, minutes=7), end=T0 + timedelta(days=9, hours=13)
+    ),  # two edges
+    Period(start=T0 + timedelta(days=3, hours=1), end=T0 + timedelta(days=3, hours=22)),  # inside one day
+    Period(start=T0 + timedelta(hours=20), end=T0 + timedelta(days=1, hours=4)),  # two partial days
+    Period(start=T0 - timedelta(days=30), end=T0 + timedelta(days=4)),  # starts before everything
+]
+
+
+def _histories(rng: random.Random, deals: int) -> dict[str, list[tuple[str, datetime]]]:
+    """Random walks over the stages, in whole seconds (as the CRMs stamp them), going back now
+    and then; about a third start the day before another's end, so days overlap."""
+    histories = {}
+    for number in range(1, deals + 1):
+        at = T0 + timedelta(seconds=rng.randrange(0, 12 * 86_400))
+        code = rng.choice(["A", "A", "B"])
+        moves = [(code, at)]
+        for _ in range(rng.randrange(0, 6)):
+            at += timedelta(seconds=rng.randrange(30, 3 * 86_400))
+            code = rng.choice([c for c in CODES if c != code])  # back, forward, won or lost
+            moves.append((code, at))
+        histories[str(number)] = moves
+    return histories
+
+
+def _snapshot(deal: str, code: str, at: datetime) -> DealSnapshot:
+    return DealSnapshot(id=deal, pipeline_id="5", stage_id=f"C5:{code}", title=deal, updated_at=at)
+
+
+async def _seed(sessions: async_sessionmaker[AsyncSession]) -> FunnelContext:
+    rng = random.Random(14)
+    async with sessions.begin() as session:
+        connection, funnel = await add_funnel(session, STAGES, template_key="hand.built", name="Daily")
+    histories = _histories(rng, 160)
+    late = [deal for deal in histories if int(deal) % 5 == 0]  # their moves come last, in a backfill
+    batches = [
+        [_snapshot(deal, c, at)] for deal in histories if deal not in late for c, at in histories[deal]
+    ]
+    rng.shuffle(batches)  # deliveries of different deals interleave
+    batches.append([_snapshot(deal, c, at) for deal in late for c, at in histories[deal]])
+    for batch in batches:
+        async with sessions.begin() as session:
+            index = await load_stage_index(session, connection.id)
+            await mirror_snapshots(session, connection.id, batch, index, "webhook")
+    async with sessions.begin() as session:
+        deleted = [deal for deal in histories if int(deal) % 7 == 0]
+        assert await tombstone(session, connection.id, deleted, T0 + timedelta(days=40)) == len(deleted)
+    async with sessions() as session:
+        return await load_funnel(session, funnel.id)
+
+
+async def _both_ways(
+    session: AsyncSession, ctx: FunnelContext, period: Period, deleted: transitions.DeletedDeals
+) -> tuple[tuple[Any, Any, Any], tuple[Any, Any, Any]]:
+    entries = await transitions.stage_entries(session, ctx, period, deleted)
+    exits, medians = await transitions.stage_exits(session, ctx, period, deleted)
+    daily = await stage_flow(session, ctx, period, deleted)
+    return (entries, exits, medians), daily
+
+
+async def test_the_page_numbers_are_the_same_both_ways(database_url: str) -> None:
+    async with open_sessions(database_url) as sessions:
+        ctx = await _seed(sessions)
+        async with sessions() as session:
+            listed = await transitions.deleted_deals(session, ctx)
+            assert listed  # some deals are deleted
+            for period in PERIODS:
+                for deleted in (listed, None):  # the ids listed, or read in the statement
+                    (entries, exits, medians), (d_entries, d_exits, d_medians) = await _both_ways(
+                        session, ctx, period, deleted
+                    )
+                    assert d_entries == entries, period
+                    assert d_exits == exits, period
+                    assert d_medians.keys() == medians.keys(), period
+                    for stage_id, (value, samples) in medians.items():
+                        # SQLite's reference reads times through julianday(): exact to ~1e-4 s.
+                        assert d_medians[stage_id] == (pytest.approx(value, abs=1e-3), samples)
+                    won = await won_entries(session, ctx, period)
+                    page = build_flow(ctx, flow_buckets(ctx, entries, exits), medians, won)
+                    assert build_flow(ctx, flow_buckets(ctx, d_entries, d_exits), d_medians, won) == page
+            # Not vacuous: every stage was entered and left in the long period.
+            entries, exits, _ = await stage_flow(session, ctx, PERIODS[0], listed)
+            assert set(entries) == {s.id for s in ctx.stages} and len(exits) == len(ctx.stages)
+
+
+async def test_kept_counts_equal_a_fresh_count(database_url: str) -> None:
+    """What the mirror kept transaction by transaction (out of order included) is what counting
+    all the transitions at once gives: the durations sorted, row by row."""
+    async with open_sessions(database_url) as sessions:
+        await _seed(sessions)
+        kept = await _table(sessions)
+        async with sessions.begin() as session:
+            await daily_counts.rebuild(session)
+        assert await _table(sessions) == kept
+        assert kept[0] and kept[1]
+
+
+async def _table(
+    sessions: async_sessionmaker[AsyncSession],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    async with sessions() as session:
+        entries = (
+            await session.execute(select(DailyStageEntries.__table__).order_by("stage_id", "day"))
+        ).all()
+        exits = (
+            await session.execute(
+                select(DailyStageExits.__table__).order_by("from_stage_id", "day", "to_stage_id")
+            )
+        ).all()
+    for row in exits:
+        values = list(daily_counts.decode_durations(row.durations))
+        assert values == sorted(values) and len(values) == row.exits
+    return [tuple(r) for r in entries], [tuple(r) for r in exits]
+
+
+# --- pure parts ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "days", "edges"),
+    [
+        ("2026-03-01T00:00", "2026-03-03T00:00", ("2026-03-01", "2026-03-03"), []),
+        ("2026-03-01T06:00", "2026-03-03T00:00", ("2026-03-02", "2026-03-03"), [("2026-03-01T06:00", "2026-03-02T00:00")]),
+        ("2026-03-01T06:00", "2026-03-01T07:00", None, [("2026-03-01T06:00", "2026-03-01T07:00")]),
+        ("2026-03-01T06:00", "2026-03-02T07:00", None, [("2026-03-01T06:00", "2026-03-02T07:00")]),
+        ("2026-03-01T00:00", "2026-03-02T07:00", ("2026-03-01", "2026-03-02"), [("2026-03-02T00:00", "2026-03-02T07:00")]),
+    ],
+)  # fmt: skip
+def test_split_period(
+    start: str, end: str, days: tuple[str, str] | None, edges: list[tuple[str, str]]
+) -> None:
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+    whole, parts = split_period(Period(start=at(start), end=at(end)))
+    assert (None if whole is None else tuple(d.isoformat() for d in whole)) == days
+    assert [(p.start, p.end) for p in parts] == [(at(a), at(b)) for a, b in edges]
+
+
+@pytest.mark.parametrize("size", [1, 2, 63, 2000, 2001, 30_000])
+@pytest.mark.parametrize("skewed", [False, True], ids=["even", "skewed"])
+def test_median_of_sorted_runs(size: int, skewed: bool) -> None:
+    """Exact against statistics.median, with deleted values taken out, whether the sampled window
+    holds the middle or (skewed: the values the sample picks are far off) it must sort all."""
+    rng = random.Random(size)
+    values = [float(rng.randrange(0, 10**9)) for _ in range(size)]
+    # Skewed: runs of 16, whose first (smallest) values are all the sample takes, so the window
+    # sits far below the middle.
+    cut = list(range(16, size, 16)) if skewed else sorted(rng.sample(range(size + 1), min(size, 40)))
+    runs = [sorted(values[a:b]) for a, b in zip([0, *cut], [*cut, size], strict=True)]
+    removed = sorted(rng.sample(values, size // 3))
+    kept = list(values)
+    for value in removed:
+        kept.remove(value)
+    expected = (statistics.median(kept) / 1_000_000, len(kept)) if kept else None
+    assert median(runs, removed) == expected

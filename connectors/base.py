@@ -355,6 +355,15 @@ class TokenSet:
 TokenSaver = Callable[[TokenSet], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class CrmUser:
+    """A CRM user as the dashboard names them: responsible users are stored as ids only."""
+
+    id: str
+    name: str
+    active: bool = True  # False: dismissed or deactivated (still responsible for old deals)
+
+
 # --- the port -------------------------------------------------------------------------------------
 
 
@@ -444,6 +453,11 @@ class CRMConnector(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+    async def list_users(self) -> list[CrmUser]:
+        """Every user of the account, dismissed ones included (they stay responsible for deals),
+        in pages; the dashboard shows their names instead of ids."""
+        ...
 
 
 T = TypeVar("T")

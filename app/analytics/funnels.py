@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.analytics.schemas import FunnelRef, Period, StageInfo
 from app.connections.models import Connection
 from app.funnels.models import Funnel, FunnelStage
-from app.library.service import TemplateNotFound, get_template
+from app.library.service import template_for
 from funnel_templates.schema import FunnelTemplate
 
 DEFAULT_PERIOD = timedelta(days=30)
@@ -42,18 +42,17 @@ class FunnelContext:
 async def load_funnel(session: AsyncSession, funnel_id: int) -> FunnelContext:
     row = (
         await session.execute(
-            select(Funnel, Connection.name)
+            select(Funnel, Connection)
             .join(Connection, Connection.id == Funnel.connection_id)
             .where(Funnel.id == funnel_id)
         )
     ).first()
     if row is None:
         raise FunnelNotFound(f"no funnel with id {funnel_id}")
-    funnel, connection = row
-    try:
-        template: FunnelTemplate | None = get_template(funnel.template_key)
-    except TemplateNotFound:  # a template removed from the library: show what the database knows
-        template = None
+    funnel, record = row
+    connection = record.name
+    # None for a template removed from the library: show what the database knows.
+    template: FunnelTemplate | None = template_for(record, funnel.template_key)
     specs = {s.code: s for s in template.stages} if template else {}
     rows = await session.scalars(
         select(FunnelStage)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
-from sqlalchemy import LargeBinary, func, select
+from sqlalchemy import LargeBinary, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.analytics.funnels import load_funnel
 from app.analytics.schemas import (
     ConnectionOverview,
     FailedCommand,
@@ -18,7 +20,7 @@ from app.analytics.schemas import (
     FunnelSummary,
     Overview,
 )
-from app.connections.models import Connection
+from app.connections.models import Connection, ConnectionSwitch
 from app.connections.service import get_connection, list_connections
 from app.db import utcnow
 from app.deals.models import Deal
@@ -72,6 +74,82 @@ async def overview(session: AsyncSession, now: datetime | None = None) -> Overvi
         for record in records
     ]
     return Overview(connections=connections, generated_at=now or utcnow())
+
+
+# --- the summary strip -----------------------------------------------------------------------------
+
+FAILING_STATES = ("degraded", "unreachable", "paused")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The strip above the connection cards: what needs a person, each with where it is listed."""
+
+    late_deals: int
+    late_by_funnel: dict[int, int]  # funnel id -> live deals past their stage's SLA
+    dead_letters: int
+    failing: list[tuple[int, str, str]]  # (connection id, name, health state) not active
+    # connection id -> minutes until its first reconcile (0: due now) while it has had none
+    first_reconcile_in: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def late_funnel(self) -> int | None:
+        """The funnel with the most late deals: where the strip's link goes."""
+        return max(self.late_by_funnel, key=lambda f: self.late_by_funnel[f]) if self.late_by_funnel else None
+
+
+async def late_deals(session: AsyncSession, now: datetime) -> dict[int, int]:
+    """Live deals past their stage's SLA, per funnel (funnels with none left out); one count per
+    funnel over its SLA stages (the SLA comes from the template, not the database)."""
+    funnel_ids = list(await session.scalars(select(Funnel.id).order_by(Funnel.id)))
+    late: dict[int, int] = {}
+    for funnel_id in funnel_ids:
+        ctx = await load_funnel(session, funnel_id)
+        past = [
+            and_(Deal.stage_id == s.id, Deal.stage_entered_at < now - timedelta(seconds=s.sla_seconds))
+            for s in ctx.stages
+            if s.sla_seconds is not None
+        ]
+        if not past:
+            continue
+        count = await session.scalar(
+            select(func.count()).where(Deal.funnel_id == funnel_id, Deal.deleted_at.is_(None), or_(*past))
+        )
+        if count:
+            late[funnel_id] = int(count)
+    return late
+
+
+def first_reconcile_eta(record: Connection, interval_seconds: float, now: datetime) -> int:
+    """Minutes until a connection that has not been reconciled yet gets its first run: the
+    scheduler runs reconcile every `interval_seconds`, so within one interval of the connection's
+    creation (0: due now, e.g. right after the service started)."""
+    created = record.created_at if record.created_at.tzinfo else record.created_at.replace(tzinfo=now.tzinfo)
+    left = (created + timedelta(seconds=interval_seconds) - now).total_seconds()
+    return max(math.ceil(left / 60), 0)
+
+
+async def summary(session: AsyncSession, data: Overview, reconcile_interval_seconds: float) -> Summary:
+    now = data.generated_at
+    late = await late_deals(session, now)
+    records = {r.id: r for r in await list_connections(session)}
+    failing = [
+        (c.id, c.health.name, str(c.health.health.state))
+        for c in data.connections
+        if c.health.health.state in FAILING_STATES or c.health.status == ConnectionSwitch.PAUSED
+    ]
+    eta = {
+        c.id: first_reconcile_eta(records[c.id], reconcile_interval_seconds, now)
+        for c in data.connections
+        if c.health.last_reconcile_at is None and c.id in records
+    }
+    return Summary(
+        late_deals=sum(late.values()),
+        late_by_funnel=late,
+        dead_letters=sum(c.dead_letters for c in data.connections),
+        failing=failing,
+        first_reconcile_in=eta,
+    )
 
 
 def body_preview(body: bytes) -> str:

@@ -103,7 +103,7 @@ class BoardColumn(BaseModel):
     deals: int
     amount: Decimal
     overdue: int
-    items: list[BoardDeal]  # newest arrivals first, capped
+    items: list[BoardDeal]  # overdue first, then newest arrivals; one page of the stage
 
 
 class Board(BaseModel):

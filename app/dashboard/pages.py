@@ -11,16 +11,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.analytics import board, overview, service
 from app.analytics.funnels import BadPeriod, FunnelNotFound, load_funnel, parse_period
 from app.api.deps import SessionsDep, SettingsDep
+from app.config import Settings
 from app.connections import service as connections
 from app.connections.connector import connected
 from app.connections.health import crm_problem, error_from
+from app.connections.users import page_names
 from app.dashboard.auth import (
     CsrfDep,
     SessionDep,
@@ -30,13 +32,24 @@ from app.dashboard.auth import (
     safe_next,
     start_session,
 )
+from app.dashboard.i18n import lang_of, translator
 from app.dashboard.render import is_partial, render
 from app.db import utcnow
 from app.deals.service import DealNotFound, get_deal
 from app.errors import NotFound
 from app.funnels.plan import PlanLimitError
 from app.funnels.service import provision
-from app.library.service import TemplateNotFound, get_template, list_templates, niches
+from app.library.service import (
+    MAX_TEMPLATE_BYTES,
+    TemplateNotFound,
+    TemplateTooLarge,
+    get_template,
+    list_templates,
+    niches,
+    origin,
+    parse_upload,
+)
+from app.messages.service import deal_messages
 from app.outbox import history as outbox_history
 from app.outbox import retry as outbox_retry
 from app.outbox import service as outbox
@@ -44,6 +57,8 @@ from app.outbox.statuses import KINDS, RETRYABLE_STATUSES
 from app.waker import INBOX_JOB, WakerDep
 from app.webhooks import service as inbox
 from connectors.base import CRMError
+from funnel_templates.loader import TemplateError
+from funnel_templates.schema import FunnelTemplate
 
 router = APIRouter(include_in_schema=False)
 
@@ -94,11 +109,14 @@ async def logout(request: Request, session: CsrfDep) -> Response:
 
 
 @router.get("/")
-async def overview_page(request: Request, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+async def overview_page(
+    request: Request, _: SessionDep, sessions: SessionsDep, settings: SettingsDep
+) -> HTMLResponse:
     async with sessions() as session:
         data = await overview.overview(session)
+        strip = await overview.summary(session, data, settings.reconcile_interval_seconds)
     template = "_overview_live.html" if is_partial(request) else "overview.html"
-    return render(request, template, {"overview": data, "active": "overview"})
+    return render(request, template, {"overview": data, "summary": strip, "active": "overview"})
 
 
 FilterField = Annotated[str, Form()]
@@ -248,15 +266,33 @@ def _not_found(request: Request, message: str) -> HTMLResponse:
 
 
 @router.get("/funnels/{funnel_id}")
-async def board_page(request: Request, funnel_id: int, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+async def board_page(
+    request: Request,
+    funnel_id: int,
+    _: SessionDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    stage: str = "",
+    page: str = "",
+    responsible: str = "",
+) -> HTMLResponse:
+    """Deals per stage, longest waiting first; `stage` and `page` page one column, `responsible`
+    (a CRM user id) narrows the board to that user's deals."""
     async with sessions() as session:
         try:
             ctx = await load_funnel(session, funnel_id)
+            query = board.board_query(ctx, stage, page, responsible)
         except FunnelNotFound as exc:
             return _not_found(request, str(exc))
-        data = await board.funnel_board(session, ctx)
+        except board.BadBoardQuery as exc:
+            context = {"message": str(exc), "heading": "bad_request", "back_url": f"/funnels/{funnel_id}"}
+            return render(request, "error.html", context, status_code=status.HTTP_400_BAD_REQUEST)
+        view = await board.board_view(session, ctx, query=query)
+        record = await connections.get_connection(session, ctx.ref.connection)
+    names = await page_names(request.app.state, settings, record)
     template = "_board_live.html" if is_partial(request) else "board.html"
-    return render(request, template, {"board": data, "ctx": ctx, "active": "board"})
+    page_context = {"view": view, "ctx": ctx, "user_label": names, "names_error": names.error}
+    return render(request, template, {**page_context, "active": "board"})
 
 
 @router.get("/funnels/{funnel_id}/analytics")
@@ -293,7 +329,9 @@ async def analytics_page(
 
 
 @router.get("/deals/{deal_id}")
-async def deal_page(request: Request, deal_id: int, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+async def deal_page(
+    request: Request, deal_id: int, _: SessionDep, sessions: SessionsDep, settings: SettingsDep
+) -> HTMLResponse:
     async with sessions() as session:
         try:
             deal = await get_deal(session, deal_id)
@@ -306,8 +344,13 @@ async def deal_page(request: Request, deal_id: int, _: SessionDep, sessions: Ses
         waits_for = await outbox.prerequisites(session, [c.id for c in commands])
         funnel_id = await board.deal_funnel_id(session, deal_id)
         ctx = await load_funnel(session, funnel_id) if funnel_id is not None else None
+        field_rows = await board.deal_field_rows(session, ctx, deal.fields)
+        record = await connections.get_connection(session, deal.connection)
+        messages = await deal_messages(session, deal_id)
+    names = await page_names(request.app.state, settings, record)
     stages = {s.code: s for s in ctx.stages} if ctx else {}
-    context = {"deal": deal, "commands": commands, "ctx": ctx, "stages": stages}
+    context = {"deal": deal, "commands": commands, "ctx": ctx, "stages": stages, "field_rows": field_rows}
+    context |= {"user_label": names, "names_error": names.error, "deal_messages": messages}
     return render(request, "deal.html", {**context, "attempts": attempts, "waits_for": waits_for})
 
 
@@ -315,10 +358,59 @@ async def deal_page(request: Request, deal_id: int, _: SessionDep, sessions: Ses
 async def templates_page(request: Request, _: SessionDep, niche: str | None = None) -> HTMLResponse:
     known = niches()
     chosen = niche if niche in known else None
+    templates = list_templates(chosen)
+    context = {"templates": templates, "niches": known, "niche": chosen, "active": "templates"}
     return render(
-        request,
-        "templates_list.html",
-        {"templates": list_templates(chosen), "niches": known, "niche": chosen, "active": "templates"},
+        request, "templates_list.html", {**context, "origins": {t.key: origin(t.key) for t in templates}}
+    )
+
+
+# Declared before /templates/{key}, which would otherwise take "upload" for a key.
+@router.get("/templates/upload")
+async def upload_page(request: Request, _: SessionDep, sessions: SessionsDep) -> HTMLResponse:
+    """A company's own template: the file and the connection; the next page lists every problem or
+    shows the plan."""
+    async with sessions() as session:
+        choices = await connections.list_connections(session)
+    return render(request, "template_upload.html", {"connections": choices, "active": "templates"})
+
+
+@router.post("/templates/upload")
+async def upload_template(
+    request: Request,
+    _: CsrfDep,
+    sessions: SessionsDep,
+    settings: SettingsDep,
+    connection: Annotated[str, Form()],
+    file: Annotated[UploadFile | None, File()] = None,
+    template_yaml: Annotated[str, Form()] = "",
+    apply: Annotated[int, Form()] = 0,
+) -> HTMLResponse:
+    """The uploaded file (or, from the plan page's apply button, the same YAML carried back) is
+    validated like `templates validate` (422 listing every problem; 413 over 256 KB), then planned
+    and, on confirm, provisioned; applying keeps the YAML with the connection."""
+    if file is not None and file.filename:
+        data, name, size = await file.read(MAX_TEMPLATE_BYTES + 1), file.filename, file.size
+    else:
+        data, name, size = template_yaml.encode(), "template.yaml", None
+    t = translator(lang_of(request))
+    if not data.strip():
+        page = {"message": t("tpl_no_file"), "heading": "bad_request", "back_url": "/templates/upload"}
+        return render(request, "error.html", page, status_code=status.HTTP_400_BAD_REQUEST)
+    try:
+        template, text = parse_upload(data, name)
+    except TemplateTooLarge:
+        message = t("tpl_too_large", size=(size or len(data)) // 1024, limit=MAX_TEMPLATE_BYTES // 1024)
+        page = {"message": message, "back_url": "/templates/upload"}
+        return render(request, "error.html", page, status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+    except TemplateError as exc:
+        async with sessions() as session:
+            choices = await connections.list_connections(session)
+        form: dict[str, object] = {"connections": choices, "chosen": connection, "active": "templates"}
+        context = {**form, "problems": exc.problems, "file_name": name}
+        return render(request, "template_upload.html", context, status_code=422)
+    return await _plan_page(
+        request, sessions, settings, connection, template, apply=bool(apply), own_text=text
     )
 
 
@@ -345,25 +437,43 @@ async def provision_page(
     connection: Annotated[str, Form()],
     apply: Annotated[int, Form()] = 0,
 ) -> HTMLResponse:
-    """The plan first (nothing written); the page's own button applies it, as `provision` does.
-    A CRM failure is a readable page: 503 when transient (down, timed out, rate-limited), 502 when
-    the CRM refused; while applying, with the plan and the note that a second apply completes it."""
+    """The plan first (nothing written); the page's own button applies it, as `provision` does."""
     try:
         template = get_template(key)
+    except NotFound as exc:
+        return _not_found(request, str(exc))
+    return await _plan_page(request, sessions, settings, connection, template, apply=bool(apply))
+
+
+async def _plan_page(
+    request: Request,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    connection: str,
+    template: FunnelTemplate,
+    *,
+    apply: bool,
+    own_text: str | None = None,
+) -> HTMLResponse:
+    """Plan (and apply) a template into a connection and show the plan. A CRM failure is a readable
+    page: 503 when transient (down, timed out, rate-limited), 502 when the CRM refused; while
+    applying, with the plan and the note that a second apply completes it."""
+    back_url = "/templates/upload" if own_text is not None else f"/templates/{template.key}"
+    try:
         async with connected(sessions, settings, connection) as (record, connector):
-            outcome = await provision(sessions, settings, record, connector, template, dry_run=not apply)
+            outcome = await provision(
+                sessions, settings, record, connector, template, dry_run=not apply, own_text=own_text
+            )
     except NotFound as exc:
         return _not_found(request, str(exc))
     except PlanLimitError as exc:
         return render(request, "error.html", {"message": f"{exc}; nothing was written"}, status_code=422)
     except CRMError as exc:  # while reading the CRM for the plan: nothing was written
         problem = crm_problem(exc, "provisioning")
-        page = {
-            "message": f"{problem.body['detail']}; nothing was written",
-            "heading": "crm_failed",
-            "back_url": f"/templates/{key}",
-        }
-        response = render(request, "error.html", page, status_code=problem.status_code)
+        page = {"message": f"{problem.body['detail']}; nothing was written", "heading": "crm_failed"}
+        response = render(
+            request, "error.html", {**page, "back_url": back_url}, status_code=problem.status_code
+        )
         response.headers.update(problem.headers)  # Retry-After, when the CRM said how long
         return response
     failure = (
@@ -376,6 +486,8 @@ async def provision_page(
         "has_writes": outcome.plan.has_writes,
         "applied": outcome.applied,
         "error": failure.body["detail"] if failure else None,
+        "own_yaml": own_text,
+        "back_url": back_url,
         "active": "templates",
     }
     return render(request, "provision.html", context, status_code=failure.status_code if failure else 200)

@@ -1,9 +1,16 @@
 """Webhook upkeep: our webhook stays registered (and enabled) in every CRM where provisioning
-registered it. A funnels job: provisioning is what put the webhook there."""
+registered it. A funnels job: provisioning is what put the webhook there.
+
+Where the webhook can only be registered by hand (a Bitrix24 inbound webhook), the receipt record
+says whether it was: the first event carrying the connection's current application token is noted
+on the connection (a keyed fingerprint of the token, never the token), and the plan then shows the
+webhook as in place instead of asking for it again."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -14,8 +21,9 @@ from app.connections.models import Connection
 from app.connections.repository import active_connections
 from app.db import utcnow
 from app.funnels.models import Funnel
+from app.security import derived_key, fingerprint
 from connectors.base import CRMConnector, CRMError
-from connectors.descriptor import descriptor_for
+from connectors.descriptor import BodyToken, descriptor_for
 
 ConnectorFor = Callable[[Connection], Awaitable[CRMConnector]]
 
@@ -64,3 +72,45 @@ async def _note(
         record = await session.get(Connection, connection_id)
         if record is not None:
             record.settings = {**record.settings, "webhook": state}
+
+
+# Connection.settings key of the receipt record: {"token": fingerprint, "at": ISO time}.
+WEBHOOK_SEEN = "webhook_seen"
+
+
+def _token_print(settings: Settings, record: Connection) -> str | None:
+    """The keyed fingerprint of the token the connection's events must carry; None for a CRM whose
+    events carry none (the secret is in our URL) or a connection without one stored yet."""
+    auth = descriptor_for(record.crm).webhook_auth
+    if not isinstance(auth, BodyToken):
+        return None
+    token = service.credentials(settings, record).get(auth.credential)
+    return fingerprint(derived_key(settings, "webhook token"), str(token)) if token else None
+
+
+async def note_webhook_seen(
+    sessions: async_sessionmaker[AsyncSession], settings: Settings, record: Connection
+) -> None:
+    """Record that an event carrying the connection's current token arrived (its token already
+    matched). Written once per token, so steady traffic costs no write."""
+    token = _token_print(settings, record)
+    seen: dict[str, Any] = record.settings.get(WEBHOOK_SEEN) or {}
+    if token is None or seen.get("token") == token:
+        return
+    async with sessions.begin() as session:
+        current = await session.get(Connection, record.id, with_for_update=True)
+        if current is not None and (current.settings.get(WEBHOOK_SEEN) or {}).get("token") != token:
+            current.settings = {
+                **current.settings,
+                WEBHOOK_SEEN: {"token": token, "at": utcnow().isoformat()},
+            }
+
+
+def webhook_seen_at(settings: Settings, record: Connection) -> datetime | None:
+    """When the first event carrying the connection's current token arrived; None when none has
+    (or the token changed since: the CRM's hook must then be updated by hand first)."""
+    seen: dict[str, Any] = record.settings.get(WEBHOOK_SEEN) or {}
+    token = _token_print(settings, record)
+    if token is None or seen.get("token") != token:
+        return None
+    return datetime.fromisoformat(seen["at"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -23,6 +23,7 @@ from app.deals.mirror import MirrorResult
 from app.deals.models import Deal, StageTransition
 from app.deals.service import DealNotFound
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
+from app.library.service import own_template
 from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxCommand
 from app.outbox.statuses import CommandStatus, RuleName
@@ -72,7 +73,8 @@ async def load_funnel(
     funnel = await session.get(Funnel, funnel_id)
     if funnel is None or funnel.crm_pipeline_id is None:
         return None
-    template = templates(funnel.template_key)
+    # A company's own template kept with the connection wins over any lookup by key.
+    template = own_template(connection, funnel.template_key) or templates(funnel.template_key)
     if template is None:
         return None
     known = {s.code for s in template.stages}
@@ -233,6 +235,48 @@ class RulesOutcome:
     enqueued: int = 0
 
 
+@dataclass
+class LiveEntries:
+    """The stage entries of one mirror batch that demand something now, and how many did not."""
+
+    entries: list[tuple[Deal, StageTransition]] = field(default_factory=list)
+    echoes: int = 0
+    skipped: int = 0
+
+
+async def live_stage_entries(session: AsyncSession, result: MirrorResult, now: datetime) -> LiveEntries:
+    """The entries of `result` that are where the deal is now and were made by a person: per deal
+    only its latest transition, of a deal not deleted, in a funnel, still in that stage, not the
+    echo of our own move, and not history older than STALE_AFTER. Shared by the rules and the
+    automations (app.automations.runner), which run one after the other on the same batch: an echo
+    matched by the first is recognised by the second (see echo_of)."""
+    await session.flush()  # transitions need their ids for echo bookkeeping
+    # Several transitions of one deal in one batch: only the last one is where the deal is now;
+    # a stage it already left demands nothing any more (Bitrix24 never even shows those).
+    latest: dict[int, StageTransition] = {deal.id: t for deal, t in result.entered}
+    live = LiveEntries()
+    for deal, transition in result.entered:
+        if (
+            latest[deal.id] is not transition
+            or deal.deleted_at is not None
+            or deal.funnel_id is None
+            or transition.to_stage_id is None
+            or deal.crm_stage_id != transition.to_crm_stage_id
+        ):
+            live.skipped += 1
+            continue
+        echo = await echo_of(session, deal, transition)
+        # A move a person asked for through our API is their decision: its stage entry counts, once.
+        if echo is not None and not is_person_move(echo.rule):
+            live.echoes += 1
+            continue
+        if transition.at < now - STALE_AFTER:
+            live.skipped += 1
+            continue
+        live.entries.append((deal, transition))
+    return live
+
+
 async def apply_rules(
     session: AsyncSession,
     connection: Connection,
@@ -242,30 +286,11 @@ async def apply_rules(
     templates: TemplateLookup = library_template,
 ) -> RulesOutcome:
     now = now or utcnow()
-    outcome = RulesOutcome()
-    await session.flush()  # transitions need their ids for echo bookkeeping
-    # Several transitions of one deal in one batch: only the last one is where the deal is now;
-    # a stage it already left demands nothing any more (Bitrix24 never even shows those).
-    latest: dict[int, StageTransition] = {deal.id: t for deal, t in result.entered}
+    live = await live_stage_entries(session, result, now)
+    outcome = RulesOutcome(echoes=live.echoes, skipped=live.skipped)
     cache = FunnelCache(connection, templates)
-    for deal, transition in result.entered:
-        if (
-            latest[deal.id] is not transition
-            or deal.deleted_at is not None
-            or deal.funnel_id is None
-            or transition.to_stage_id is None
-            or deal.crm_stage_id != transition.to_crm_stage_id
-        ):
-            outcome.skipped += 1
-            continue
-        echo = await match_echo(session, deal, transition)
-        # A move a person asked for through our API is their decision: its stage entry counts, once.
-        if echo is not None and not is_person_move(echo.rule):
-            outcome.echoes += 1
-            continue
-        if transition.at < now - STALE_AFTER:
-            outcome.skipped += 1
-            continue
+    for deal, transition in live.entries:
+        assert deal.funnel_id is not None and transition.to_stage_id is not None  # live entries have them
         ctx = await cache.get(session, deal.funnel_id)
         code = ctx.codes.get(transition.to_stage_id) if ctx else None
         if ctx is None or code is None:
@@ -291,6 +316,19 @@ def is_person_move(rule: RuleName | None) -> bool:
     """Whether a move command's rule says a person asked for it (POST /api/deals/{id}/move:
     request_move below), as opposed to the rules' own reverts."""
     return rule == RuleName.API_MOVE
+
+
+async def echo_of(session: AsyncSession, deal: Deal, transition: StageTransition) -> OutboxCommand | None:
+    """The move command of ours that explains this transition: the one already matched to it (an
+    earlier look at the same batch), else a new match (match_echo)."""
+    matched = await session.scalar(
+        select(OutboxCommand).where(
+            OutboxCommand.deal_id == deal.id,
+            OutboxCommand.kind == "move",
+            OutboxCommand.echo_transition_id == transition.id,
+        )
+    )
+    return matched if matched is not None else await match_echo(session, deal, transition)
 
 
 async def match_echo(session: AsyncSession, deal: Deal, transition: StageTransition) -> OutboxCommand | None:

@@ -18,7 +18,7 @@ from app.connections.models import Connection
 from app.connections.schemas import AssigneesOut, RoleOut
 from app.connections.service import ConnectionNotFound, get_connection
 from app.funnels.models import Funnel
-from funnel_templates.loader import library
+from app.library.service import template_for
 from funnel_templates.schema import BUILTIN_ROLES, RoleSpec
 
 # Both CRMs identify users by numeric ids (Bitrix24 user ID, amoCRM user id), so an assignee is a
@@ -46,10 +46,9 @@ async def available_roles(session: AsyncSession, record: Connection) -> list[Rol
     keys = await session.scalars(
         select(Funnel.template_key).where(Funnel.connection_id == record.id).order_by(Funnel.id)
     )
-    templates = library()
     declared: dict[str, RoleSpec] = {}
     for key in keys:
-        template = templates.get(key)
+        template = template_for(record, key)
         for role in template.roles if template is not None else []:
             if role.code not in BUILTIN_ROLES:
                 declared.setdefault(role.code, role)

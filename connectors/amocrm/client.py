@@ -62,6 +62,7 @@ from connectors.base import (
     CreatedLookup,
     CRMError,
     CRMKind,
+    CrmUser,
     CustomField,
     DealSnapshot,
     FieldRequirement,
@@ -91,6 +92,7 @@ from connectors.http import AMOCRM_DEFAULT, DomainSaver, RatePolicy, RetryPolicy
 LEADS_PAGE = 250  # documented maximum of `limit` for leads
 IDS_PER_REQUEST = 50  # filter[id][] values per GET, keeps the URL short
 WEBHOOK_SORT = 10
+USERS_PAGE = 250  # documented maximum of `limit` for users (docs/crm/amocrm.md §9)
 
 Item = tuple[str, dict[str, Any]]  # (caller's ref, payload without request_id)
 # Given items a create sent, the refs of those amoCRM already holds -> their ids (see _bulk_chunk).
@@ -758,6 +760,24 @@ class AmoCRMConnector:
         except PermanentError as exc:
             if exc.status != 404:  # not subscribed: nothing to undo
                 raise
+
+    # --- users -----------------------------------------------------------------------------------------
+
+    async def list_users(self) -> list[CrmUser]:
+        """GET /api/v4/users, 250 a page (`_embedded.users`, `_links.next`); `rights.is_active`
+        tells a deactivated user. Administrators only: anyone else gets 403 (docs/crm/amocrm.md §9)."""
+        users: list[CrmUser] = []
+        async for page in self._pages("/api/v4/users", [("limit", USERS_PAGE)], "users", USERS_PAGE):
+            users += [_user_from_api(u) for u in page if isinstance(u, dict) and u.get("id") is not None]
+        return users
+
+
+def _user_from_api(user: dict[str, Any]) -> CrmUser:
+    rights = user.get("rights")
+    rights = rights if isinstance(rights, dict) else {}
+    user_id = str(user["id"])
+    name = str(user.get("name") or "").strip() or str(user.get("email") or "").strip()
+    return CrmUser(id=user_id, name=name or f"#{user_id}", active=rights.get("is_active", True) is not False)
 
 
 async def exchange_authorization_code(

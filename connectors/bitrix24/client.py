@@ -53,6 +53,7 @@ from connectors.base import (
     CreatedKind,
     CreatedLookup,
     CRMKind,
+    CrmUser,
     CustomField,
     DealSnapshot,
     FieldRequirement,
@@ -743,6 +744,32 @@ class Bitrix24Connector:
             if str(row.get("handler")) == url
         ]
         self._raise_first(await self.transport.batch(commands, idempotent=True))
+
+    # --- users -------------------------------------------------------------------------------------
+
+    async def list_users(self) -> list[CrmUser]:
+        """`user.get` in ID order, 50 a page by `start` (`next` in the answer), without the ACTIVE
+        filter so dismissed users still have names (docs/crm/bitrix24.md §8). Needs the `user` (or
+        `user_brief`/`user_basic`) scope; without it the portal answers insufficient_scope."""
+        users: list[CrmUser] = []
+        start: int | None = 0
+        while start is not None:
+            body = await self.transport.call("user.get", {"sort": "ID", "order": "ASC", "start": start})
+            users.extend(_user_from_row(row) for row in body.get("result") or [] if isinstance(row, Mapping))
+            start = body.get("next")
+        return users
+
+
+def _user_from_row(row: Mapping[str, Any]) -> CrmUser:
+    """Name as the portal shows it (first name, last name); the e-mail or the id when both are empty."""
+    user_id = str(row.get("ID", ""))
+    name = " ".join(str(row.get(k) or "").strip() for k in ("NAME", "LAST_NAME")).strip()
+    active = row.get("ACTIVE", True)
+    return CrmUser(
+        id=user_id,
+        name=name or str(row.get("EMAIL") or "").strip() or f"#{user_id}",
+        active=active if isinstance(active, bool) else str(active).upper() in ("Y", "TRUE", "1"),
+    )
 
 
 def _already_bound(error: PermanentError) -> bool:

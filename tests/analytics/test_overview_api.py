@@ -55,7 +55,7 @@ def test_board_counts_sums_and_overdue(dashboard: Running) -> None:
     }
     new = columns["NEW_REQUEST"]
     ids = dashboard.data.deals
-    # Newest arrival first; only the deal waiting since 2026-11-01 is past the 2-minute SLA.
-    assert [(d["id"], d["overdue"]) for d in new["items"]] == [(ids["5"], False), (ids["4"], True)]
+    # Overdue first, then newest arrival; only the deal waiting since 2026-11-01 is past the 2-minute SLA.
+    assert [(d["id"], d["overdue"]) for d in new["items"]] == [(ids["4"], True), (ids["5"], False)]
     assert new["stage"]["sla_seconds"] == 120 and new["stage"]["name_en"] == "New request"
     assert body["unknown_stage_deals"] == 1

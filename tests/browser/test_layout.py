@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.async_api import Page, expect
 from sqlalchemy import select
 
@@ -49,6 +50,7 @@ async def seeded_paths(live: Bench) -> list[str]:
     ]
 
 
+@pytest.mark.slow(seconds=10)  # every page at two widths in Chromium
 async def test_pages_fit_the_desktop_and_a_phone(live: Bench, ui_factory: UIFactory) -> None:
     paths = await seeded_paths(live)
     for viewport, label in ((DESKTOP, "desktop"), (PHONE, "phone")):
@@ -79,7 +81,8 @@ async def focus_next(page: Page, text: str, limit: int = 40) -> dict[str, str | 
 
 async def test_the_dashboard_works_from_the_keyboard(live: Bench, ui_factory: UIFactory) -> None:
     await seeded_paths(live)
-    ui = await ui_factory(live.url)
+    # Narrower than the board's eleven columns, so the board scrolls sideways.
+    ui = await ui_factory(live.url, viewport={"width": 1024, "height": 900})
     await ui.log_in()  # typed into the autofocused token field, submitted with Enter
 
     await ui.page.keyboard.press("Tab")

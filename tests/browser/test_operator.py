@@ -155,7 +155,7 @@ async def test_dry_run_a_provision_from_the_ui(live: Bench, ui_factory: UIFactor
     await expect(ui.page.get_by_role("heading", level=1)).to_contain_text("→ bitrix24")
     creates = ui.page.locator("tr.plan-create")
     assert await creates.count() > 5  # a new pipeline, its stages, its fields...
-    await expect(creates.first).to_contain_text("pipeline")
+    await expect(creates.first).to_contain_text("воронка «Воронка для ремонта автомобилей»")  # Russian UI
     await expect(ui.page.get_by_role("button", name="Применить план")).to_be_visible()
     await ui.shot("plan")
     assert live.p.sandbox.writes() == writes  # a dry run writes nothing to the CRM

@@ -214,13 +214,13 @@ def test_retry_all_matching_touches_only_what_the_filter_shows(page: Page) -> No
 def test_bad_filters_are_refused_with_nothing_changed(page: Page) -> None:
     commands, events = page.commands(), page.events()
     unknown = page.client.get("/failures", params={"connection": "nope"})
-    assert unknown.status_code == 404 and "no connection named &#39;nope&#39;" in unknown.text
+    assert unknown.status_code == 404 and "Подключения с именем &#39;nope&#39; нет" in unknown.text
     assert '<p class="alert" role="alert">' in unknown.text and 'href="/failures"' in unknown.text
     kind = page.client.get("/failures", params={"kind": "teleport"})
-    assert kind.status_code == 400 and "unknown command kind &#39;teleport&#39;" in kind.text
+    assert kind.status_code == 400 and "Неизвестный тип команды &#39;teleport&#39;" in kind.text
     assert "Неверный запрос" in kind.text
     done = page.client.get("/failures", params={"status": "done"})
-    assert done.status_code == 400 and "unknown status &#39;done&#39;" in done.text
+    assert done.status_code == 400 and "Неизвестный статус &#39;done&#39;" in done.text
 
     csrf = csrf_of(page.get())
     for path in ("/failures/retry", "/failures/retry-events"):

@@ -97,8 +97,8 @@ def test_board_counts_and_highlights_overdue_deals(client: httpx.Client, dashboa
     fresh = re.search(rf'<li class="([^"]*)" data-deal="{ids["5"]}"', html)
     assert overdue and overdue.group(1) == "deal overdue"
     assert fresh and fresh.group(1) == "deal"
-    # Newest arrival first within the column.
-    assert html.index(f'data-deal="{ids["5"]}"') < html.index(f'data-deal="{ids["4"]}"')
+    # Overdue first within the column, then newest arrival.
+    assert html.index(f'data-deal="{ids["4"]}"') < html.index(f'data-deal="{ids["5"]}"')
     assert "Новая заявка" in html and "(New request)" not in html  # Russian by default
 
 
@@ -110,8 +110,8 @@ def test_analytics_page_numbers(client: httpx.Client, dashboard: Running) -> Non
     assert value(new, "data-reached") == "5" and value(new, "data-to-next") == "2"
     assert value(new, "data-to-next-pct") == "40.0%" and value(new, "data-to-won-pct") == "20.0%"
     times = html[html.index('id="times"') :]
-    assert value(row(times, 'data-stage="NEW_REQUEST"'), "data-median") == "17m 30s"  # 1050 s
-    assert value(row(times, 'data-stage="QUALIFIED"'), "data-median") == "1h 15m"  # 4500 s
+    assert value(row(times, 'data-stage="NEW_REQUEST"'), "data-median") == "17 мин 30 с"  # 1050 s
+    assert value(row(times, 'data-stage="QUALIFIED"'), "data-median") == "1 ч 15 мин"  # 4500 s
     assert value(html, "data-lost") == "4"
     assert value(row(html, 'data-reason="spam"'), "data-deals") == "2"
     assert value(row(html, 'data-reason="bought_elsewhere"'), "data-deals") == "1"
@@ -122,7 +122,7 @@ def test_analytics_page_numbers(client: httpx.Client, dashboard: Running) -> Non
 
 def test_analytics_page_rejects_a_bad_period(client: httpx.Client, dashboard: Running) -> None:
     response = client.get(f"/funnels/{dashboard.data.funnel_id}/analytics", params={"from": "soon"})
-    assert response.status_code == 422 and "is not a date" in response.text
+    assert response.status_code == 422 and "не дата (ГГГГ-ММ-ДД)" in response.text
 
 
 def test_deal_page_history_and_commands(client: httpx.Client, dashboard: Running) -> None:
@@ -180,7 +180,7 @@ def test_template_page_lists_automations_and_the_bot(client: httpx.Client) -> No
     automations = html[html.index('id="tpl-automations"') :]
     reminder = automations[automations.index('data-automation="visit_reminder"') :]
     assert 'data-trigger="before_date"' in reminder and "<code>visit_at</code>" in reminder
-    assert 'data-action="notify"' in reminder and "telegram → sms" in reminder
+    assert 'data-action="notify"' in reminder and "Telegram → SMS" in reminder
     assert "Напоминаем, что завтра, {deal.visit_at}" in reminder
     english = client.get("/templates/by_goal.qualification", params={"lang": "en"}).text
     nudge = english[english.index('data-automation="no_answer_to_no_contact"') :]

@@ -70,7 +70,7 @@ def test_plan_then_apply_from_the_template_page(ui: tuple[httpx.Client, CRMSandb
     missing = client.post(
         "/templates/general.typical/provision", data={"csrf_token": token, "connection": "nope"}
     )
-    assert missing.status_code == 404 and "no connection named &#39;nope&#39;" in missing.text
+    assert missing.status_code == 404 and "Подключения с именем &#39;nope&#39; нет" in missing.text
 
 
 def test_a_crm_outage_is_a_readable_page_not_a_500(ui: tuple[httpx.Client, CRMSandbox]) -> None:

@@ -30,6 +30,7 @@ def sqlite_url(tmp_path: Path) -> str:
     return url
 
 
+@pytest.mark.slow(seconds=16)  # provisions a share of the whole library
 @pytest.mark.parametrize("crm", ["bitrix24", "amocrm"])
 @pytest.mark.parametrize("group", range((len(KEYS) + GROUP - 1) // GROUP))
 async def test_every_template_provisions(crm: str, group: int, tmp_path: Path, sqlite_url: str) -> None:

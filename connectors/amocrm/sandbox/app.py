@@ -10,7 +10,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
-from connectors.amocrm.sandbox import api_contacts, api_leads, api_misc, api_pipelines, control, rename
+from connectors.amocrm.sandbox import (
+    api_contacts,
+    api_leads,
+    api_misc,
+    api_pipelines,
+    api_users,
+    control,
+    rename,
+)
 from connectors.amocrm.sandbox.common import Sandbox
 from connectors.amocrm.sandbox.config import SandboxConfig
 from connectors.amocrm.sandbox.errors import ValidationFailed, not_found, problem
@@ -59,7 +67,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
     async def _unprocessable(request: Request, exc: Exception) -> Response:
         return problem(400, "Bad Request", "Request validation failed")
 
-    for module in (api_pipelines, api_leads, api_contacts, api_misc, control):
+    for module in (api_pipelines, api_leads, api_contacts, api_misc, api_users, control):
         app.include_router(module.router)
     rename.install(app, box)  # a renamed account
     return app

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connectors.bitrix24.sandbox import contacts, crm, deals
+from connectors.bitrix24.sandbox import contacts, crm, deals, users
 from connectors.bitrix24.sandbox.api import ApiError, Context, Result
 from connectors.bitrix24.sandbox.config import SandboxConfig
 from connectors.bitrix24.sandbox.querystring import parse_php_query
 from connectors.bitrix24.sandbox.state import PortalClock, PortalState
 
-HANDLERS = {**crm.HANDLERS, **deals.HANDLERS, **contacts.HANDLERS}
+HANDLERS = {**crm.HANDLERS, **deals.HANDLERS, **contacts.HANDLERS, **users.HANDLERS}
 MAX_BATCH = 50
 _REF = re.compile(r"\$result\[([^\]]+)\]((?:\[[^\]]*\])*)")
 # Scope a method needs (DOCS api-reference/scopes/permissions.md): prefix -> scope.

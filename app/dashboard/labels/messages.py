@@ -1,0 +1,51 @@
+"""Labels of the messages page, the deal page's messages and the public opt-out page."""
+
+from __future__ import annotations
+
+LABELS: dict[str, tuple[str, str]] = {
+    "msg_messages": ("Сообщения", "Messages"),
+    "msg_by_channel": ("По каналам и статусам", "By channel and status"),
+    "msg_channel": ("Канал", "Channel"),
+    "msg_recipient": ("Получатель", "Recipient"),
+    "msg_text": ("Текст", "Text"),
+    "msg_status": ("Статус", "Status"),
+    "msg_deal": ("Сделка", "Deal"),
+    "msg_automation": ("Автоматизация", "Automation"),
+    "msg_attempts": ("Попытки", "Attempts"),
+    "msg_next_attempt": ("Следующая попытка", "Next attempt"),
+    "msg_sent_at": ("Отправлено", "Sent"),
+    "msg_created": ("Создано", "Created"),
+    "msg_reason": ("Причина / ответ", "Reason / answer"),
+    "msg_total": ("Всего", "Total"),
+    "msg_all": ("все", "all"),
+    "msg_apply": ("Показать", "Show"),
+    "msg_reset": ("Сбросить фильтр", "Reset filter"),
+    "msg_none": ("Сообщений нет.", "No messages."),
+    "msg_none_channel": ("не выбран", "not chosen"),
+    "msg_shown": ("Показано {shown} из {total}.", "Showing {shown} of {total}."),
+    "msg_st_queued": ("в очереди", "queued"),
+    "msg_st_sending": ("отправляется", "sending"),
+    "msg_st_failed": ("ошибка, повтор", "failed, will retry"),
+    "msg_st_sent": ("отправлено", "sent"),
+    "msg_st_dead": ("не доставлено", "dead"),
+    "msg_st_skipped": ("пропущено", "skipped"),
+    "msg_ch_email": ("Email", "Email"),
+    "msg_ch_telegram": ("Telegram", "Telegram"),
+    "msg_ch_sms": ("SMS", "SMS"),
+    "msg_ch_webhook": ("Вебхук", "Webhook"),
+    "msg_deal_messages": ("Сообщения клиенту", "Messages to the client"),
+    "msg_optout_title": ("Отписка от сообщений", "Stop messages"),
+    "msg_optout_ask": (
+        "Больше не присылать сообщения на {address} ({channel})?",
+        "Stop sending messages to {address} ({channel})?",
+    ),
+    "msg_optout_button": ("Отписаться", "Stop messages"),
+    "msg_optout_done": (
+        "Готово: сообщения на {address} ({channel}) больше не придут.",
+        "Done: no more messages will be sent to {address} ({channel}).",
+    ),
+    "msg_optout_bad": (
+        "Ссылка повреждена или устарела. Скопируйте её из сообщения целиком.",
+        "This link is damaged. Copy it from the message in full.",
+    ),
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from app import migrate
+from app.bot.cli import bot_cli
 from app.config import get_settings
 from app.connections.cli import connections_cli
 from app.console import out
@@ -12,6 +13,7 @@ from app.deals.cli import sync_command
 from app.demo_cli import demo_command
 from app.funnels.cli import provision_command
 from app.library.cli import templates_cli
+from app.messages.cli import channels_cli, messages_cli
 from app.sandbox_cli import sandbox_cli
 from app.worker_cli import worker_command
 
@@ -24,6 +26,9 @@ db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 cli.add_typer(templates_cli, name="templates")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(connections_cli, name="connections")
+cli.add_typer(channels_cli, name="channels")
+cli.add_typer(messages_cli, name="messages")
+cli.add_typer(bot_cli, name="bot")
 cli.command("provision")(provision_command)
 cli.command("sync")(sync_command)
 cli.add_typer(sandbox_cli, name="sandbox")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from connectors.http import RetryPolicy
+from funnel_templates.loader import dirs_from_env, use_template_dirs
 
 # The API token is also the dashboard's password: shorter ones are guessable by brute force.
 MIN_API_TOKEN_LENGTH = 16
@@ -77,6 +79,30 @@ class Settings(BaseSettings):
     # Failed logins and bearer tokens per client address before answers turn into 429s.
     auth_failures_allowed: int = Field(default=10, ge=1)
     auth_failure_window_seconds: float = Field(default=300, gt=0)
+    # Many connections per worker (app.concurrency): the outbox, inbox and reconcile jobs each work on
+    # at most this many connections at once, in turns (an outbox turn sends at most
+    # outbox_chunks_per_turn requests, an inbox turn processes one batch), round robin. A turn still
+    # running after connection_turn_budget_seconds (an account starting to time out) goes on without
+    # holding a slot, and a connection whose last CRM calls failed gets its turns outside the slots
+    # from the start, so the healthy accounts always get theirs.
+    connection_concurrency: int = Field(default=16, ge=1)
+    connection_turn_budget_seconds: float = Field(default=2, gt=0)
+    outbox_chunks_per_turn: int = Field(default=1, ge=1)
+    # Template automations' time-driven triggers (stalled, dates, delayed won/lost, recurrences) are
+    # looked for this often; stage entries fire at ingest.
+    automations_interval_seconds: float = Field(default=60, gt=0)
+    # Messages to clients (app.messages) are delivered this often, and the deals' contacts read from
+    # the CRM are reused for this long before a send reads them again.
+    messages_interval_seconds: float = Field(default=5, gt=0)
+    contacts_ttl_hours: float = Field(default=24, gt=0)
+    # Your own template folders (os.pathsep-separated in the environment): their templates join the
+    # shipped library, and one with a shipped template's key replaces it.
+    templates_dir: Annotated[list[Path], NoDecode] = []
+
+    @field_validator("templates_dir", mode="before")
+    @classmethod
+    def _split_template_dirs(cls, value: object) -> object:
+        return list(dirs_from_env(value)) if isinstance(value, str) else value
 
     @field_validator("api_token")
     @classmethod
@@ -111,4 +137,7 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    settings = Settings()
+    # Every process reads its settings here, so the template library follows them (`.env` included).
+    use_template_dirs(settings.templates_dir)
+    return settings

@@ -4,15 +4,19 @@ It starts the service on a fresh SQLite database under <data dir>/demo, a Bitrix
 sandbox that post their webhooks to it, creates a connection to each, provisions the typical funnel
 into Bitrix24 and the auto-service repair funnel into amoCRM, then plays a sales team: new requests
 arrive, deals move forward, some are lost (some without a reason), some get stuck past their SLA.
+Beside them, funnels with automations send a visit reminder, a survey and a win-back offer through
+channel sandboxes (app.demo_messages).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import shlex
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,17 +26,27 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp
 
+from app.automations.sweep import sweep_automations
 from app.config import Settings
 from app.connections import service as connections
 from app.connections.connector import open_connector
 from app.connections.models import Connection
 from app.connections.schemas import validate_connection_input
 from app.deals.models import Deal, StageTransition
+from app.demo_messages import (
+    MESSAGE_FUNNELS,
+    channel_accounts,
+    channel_sandbox_apps,
+    configure_messaging,
+    messages_sent,
+    play_message_scenarios,
+)
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
 from app.funnels.service import provision
 from app.library.service import get_template
 from app.logging_filters import install_log_redaction
 from app.main import create_app
+from app.messages.delivery import run_message_delivery
 from app.outbox.models import OutboxCommand
 from app.outbox.statuses import CommandStatus, RuleName
 from app.scheduler import Runtime, run_until_idle
@@ -124,11 +138,23 @@ class SimulatedFunnel:
     open_deals: dict[str, int] = field(default_factory=dict)  # deal id -> index in process
 
 
+def demo_data_dir(settings: Settings) -> Path:
+    """The demo's own data folder, emptied at every start: never the CLI's default one (var/), whose
+    connections and key it would wipe. The banner prints the line that points the CLI at it."""
+    return (settings.data_dir / "demo").resolve()
+
+
+def cli_export_line(settings: Settings) -> str:
+    """The shell line after which `funnelsync ...` in another terminal works on the running demo:
+    its data folder (database and key), and the sandboxes' 127.0.0.1 addresses allowed."""
+    return f"export FUNNELSYNC_DATA_DIR={shlex.quote(str(demo_data_dir(settings)))} FUNNELSYNC_ALLOW_PRIVATE_CRM=true"
+
+
 def demo_settings(settings: Settings, ports: DemoPorts) -> Settings:
     public = f"http://127.0.0.1:{ports.service}"
     return settings.model_copy(
         update={
-            "data_dir": settings.data_dir / "demo",
+            "data_dir": demo_data_dir(settings),
             "database_url": None,
             "public_url": public,
             "api_token": SecretStr(api_token(settings)),  # the login token stays the same across runs
@@ -136,6 +162,8 @@ def demo_settings(settings: Settings, ports: DemoPorts) -> Settings:
             "allow_private_crm": True,  # the sandboxes run on 127.0.0.1
             "inbox_interval_seconds": 1.0,
             "outbox_interval_seconds": 1.0,
+            "automations_interval_seconds": 2.0,
+            "messages_interval_seconds": 1.0,
             # A short retry budget, so the simulated outage below leaves dead letters to retry.
             "outbox_max_attempts": 3,
             "port": ports.service,
@@ -157,14 +185,17 @@ async def _setup(
     async with sessions.begin() as session:
         session.add_all(records)
     for record, demo in zip(records, accounts, strict=True):
+        keys = [demo.template_key] + [key for name, key in MESSAGE_FUNNELS if name == record.name]
         connector = await open_connector(sessions, settings, record)
         try:
-            template = get_template(demo.template_key)
-            outcome = await provision(sessions, settings, record, connector, template, dry_run=False)
+            for key in keys:
+                outcome = await provision(
+                    sessions, settings, record, connector, get_template(key), dry_run=False
+                )
+                if not outcome.applied:
+                    raise RuntimeError(f"demo provisioning of {key} failed: {outcome.error}")
         finally:
             await connector.aclose()
-        if not outcome.applied:
-            raise RuntimeError(f"demo provisioning of {demo.template_key} failed: {outcome.error}")
 
 
 async def _loss_fields(
@@ -250,7 +281,7 @@ async def _simulate_step(funnel: SimulatedFunnel, rng: random.Random, counter: l
             funnel.open_deals[deal] = step
 
 
-async def summary(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
+async def summary(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
     async with sessions() as session:
 
         async def count(*conditions: Any, model: Any = OutboxCommand) -> int:
@@ -267,6 +298,7 @@ async def summary(sessions: async_sessionmaker[AsyncSession]) -> dict[str, int]:
             "reverts": await count(OutboxCommand.rule == RuleName.REVERT_MOVE),
             "escalations": await count(OutboxCommand.rule == RuleName.SLA_ESCALATION),
             "dead_letters": await count(OutboxCommand.status == CommandStatus.DEAD),
+            "messages_sent": await messages_sent(sessions),  # by automation
         }
 
 
@@ -288,6 +320,11 @@ async def _start_servers(apps: list[tuple[ASGIApp, int]]) -> tuple[list[_Server]
             await asyncio.gather(*tasks, return_exceptions=True)
             raise RuntimeError("a demo server could not start (is the port already in use?)")
     return servers, tasks
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    """The port a server asked to listen on port 0 got."""
+    return int(server.servers[0].sockets[0].getsockname()[1])
 
 
 async def _simulate(
@@ -323,37 +360,53 @@ async def run_demo(
     ports: DemoPorts,
     *,
     duration: float | None,
-    announce: Callable[[str, str], Awaitable[None] | None],
+    announce: Callable[[str, str, dict[str, str]], Awaitable[None] | None],
     tick: float = 1.0,
     seed: int = 7,
     stop: asyncio.Event | None = None,
     outage: tuple[float, float] = (OUTAGE_START, OUTAGE_LENGTH),
 ) -> dict[str, int]:
-    """Run until `duration` seconds have passed or `stop` is set (never, without either)."""
+    """Run until `duration` seconds have passed or `stop` is set (never, without either).
+    `announce(url, token, inboxes)` is told where the service runs and where each channel sandbox
+    lists what it received."""
     settings = demo_settings(settings, ports)
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     app = create_app(settings)
     accounts = demo_accounts(settings, ports)
+    channel_apps = channel_sandbox_apps()
     apps: list[tuple[ASGIApp, int]] = [(app, ports.service)]
     apps += [(a.kit.create_app(a.account), a.account.port) for a in accounts]
+    apps += [(channel_app, 0) for channel_app in channel_apps.values()]  # any free port
     servers, tasks = await _start_servers(apps)
+    channel_urls = {
+        channel: f"http://127.0.0.1:{_bound_port(server)}"
+        for channel, server in zip(channel_apps, servers[-len(channel_apps) :], strict=True)
+    }
     stop = stop or asyncio.Event()
     try:
         sessions: async_sessionmaker[AsyncSession] = app.state.sessions
         await _setup(settings, sessions, accounts)
-        result = announce(
-            settings.public_url, settings.api_token.get_secret_value() if settings.api_token else ""
-        )
+        names = [a.account.connection for a in accounts]
+        await configure_messaging(settings, sessions, names, channel_accounts(channel_apps, channel_urls))
+        token = settings.api_token.get_secret_value() if settings.api_token else ""
+        inboxes = {channel: f"{url}/_sandbox/messages" for channel, url in channel_urls.items()}
+        result = announce(settings.public_url, token, inboxes)
         if result is not None:
             await result
+        await play_message_scenarios(sessions, {a.account.connection: (a.kit, a.account) for a in accounts})
         funnels = await _funnels(settings, sessions, accounts)
         await _simulate(funnels, ports, outage, seed=seed, tick=tick, duration=duration, stop=stop)
-        # Let what the last ticks caused finish (webhooks processed, tasks pushed) so the summary
-        # counts every effect of the simulated day, not a random cut through it. The service's own
-        # jobs stop starting first, so this drain is the only one.
+        # Let what the last ticks caused finish (webhooks processed, tasks pushed, automations due
+        # and their messages sent) so the summary counts every effect of the simulated day, not a
+        # random cut through it. The service's own jobs stop starting first, so this drain is the
+        # only one.
         if app.state.scheduler is not None:
             app.state.scheduler.pause()
-        await run_until_idle(Runtime(sessions, settings, app.state.connectors))
+        runtime = Runtime(sessions, settings, app.state.connectors)
+        await run_until_idle(runtime)
+        await sweep_automations(sessions)
+        await run_until_idle(runtime)  # the CRM commands the sweep queued
+        await run_message_delivery(runtime)
         return await summary(sessions)
     finally:
         # FunnelSync first: its jobs may be talking to the sandboxes, which must outlive them.

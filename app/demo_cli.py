@@ -6,10 +6,11 @@ import asyncio
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from app.config import get_settings
 from app.console import fail, out, print_json
-from app.sandbox_cli import SANDBOX_MODULES, require_sandboxes
+from app.sandbox_cli import CHANNEL_SANDBOX, SANDBOX_MODULES, require_sandboxes
 
 
 def demo_command(
@@ -39,8 +40,8 @@ def demo_command(
         fail("--duration must be a positive number of seconds")
     if (outage_at is not None and outage_at < 0) or (outage_for is not None and outage_for < 0):
         fail("--outage-at and --outage-for must not be negative")
-    require_sandboxes(*SANDBOX_MODULES)
-    from app.demo import OUTAGE_LENGTH, OUTAGE_START, DemoPorts, run_demo
+    require_sandboxes(*SANDBOX_MODULES, CHANNEL_SANDBOX, "aiosmtpd")
+    from app.demo import OUTAGE_LENGTH, OUTAGE_START, DemoPorts, cli_export_line, run_demo
 
     if outage_at is None:
         outage_at = OUTAGE_START
@@ -48,15 +49,19 @@ def demo_command(
         outage_for = OUTAGE_LENGTH
     ports = DemoPorts(port, bitrix24_port, amocrm_port)
 
-    def announce(url: str, token: str) -> None:
+    def announce(url: str, token: str, inboxes: dict[str, str]) -> None:
         if as_json:
             return
         out.print(f"\n[bold]FunnelSync demo[/] is running at [link={url}]{url}[/]")
         out.print(f"  login token : {token}")
         out.print(f"  API         : {url}/docs   (Authorization: Bearer <token>)")
+        # The demo keeps its data apart from the CLI's default folder: this points a shell at it.
+        out.print(f"  CLI         : {escape(cli_export_line(get_settings()))}")
         out.print(
             f"  sandboxes   : Bitrix24 http://127.0.0.1:{ports.bitrix24}, amoCRM http://127.0.0.1:{ports.amocrm}"
         )
+        # What the automations sent clients, as each channel's provider received it.
+        out.print("  messages    : " + ", ".join(f"{channel} {url}" for channel, url in inboxes.items()))
         if outage_for:
             out.print(
                 f"  outage      : from {outage_at:g} s the amoCRM sandbox answers HTTP 503 for {outage_for:g} s;"

@@ -15,6 +15,7 @@ from app.console import fail
 BITRIX24_SANDBOX = "connectors.bitrix24.sandbox"
 AMOCRM_SANDBOX = "connectors.amocrm.sandbox"
 SANDBOX_SUPPORT = "connectors.sandbox_support"
+CHANNEL_SANDBOX = "connectors.channels.sandbox"  # the demo's SMTP, Telegram and SMS sandboxes
 SANDBOX_MODULES = (BITRIX24_SANDBOX, AMOCRM_SANDBOX, SANDBOX_SUPPORT)
 
 

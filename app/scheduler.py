@@ -4,21 +4,26 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import leases
+from app.automations.sweep import run_automations
+from app.concurrency import ConnectionPool, is_failing
 from app.config import Settings
 from app.connections import health
 from app.connections.jobs import refresh_tokens
+from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
 from app.connections.repository import active_connections
 from app.deals.reconcile import reconcile, record_reconcile_error
 from app.funnels.webhook_upkeep import check_webhooks
-from app.outbox.delivery import DrainResult, RetrySettings, drain_connection
+from app.messages.delivery import run_message_delivery
+from app.outbox.delivery import DrainResult, RetrySettings, connections_with_work, drain_connection
 from app.rules.timers import run_timers
 from app.waker import INBOX_JOB, OUTBOX_JOB
 from app.webhooks.processor import ProcessResult, process_inbox
@@ -26,6 +31,7 @@ from connectors.base import CRMError
 from connectors.events import parse_deal_events
 
 log = logging.getLogger("funnelsync.scheduler")
+RECONCILE_JOB = "reconcile"
 
 
 @dataclass
@@ -35,38 +41,77 @@ class Runtime:
     sessions: async_sessionmaker[AsyncSession]
     settings: Settings
     connectors: ConnectorRegistry
+    # One pool per job (app.concurrency), kept for the process's life: a slow turn set aside by one
+    # run keeps its connection out of the next run of the same job until it ends.
+    pools: dict[str, ConnectionPool[int]] = field(default_factory=dict)
+
+    def pool(self, job: str) -> ConnectionPool[int]:
+        if job not in self.pools:
+            # SQLite has one writer at a time, and a transaction that read before it writes fails
+            # at once ("database is locked") when another wrote in between: one slot there.
+            slots = 1 if self.settings.is_sqlite else self.settings.connection_concurrency
+            self.pools[job] = ConnectionPool(slots, self.settings.connection_turn_budget_seconds)
+        return self.pools[job]
+
+    async def close(self) -> None:
+        """At shutdown: the turns still set aside must not outlive the engine they use."""
+        for pool in self.pools.values():
+            await pool.cancel_aside()
 
 
 async def run_inbox(runtime: Runtime) -> None:
-    result = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
+    result = await process_inbox(
+        runtime.sessions, runtime.connectors.get, parse_deal_events, pool=runtime.pool(INBOX_JOB)
+    )
     if result.processed or result.failed:
         log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)
 
 
 async def run_outbox(runtime: Runtime) -> DrainResult:
-    """Deliver due outbox commands of every active connection (each under its own lease)."""
+    """Deliver due outbox commands of every active connection: many connections at once, each in
+    turns of a few requests under its own lease (app.concurrency). An account whose request just
+    failed gets no further turn in this run: its commands wait for their backoff, not its slot."""
     total = DrainResult()
     async with runtime.sessions() as session:
-        records = await active_connections(session)
+        records = {record.id: record for record in await connections_with_work(session)}
     retry = RetrySettings.from_settings(runtime.settings)
-    for record in records:
+
+    async def turn(connection_id: int) -> bool:
+        record = records[connection_id]  # a turn that pauses it ends the connection's turns
         connector = await runtime.connectors.get(record)
-        result = await drain_connection(runtime.sessions, record, connector, retry=retry)
-        total.delivered += result.delivered
-        total.retried += result.retried
-        total.dead += result.dead
-        total.requests += result.requests
+        result = await drain_connection(
+            runtime.sessions,
+            record,
+            connector,
+            retry=retry,
+            max_chunks=runtime.settings.outbox_chunks_per_turn,
+        )
+        total.add(result)
+        return result.more and not result.errors and not result.paused
+
+    await runtime.pool(OUTBOX_JOB).run(records, turn, failing=failing(records.values()))
     if total.delivered or total.dead:
         log.info("outbox: %s delivered, %s retried, %s dead", total.delivered, total.retried, total.dead)
     return total
+
+
+def failing(records: Iterable[Connection]) -> list[int]:
+    """Connections whose last CRM calls timed out, failed or were rate-limited: their turns run outside
+    the pool's slots (app.concurrency), so an outage never takes a healthy account's slot."""
+    return [r.id for r in records if is_failing(r.consecutive_failures, r.last_failure_class)]
 
 
 async def run_until_idle(runtime: Runtime) -> tuple[ProcessResult, DrainResult]:
     """Process the inbox and drain due outbox commands until neither has work (`worker --once`)."""
     inbox, outbox = ProcessResult(), DrainResult()
     while True:
-        processed = await process_inbox(runtime.sessions, runtime.connectors.get, parse_deal_events)
+        processed = await process_inbox(
+            runtime.sessions, runtime.connectors.get, parse_deal_events, pool=runtime.pool(INBOX_JOB)
+        )
         drained = await run_outbox(runtime)
+        # Turns set aside as slow count in these totals when they end: wait for them.
+        await runtime.pool(INBOX_JOB).wait_idle()
+        await runtime.pool(OUTBOX_JOB).wait_idle()
         inbox.processed += processed.processed
         inbox.failed += processed.failed
         inbox.deals += processed.deals
@@ -77,24 +122,33 @@ async def run_until_idle(runtime: Runtime) -> tuple[ProcessResult, DrainResult]:
 
 
 async def run_reconcile(runtime: Runtime) -> None:
+    """Reconcile every active connection, several at once (app.concurrency), each under its lease."""
     async with runtime.sessions() as session:
-        records = await active_connections(session)
+        records = {record.id: record for record in await active_connections(session)}
     overlap = timedelta(seconds=runtime.settings.reconcile_overlap_seconds)
-    for record in records:
-        key = f"reconcile:{record.id}"
-        if not await leases.acquire(runtime.sessions, key, timedelta(minutes=30)):
-            continue
-        try:
-            connector = await runtime.connectors.get(record)
-            await reconcile(runtime.sessions, record.id, connector, overlap=overlap)
-            await health.record_success(runtime.sessions, record.id)
-        except CRMError as exc:
-            await health.record_failure(runtime.sessions, record.id, exc)
-            async with runtime.sessions.begin() as session:
-                await record_reconcile_error(session, record.id, exc.crm_text)
-            log.warning("reconcile of %s failed: %s", record.name, exc.crm_text)
-        finally:
-            await leases.release(runtime.sessions, key)
+
+    async def turn(connection_id: int) -> bool:
+        await _reconcile_one(runtime, records[connection_id], overlap)
+        return False  # a reconcile is one turn: it pages through the CRM at the account's own rate
+
+    await runtime.pool(RECONCILE_JOB).run(records, turn)
+
+
+async def _reconcile_one(runtime: Runtime, record: Connection, overlap: timedelta) -> None:
+    key = f"reconcile:{record.id}"
+    if not await leases.acquire(runtime.sessions, key, timedelta(minutes=30)):
+        return
+    try:
+        connector = await runtime.connectors.get(record)
+        await reconcile(runtime.sessions, record.id, connector, overlap=overlap)
+        await health.record_success(runtime.sessions, record.id)
+    except CRMError as exc:
+        await health.record_failure(runtime.sessions, record.id, exc)
+        async with runtime.sessions.begin() as session:
+            await record_reconcile_error(session, record.id, exc.crm_text)
+        log.warning("reconcile of %s failed: %s", record.name, exc.crm_text)
+    finally:
+        await leases.release(runtime.sessions, key)
 
 
 async def run_rule_timers(runtime: Runtime) -> None:
@@ -145,6 +199,22 @@ def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
         args=[runtime],
         seconds=settings.rules_interval_seconds,
         id="rules",
+        **common,
+    )
+    scheduler.add_job(
+        run_automations,
+        "interval",
+        args=[runtime],
+        seconds=settings.automations_interval_seconds,
+        id="automations",
+        **common,
+    )
+    scheduler.add_job(
+        run_message_delivery,
+        "interval",
+        args=[runtime],
+        seconds=settings.messages_interval_seconds,
+        id="messages",
         **common,
     )
     scheduler.add_job(run_token_refresh, "interval", args=[runtime], minutes=5, id="tokens", **common)

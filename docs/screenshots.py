@@ -67,6 +67,7 @@ _DESKTOP_PAGES = [
     ("deal", "/deals/{deal}"),
     ("analytics", "/funnels/{funnel}/analytics"),
     ("failures", "/failures"),
+    ("messages", "/messages"),
     ("template", "/templates/general.typical"),
 ]
 _PHONE_PAGES = [("overview-phone", "/")]
@@ -79,7 +80,7 @@ async def main(warmup: float) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         settings = Settings(data_dir=Path(data_dir), api_token=SecretStr("screenshot-token"))
 
-        def announce(url: str, token: str) -> None:
+        def announce(url: str, token: str, inboxes: dict[str, str]) -> None:
             ready.put_nowait((url, token))
 
         demo = asyncio.create_task(run_demo(settings, ports, duration=None, announce=announce, stop=stop))

@@ -20,8 +20,10 @@ from funnel_templates.basics import (
     StrictModel,
     TaskFields,
     TemplateRuleError,
+    collect,
+    duplicates,
     format_duration,
-    unique,
+    raise_all,
 )
 from funnel_templates.placeholders import unknown_placeholders
 
@@ -213,15 +215,26 @@ _NUMBER_TYPES = ("number", "money")
 
 
 def check_automations(template: FunnelTemplate) -> None:
-    """Every stage, field, loss reason, role and placeholder an automation names exists."""
-    unique("automations", "automation code", [a.code for a in template.automations])
+    """Every stage, field, loss reason, role and placeholder an automation names exists; raises
+    TemplateRuleErrors with every problem found, not just the first."""
+    problems = duplicates("automations", "automation code", [a.code for a in template.automations])
     for automation in template.automations:
         where = f"automations.{automation.code}"
-        _check_trigger(template, automation, f"{where}.trigger")
+        collect(problems, _check_trigger, template, automation, f"{where}.trigger")
         for index, action in enumerate(automation.actions):
-            _check_action(template, automation.code, action, f"{where}.actions[{index}]")
+            for text in _texts(action):
+                collect(
+                    problems,
+                    _check_placeholders,
+                    template,
+                    automation.code,
+                    text,
+                    f"{where}.actions[{index}]",
+                )
+            collect(problems, _check_action, template, automation.code, action, f"{where}.actions[{index}]")
         for stage in automation.only_in_stages or []:
-            _require_stage(template, stage, automation.code, f"{where}.only_in_stages")
+            collect(problems, _require_stage, template, stage, automation.code, f"{where}.only_in_stages")
+    raise_all(problems)
 
 
 def _fail(where: str, code: str, problem: str) -> TemplateRuleError:
@@ -243,14 +256,17 @@ def _check_trigger(template: FunnelTemplate, automation: AutomationSpec, where: 
             raise _fail(where, code, f"field {trigger.field!r} must be a declared date or datetime field")
     elif isinstance(trigger, LostTrigger) and trigger.reasons is not None:
         declared = {r.code for r in template.loss_reasons}
-        for reason in trigger.reasons:
-            if reason not in declared:
-                raise _fail(where, code, f"loss reason {reason!r} is not declared under 'loss_reasons'")
+        raise_all(
+            [
+                _fail(where, code, f"loss reason {reason!r} is not declared under 'loss_reasons'")
+                for reason in trigger.reasons
+                if reason not in declared
+            ]
+        )
 
 
 def _check_action(template: FunnelTemplate, code: str, action: Action, where: str) -> None:
-    for text in _texts(action):
-        _check_placeholders(template, code, text, where)
+    """The stage, role or field the action names; its texts are checked by _check_placeholders."""
     if isinstance(action, NotifyAction):
         if "email" in action.channels and action.subject is None:
             raise _fail(where, code, "a notification that may go by email needs a 'subject'")
@@ -282,16 +298,19 @@ def _texts(action: Action) -> list[LocalizedText]:
 
 def _check_placeholders(template: FunnelTemplate, code: str, text: LocalizedText, where: str) -> None:
     fields = [f.code for f in template.fields]
-    for language, value in (("ru", text.ru), ("en", text.en)):
-        unknown = unknown_placeholders(value, fields)
-        if unknown:
-            raise _fail(
+    raise_all(
+        [
+            _fail(
                 where,
                 code,
-                f"unknown placeholder {{{unknown[0]}}} in the {language} text (use deal.title, "
+                f"unknown placeholder {{{name}}} in the {language} text (use deal.title, "
                 "deal.amount, deal.<declared field>, contact.name, manager.name, company.name "
                 "or optout_url)",
             )
+            for language, value in (("ru", text.ru), ("en", text.en))
+            for name in unknown_placeholders(value, fields)
+        ]
+    )
 
 
 def _set_field_problem(template: FunnelTemplate, action: SetFieldAction) -> str | None:
@@ -340,25 +359,29 @@ def _parses_as(field_type: str, value: str) -> bool:
 
 
 def check_qualification(template: FunnelTemplate) -> None:
+    """The bot's questions, stages and threshold; raises TemplateRuleErrors with every problem."""
     spec = template.qualification
     if spec is None:
         return
-    unique("qualification.questions", "question code", [q.code for q in spec.questions])
+    problems = duplicates("qualification.questions", "question code", [q.code for q in spec.questions])
     for question in spec.questions:
-        _check_question(template, question)
+        collect(problems, _check_question, template, question)
     stages = {s.code for s in template.stages}
     for name, stage in (("qualified_stage", spec.qualified_stage), ("rejected_stage", spec.rejected_stage)):
         if stage not in stages:
-            raise TemplateRuleError(
-                f"qualification.{name}", f"stage {stage!r} is not a stage of this template"
+            problems.append(
+                TemplateRuleError(f"qualification.{name}", f"stage {stage!r} is not a stage of this template")
             )
     if spec.qualified_stage == spec.rejected_stage:
-        raise TemplateRuleError("qualification", "qualified_stage and rejected_stage must differ")
+        problems.append(TemplateRuleError("qualification", "qualified_stage and rejected_stage must differ"))
     if not 0 < spec.threshold <= spec.max_score():
-        raise TemplateRuleError(
-            "qualification.threshold",
-            f"threshold {spec.threshold} must be between 1 and the highest possible score {spec.max_score()}",
+        problems.append(
+            TemplateRuleError(
+                "qualification.threshold",
+                f"threshold {spec.threshold} must be between 1 and the highest possible score {spec.max_score()}",
+            )
         )
+    raise_all(problems)
 
 
 # How a chosen option is written to the answer field: an enum takes the option's code, a boolean
@@ -369,7 +392,7 @@ _OPTION_TYPES = ("enum", "boolean", "string", "text")
 
 def _check_question(template: FunnelTemplate, question: QualificationQuestion) -> None:
     where = f"qualification.questions.{question.code}"
-    unique(f"{where}.options", "option code", [o.code for o in question.options])
+    raise_all(duplicates(f"{where}.options", "option code", [o.code for o in question.options]))
     field = next((f for f in template.fields if f.code == question.field), None)
     field_type = "money" if question.field == "amount" else field.type if field else None
     if field_type is None:

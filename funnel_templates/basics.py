@@ -4,8 +4,9 @@ text, compact durations and the rule error that names the offending part of a te
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
@@ -59,12 +60,42 @@ class TemplateRuleError(ValueError):
         self.field = field
 
 
-def unique(field: str, what: str, values: list[str]) -> None:
+class TemplateRuleErrors(ValueError):
+    """Every cross-field rule that failed, raised once so that an author sees them all in one pass."""
+
+    def __init__(self, errors: list[TemplateRuleError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e}" for e in errors))
+        self.errors = errors
+
+
+def collect(problems: list[TemplateRuleError], check: Callable[..., Any], *args: Any) -> None:
+    """Run one independent check, adding what it raises to `problems` instead of stopping there."""
+    try:
+        check(*args)
+    except TemplateRuleErrors as exc:
+        problems.extend(exc.errors)
+    except TemplateRuleError as exc:
+        problems.append(exc)
+
+
+def raise_all(problems: list[TemplateRuleError]) -> None:
+    if problems:
+        raise TemplateRuleErrors(problems)
+
+
+def duplicates(field: str, what: str, values: list[str]) -> list[TemplateRuleError]:
+    """One error per value that appears more than once."""
     seen: set[str] = set()
+    repeated: list[str] = []
     for value in values:
-        if value in seen:
-            raise TemplateRuleError(field, f"duplicate {what} {value!r}")
+        if value in seen and value not in repeated:
+            repeated.append(value)
         seen.add(value)
+    return [TemplateRuleError(field, f"duplicate {what} {value!r}") for value in repeated]
+
+
+def unique(field: str, what: str, values: list[str]) -> None:
+    raise_all(duplicates(field, what, values))
 
 
 class TaskFields(StrictModel):

@@ -22,11 +22,11 @@ from funnel_templates.automations import (
 from funnel_templates.basics import BUILTIN_ROLES as BUILTIN_ROLES
 from funnel_templates.basics import Duration as Duration
 from funnel_templates.basics import LocalizedText as LocalizedText
-from funnel_templates.basics import StrictModel, TaskFields
+from funnel_templates.basics import StrictModel, TaskFields, collect, duplicates, raise_all
 from funnel_templates.basics import TemplateRuleError as TemplateRuleError
+from funnel_templates.basics import TemplateRuleErrors as TemplateRuleErrors
 from funnel_templates.basics import format_duration as format_duration
 from funnel_templates.basics import parse_duration as parse_duration
-from funnel_templates.basics import unique as _unique
 
 # amoCRM accepts only these 21 status colours (amocrm-api-php StatusModel::COLORS). Bitrix24 accepts
 # any hex colour, so the amoCRM palette is the common denominator.
@@ -204,7 +204,11 @@ class FunnelTemplate(_Strict):
     niche: str
     name: LocalizedText
     goal: Goal
-    source: str
+    # What users read about the funnel (template list, `templates show`, the dashboard).
+    description: LocalizedText | None = None
+    # Where the funnel comes from, for your own reference; the library keeps its provenance (article,
+    # line numbers) in YAML comments instead, as users never see those files.
+    source: str | None = None
     stages: list[StageSpec]
     fields: list[FieldSpec] = []
     loss_reasons: list[LossReason] = []
@@ -212,7 +216,7 @@ class FunnelTemplate(_Strict):
     automation: list[LocalizedText] = []  # seed automations kept as prose (no structured form)
     automations: list[AutomationSpec] = []
     qualification: QualificationSpec | None = None  # the Telegram qualification bot's questions
-    notes: list[str] = []
+    notes: list[str] = []  # the author's notes; shown to nobody (older files carry them)
 
     @field_validator("key")
     @classmethod
@@ -223,89 +227,116 @@ class FunnelTemplate(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> FunnelTemplate:
+        """Every cross-field rule, each reported: an author fixes them all after one run."""
+        problems: list[TemplateRuleError] = []
         if self.key.split(".", 1)[0] != self.niche:
-            raise TemplateRuleError(
-                "niche", f"template key {self.key!r} must start with its niche {self.niche!r}"
+            problems.append(
+                TemplateRuleError(
+                    "niche", f"template key {self.key!r} must start with its niche {self.niche!r}"
+                )
             )
-        self._check_stages()
-        self._check_references()
-        check_automations(self)
-        check_qualification(self)
+        problems += self._stage_problems()
+        problems += self._reference_problems()
+        for stage in self.stages:
+            problems += self._stage_reference_problems(stage)
+        collect(problems, check_automations, self)
+        collect(problems, check_qualification, self)
+        raise_all(problems)
         return self
 
-    def _check_stages(self) -> None:
+    def _stage_problems(self) -> list[TemplateRuleError]:
+        problems = duplicates("stages", "stage code", [s.code for s in self.stages])
         if len(self.stages) > MAX_STAGES:
-            raise TemplateRuleError(
-                "stages",
-                f"{len(self.stages)} stages; amoCRM allows {AMOCRM_MAX_STATUSES} statuses per "
-                f"pipeline including its system 'unsorted' status, so at most {MAX_STAGES}",
+            problems.append(
+                TemplateRuleError(
+                    "stages",
+                    f"{len(self.stages)} stages; amoCRM allows {AMOCRM_MAX_STATUSES} statuses per "
+                    f"pipeline including its system 'unsorted' status, so at most {MAX_STAGES}",
+                )
             )
-        _unique("stages", "stage code", [s.code for s in self.stages])
         successes = [s for s in self.stages if s.semantics == "success"]
         failures = [s for s in self.stages if s.semantics == "failure"]
         if len(successes) != 1:
-            raise TemplateRuleError(
-                "stages", f"exactly one success stage is required, found {len(successes)}"
+            problems.append(
+                TemplateRuleError("stages", f"exactly one success stage is required, found {len(successes)}")
             )
         if not failures:
-            raise TemplateRuleError("stages", "at least one failure stage is required")
+            problems.append(TemplateRuleError("stages", "at least one failure stage is required"))
+        problems += self._order_problems()
+        if successes and failures and self.stages.index(successes[0]) > self.stages.index(failures[0]):
+            problems.append(
+                TemplateRuleError(
+                    f"stages.{successes[0].code}.semantics",
+                    "the success stage must come before the failure stages",
+                )
+            )
+        return problems
+
+    def _order_problems(self) -> list[TemplateRuleError]:
+        """Final stages come last (Bitrix24 SORT rule: process < success < failure)."""
+        problems = []
         seen_final = False
         for stage in self.stages:
             if stage.semantics != "process":
                 seen_final = True
             elif seen_final:
-                raise TemplateRuleError(
-                    f"stages.{stage.code}.semantics",
-                    f"process stage {stage.code!r} comes after a success or failure stage; "
-                    "final stages must come last (Bitrix24 SORT rule: process < success < failure)",
+                problems.append(
+                    TemplateRuleError(
+                        f"stages.{stage.code}.semantics",
+                        f"process stage {stage.code!r} comes after a success or failure stage; "
+                        "final stages must come last (Bitrix24 SORT rule: process < success < failure)",
+                    )
                 )
-        if self.stages.index(successes[0]) > self.stages.index(failures[0]):
-            raise TemplateRuleError(
-                f"stages.{successes[0].code}.semantics",
-                "the success stage must come before the failure stages",
-            )
+        return problems
 
-    def _check_references(self) -> None:
-        _unique("fields", "field code", [f.code for f in self.fields])
-        _unique("loss_reasons", "loss reason code", [r.code for r in self.loss_reasons])
-        _unique("roles", "role code", [r.code for r in self.roles])
+    def _reference_problems(self) -> list[TemplateRuleError]:
+        return [
+            *duplicates("fields", "field code", [f.code for f in self.fields]),
+            *duplicates("loss_reasons", "loss reason code", [r.code for r in self.loss_reasons]),
+            *duplicates("roles", "role code", [r.code for r in self.roles]),
+        ]
+
+    def _stage_reference_problems(self, stage: StageSpec) -> list[TemplateRuleError]:
+        """The fields, roles and follow-up date field one stage names are declared."""
         fields = {f.code: f for f in self.fields}
-        known_fields = set(fields) | BUILTIN_FIELDS
-        if self.loss_reasons:
-            known_fields.add(LOSS_REASON_FIELD)
+        known_fields = set(fields) | BUILTIN_FIELDS | ({LOSS_REASON_FIELD} if self.loss_reasons else set())
         roles = {r.code for r in self.roles} | BUILTIN_ROLES
-        for stage in self.stages:
-            where = f"stages.{stage.code}"
-            for required in stage.required_fields:
-                if required.field not in known_fields:
-                    raise TemplateRuleError(
-                        f"{where}.required_fields",
-                        f"requires undeclared field {required.field!r} (declare it under 'fields'"
-                        f" or use one of {sorted(BUILTIN_FIELDS)}"
-                        f" or {LOSS_REASON_FIELD!r} with loss_reasons)",
+        where = f"stages.{stage.code}"
+        problems = [
+            TemplateRuleError(
+                f"{where}.required_fields",
+                f"requires undeclared field {required.field!r} (declare it under 'fields'"
+                f" or use one of {sorted(BUILTIN_FIELDS)}"
+                f" or {LOSS_REASON_FIELD!r} with loss_reasons)",
+            )
+            for required in stage.required_fields
+            if required.field not in known_fields
+        ]
+        problems += [
+            TemplateRuleError(f"{where}.tasks", f"assigns a task to undeclared role {task.assignee!r}")
+            for task in stage.tasks
+            if task.assignee not in roles
+        ]
+        if stage.sla and stage.sla.escalate_to not in roles:
+            problems.append(
+                TemplateRuleError(f"{where}.sla", f"escalates to undeclared role {stage.sla.escalate_to!r}")
+            )
+        if stage.follow_up:
+            follow = fields.get(stage.follow_up.field)
+            if follow is None or follow.type not in ("date", "datetime"):
+                problems.append(
+                    TemplateRuleError(
+                        f"{where}.follow_up",
+                        f"follow-up field {stage.follow_up.field!r} must be a declared date or datetime field",
                     )
-            for task in stage.tasks:
-                if task.assignee not in roles:
-                    raise TemplateRuleError(
-                        f"{where}.tasks", f"assigns a task to undeclared role {task.assignee!r}"
-                    )
-            if stage.sla and stage.sla.escalate_to not in roles:
-                raise TemplateRuleError(
-                    f"{where}.sla", f"escalates to undeclared role {stage.sla.escalate_to!r}"
                 )
-            if stage.follow_up:
-                follow = fields.get(stage.follow_up.field)
-                if follow is None or follow.type not in ("date", "datetime"):
-                    raise TemplateRuleError(
-                        f"{where}.follow_up",
-                        f"follow-up field {stage.follow_up.field!r} must be a declared "
-                        "date or datetime field",
+            if stage.follow_up.assignee not in roles:
+                problems.append(
+                    TemplateRuleError(
+                        f"{where}.follow_up", f"assigns to undeclared role {stage.follow_up.assignee!r}"
                     )
-                if stage.follow_up.assignee not in roles:
-                    raise TemplateRuleError(
-                        f"{where}.follow_up",
-                        f"assigns to undeclared role {stage.follow_up.assignee!r}",
-                    )
+                )
+        return problems
 
     def stage(self, code: str) -> StageSpec:
         for stage in self.stages:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_PACKAGES = ("app", "connectors", "funnel_templates", "migrations")
 NOT_IN_RUNTIME = shutil.ignore_patterns("sandbox", "sandbox_support", "__pycache__")
 # The demo runner drives the sandboxes; only `funnelsync demo` imports it, after checking for them.
-NEEDS_SANDBOXES = {"app.demo", "app.__main__"}
+NEEDS_SANDBOXES = {"app.demo", "app.demo_messages", "app.__main__"}
 # The test environment has FunnelSync installed editable, and its import hook finds direct children of
 # `app` and `connectors` in the source checkout (connectors.sandbox_support among them) when the tree on
 # sys.path lacks them. A runtime install has no such hook: take it out.

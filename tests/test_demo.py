@@ -26,6 +26,9 @@ def test_demo_runs_the_loop_and_prints_a_summary(tmp_path: Path) -> None:
     assert summary["events_failed"] == 0 and summary["dead_letters"] == 0
     # Rules ran through the service's scheduler: the repair funnel's first stage has an entry task.
     assert summary["tasks_pushed"] >= 1
+    # The funnels with automations reached their clients through the channel sandboxes: a visit
+    # reminder (a date in a deal field, by the sweep), a survey (a stage entry) and a win-back offer.
+    assert summary["messages_sent"] == {"visit_reminder": 1, "satisfaction_survey": 1, "personal_offer": 1}
     assert (tmp_path / "demo" / "funnelsync.db").exists()
 
 

@@ -1,5 +1,5 @@
 """The one ingest path: every way FunnelSync learns about deals (inbox processor, scheduled reconcile,
-`funnelsync sync`) mirrors them and runs the stage rules through `ingest`, in the caller's transaction.
+`funnelsync sync`) mirrors them and runs the stage rules and the template automations through `ingest`, in the caller's transaction.
 
 Why one function: a path that mirrored without the rules (the CLI sync did) records the stage entry
 but never fires its rules, and every later look at the deal sees it unchanged, so the stage-entry
@@ -21,6 +21,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.automations.runner import AutomationsOutcome, apply_automations
 from app.connections.models import Connection
 from app.deals.mirror import MirrorResult, load_stage_index, mirror_snapshots, tombstone
 from app.rules.service import RulesOutcome, apply_rules
@@ -31,6 +32,7 @@ from connectors.base import DealSnapshot
 class IngestResult:
     mirrored: MirrorResult
     rules: RulesOutcome  # rules.enqueued: new outbox commands, delivered by the outbox worker
+    automations: AutomationsOutcome  # what the stage entries' template automations queued
 
 
 async def ingest(
@@ -50,4 +52,5 @@ async def ingest(
     for deal_id, at in deletions:
         mirrored.deleted += await tombstone(session, connection.id, [deal_id], at)
     rules = await apply_rules(session, connection, mirrored)
-    return IngestResult(mirrored, rules)
+    automations = await apply_automations(session, connection, mirrored)
+    return IngestResult(mirrored, rules, automations)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
@@ -25,10 +26,11 @@ from connectors.base import (
     StageChange,
     WebhookSubscription,
 )
+from funnel_templates.automations import AutomationSpec, NotifyAction, WebhookAction
 from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate, StageSpec
 
 Action = Literal["create", "change", "unchanged", "delete", "blocked", "unmanaged", "manual"]
-ItemKind = Literal["pipeline", "stage", "field", "requirement", "loss_reason", "webhook"]
+ItemKind = Literal["pipeline", "stage", "field", "requirement", "loss_reason", "webhook", "automation"]
 
 SYMBOLS: dict[Action, str] = {
     "create": "+",
@@ -48,6 +50,65 @@ AMOCRM_EVENTS = amocrm_events.WEBHOOK_EVENTS
 
 class PlanLimitError(ValueError):
     """The plan would break a CRM limit; raised before anything is written."""
+
+
+# Every line and reason a plan can show, in English, by key. The CLI and the JSON print these; the
+# dashboard shows the label of the same key (app/dashboard/labels/plan.py has the Russian).
+PLAN_TEXTS: dict[str, str] = {
+    "plan_pipeline_new": "pipeline «{name}»",
+    "plan_pipeline": "pipeline {id}",
+    "plan_pipeline_adopted": "found by name and adopted",
+    "plan_stage_new": "stage «{name}» ({semantics})",
+    "plan_stage_new_reused": "stage «{name}» ({semantics}) (the CRM's own won/lost stage is reused)",
+    "plan_stage_mapped": "stage «{name}» → {id}",
+    "plan_stage_reuses_default": "reuses a stage the CRM created with the pipeline",
+    "plan_stage_crm": "stage «{name}» ({id})",
+    "plan_stage_crm_own": "the CRM's own stage; left as is",
+    "plan_stage_holds_deals": "no longer in the template but holds {deals} deal(s); move them, then run again",
+    "plan_stage_not_in_template": "no longer in the template",
+    "plan_stage_default_unused": "default stage the template does not use",
+    "plan_stage_by_hand": "added in the CRM by hand; left alone",
+    "plan_field_new": "field «{name}» ({type})",
+    "plan_field_mapped": "field «{name}» → {crm_name}",
+    "plan_field_options_missing": (
+        "options missing in the CRM: {options}; add them to the field in the CRM"
+        " (FunnelSync does not edit existing fields)"
+    ),
+    "plan_requirement": "«{field}» required at {stages}",
+    "plan_loss_reason_new": "loss reason «{name}»",
+    "plan_loss_reason_mapped": "loss reason «{name}» → {id}",
+    "plan_webhook": "webhook {url}",
+    "plan_webhook_events": "webhook {url} ({events})",
+    "plan_webhook_by_hand": (
+        "register it by hand in the CRM (outgoing webhook) with handler URL {url} and events {events};"
+        " then store its application token on the connection"
+    ),
+    "plan_webhook_seen": "registered by hand: events with the connection's application token arrive (first at {at})",
+    "plan_webhook_disabled": "the CRM disabled it",
+    "plan_automation": "automation «{name}»",
+    "plan_automation_runs": "runs in FunnelSync; nothing to write to the CRM",
+    "plan_automation_no_account": (
+        "no {channels} account on this connection yet: its messages wait until one is set"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PlanText:
+    """A plan line or reason: a PLAN_TEXTS key and the values of its {names}."""
+
+    key: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return PLAN_TEXTS[self.key].format(**self.params)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"key": self.key, "params": self.params}
+
+
+def text(key: str, **params: Any) -> PlanText:
+    return PlanText(key, params)
 
 
 @dataclass(frozen=True)
@@ -84,6 +145,11 @@ class PlanContext:
     webhook_auto: bool  # False: the user must register the webhook in the CRM's UI
     # The URL as shown to people: amoCRM's carries a secret, masked here (plans are printed).
     webhook_display_url: str = ""
+    # A webhook registered by hand (webhook_auto False): when the first event carrying the
+    # connection's current application token arrived, None while none has (webhook_upkeep).
+    webhook_seen_at: datetime | None = None
+    # The message channels the connection has accounts for (None: not known, nothing is checked).
+    channel_accounts: frozenset[str] | None = None
 
     @property
     def shown_url(self) -> str:
@@ -95,8 +161,8 @@ class PlanItem:
     action: Action
     kind: ItemKind
     code: str
-    summary: str
-    reason: str | None = None
+    line: PlanText
+    why: PlanText | None = None
     changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # attribute -> (now, wanted)
     # What the applier needs; not part of the JSON view.
     payload: Any = None
@@ -104,6 +170,14 @@ class PlanItem:
     @property
     def symbol(self) -> str:
         return SYMBOLS[self.action]
+
+    @property
+    def summary(self) -> str:
+        return str(self.line)
+
+    @property
+    def reason(self) -> str | None:
+        return str(self.why) if self.why else None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +187,9 @@ class PlanItem:
             "code": self.code,
             "summary": self.summary,
             "reason": self.reason,
+            # The same two as a key and values, for a reader that words them itself (the dashboard).
+            "line": self.line.as_json(),
+            "why": self.why.as_json() if self.why else None,
             "changes": {k: {"from": a, "to": b} for k, (a, b) in self.changes.items()},
         }
 
@@ -169,7 +246,7 @@ def plan_provisioning(
                 "create",
                 "pipeline",
                 template.key,
-                f"pipeline «{template.name.ru}»",
+                text("plan_pipeline_new", name=template.name.ru),
                 payload={"name": template.name.ru, "sort": _next_pipeline_sort(state)},
             )
         )
@@ -181,15 +258,15 @@ def plan_provisioning(
                     "change",
                     "pipeline",
                     template.key,
-                    f"pipeline {pipeline.id}",
+                    text("plan_pipeline", id=pipeline.id),
                     changes={"name": (pipeline.name, template.name.ru)},
                     payload={"name": template.name.ru},
                 )
             )
         else:
-            reason = None if mapping.pipeline_id else "found by name and adopted"
+            why = None if mapping.pipeline_id else text("plan_pipeline_adopted")
             items.append(
-                PlanItem("unchanged", "pipeline", template.key, f"pipeline {pipeline.id}", reason=reason)
+                PlanItem("unchanged", "pipeline", template.key, text("plan_pipeline", id=pipeline.id), why)
             )
         items.extend(_plan_stages(template, pipeline, state, mapping, ctx))
 
@@ -197,6 +274,7 @@ def plan_provisioning(
     items.extend(_plan_requirements(template, state, mapping, caps, pipeline))
     items.extend(_plan_loss_reasons(template, state, caps))
     items.append(_plan_webhook(state, ctx))
+    items.extend(_plan_automations(template, ctx))
     return Plan(template.key, pipeline.id if pipeline else None, items)
 
 
@@ -253,16 +331,16 @@ def _new_stage(spec: StageSpec, index: int) -> NewStage:
 
 
 def _plan_stages_for_new_pipeline(template: FunnelTemplate, caps: Capabilities) -> list[PlanItem]:
-    reuse = " (the CRM's own won/lost stage is reused)" if caps.fixed_final_stages else ""
     items = []
     for index, spec in enumerate(template.stages):
-        note = reuse if spec.semantics != "process" else ""
+        reused = caps.fixed_final_stages and spec.semantics != "process"
+        key = "plan_stage_new_reused" if reused else "plan_stage_new"
         items.append(
             PlanItem(
                 "create",
                 "stage",
                 spec.code,
-                f"stage «{spec.name.ru}» ({spec.semantics}){note}",
+                text(key, name=spec.name.ru, semantics=spec.semantics),
                 payload=_new_stage(spec, index),
             )
         )
@@ -336,7 +414,7 @@ def _create_stage_item(spec: StageSpec, sort: int) -> PlanItem:
         "create",
         "stage",
         spec.code,
-        f"stage «{spec.name.ru}» ({spec.semantics})",
+        text("plan_stage_new", name=spec.name.ru, semantics=spec.semantics),
         payload=NewStage(spec.code, spec.name.ru, sort, spec.color, spec.semantics),
     )
 
@@ -364,8 +442,8 @@ def _stage_changes(
 def _existing_stage_item(
     spec: StageSpec, stage: Stage, changes: dict[str, tuple[Any, Any]], adopted: bool
 ) -> PlanItem:
-    label = f"stage «{spec.name.ru}» → {stage.id}"
-    reason = "reuses a stage the CRM created with the pipeline" if adopted else None
+    label = text("plan_stage_mapped", name=spec.name.ru, id=stage.id)
+    reason = text("plan_stage_reuses_default") if adopted else None
     if not changes:
         return PlanItem("unchanged", "stage", spec.code, label, reason, payload=(None, stage))
     change = StageChange(
@@ -461,9 +539,9 @@ def _is_pinned(stage: Stage) -> bool:
 def _plan_leftover_stage(
     stage: Stage, state: CRMState, mapping: StoredMapping, mapped_ids: set[str]
 ) -> PlanItem:
-    label = f"stage «{stage.name}» ({stage.id})"
+    label = text("plan_stage_crm", name=stage.name, id=stage.id)
     if not stage.editable or _is_pinned(stage):
-        return PlanItem("unmanaged", "stage", stage.id, label, "the CRM's own stage; left as is")
+        return PlanItem("unmanaged", "stage", stage.id, label, text("plan_stage_crm_own"))
     if stage.id in mapped_ids or mapping.setting_up_own_pipeline:
         deals = state.deal_counts.get(stage.id, 0)
         if deals:
@@ -472,15 +550,11 @@ def _plan_leftover_stage(
                 "stage",
                 stage.id,
                 label,
-                f"no longer in the template but holds {deals} deal(s); move them, then run again",
+                text("plan_stage_holds_deals", deals=deals),
             )
-        why = (
-            "no longer in the template"
-            if stage.id in mapped_ids
-            else "default stage the template does not use"
-        )
+        why = text("plan_stage_not_in_template" if stage.id in mapped_ids else "plan_stage_default_unused")
         return PlanItem("delete", "stage", stage.id, label, why, payload=stage)
-    return PlanItem("unmanaged", "stage", stage.id, label, "added in the CRM by hand; left alone")
+    return PlanItem("unmanaged", "stage", stage.id, label, text("plan_stage_by_hand"))
 
 
 # --- fields, requirements, loss reasons -----------------------------------------------------------
@@ -516,12 +590,16 @@ def _plan_fields(
         if existing is None:
             items.append(
                 PlanItem(
-                    "create", "field", wanted.code, f"field «{wanted.name}» ({wanted.type})", payload=wanted
+                    "create",
+                    "field",
+                    wanted.code,
+                    text("plan_field_new", name=wanted.name, type=wanted.type),
+                    payload=wanted,
                 )
             )
             continue
         missing_options = [o for o in wanted.options if o not in {x.value for x in existing.options}]
-        label = f"field «{wanted.name}» → {existing.crm_name}"
+        label = text("plan_field_mapped", name=wanted.name, crm_name=existing.crm_name)
         if missing_options:
             items.append(
                 PlanItem(
@@ -529,9 +607,7 @@ def _plan_fields(
                     "field",
                     wanted.code,
                     label,
-                    "options missing in the CRM: "
-                    + ", ".join(missing_options)
-                    + "; add them to the field in the CRM (FunnelSync does not edit existing fields)",
+                    text("plan_field_options_missing", options=", ".join(missing_options)),
                     payload=existing,
                 )
             )
@@ -565,17 +641,16 @@ def _plan_requirements(
         existing = by_id.get(mapping.fields.get(code, "")) or by_code.get(code)
         stage_ids = [mapping.stages.get(c) for c in stage_codes]
         current = {s for p, s in (existing.required_stages if existing else ()) if p == pipeline_id}
+        line = text("plan_requirement", field=code, stages=", ".join(stage_codes))
         if existing is not None and None not in stage_ids and current == set(stage_ids):
-            items.append(
-                PlanItem("unchanged", "requirement", code, f"«{code}» required at {', '.join(stage_codes)}")
-            )
+            items.append(PlanItem("unchanged", "requirement", code, line))
         else:
             items.append(
                 PlanItem(
                     "create" if not current else "change",
                     "requirement",
                     code,
-                    f"«{code}» required at {', '.join(stage_codes)}",
+                    line,
                     payload=tuple(stage_codes),
                 )
             )
@@ -592,7 +667,11 @@ def _plan_loss_reasons(template: FunnelTemplate, state: CRMState, caps: Capabili
         if found is None:
             items.append(
                 PlanItem(
-                    "create", "loss_reason", reason.code, f"loss reason «{reason.name.ru}»", payload=reason
+                    "create",
+                    "loss_reason",
+                    reason.code,
+                    text("plan_loss_reason_new", name=reason.name.ru),
+                    payload=reason,
                 )
             )
         else:
@@ -601,7 +680,7 @@ def _plan_loss_reasons(template: FunnelTemplate, state: CRMState, caps: Capabili
                     "unchanged",
                     "loss_reason",
                     reason.code,
-                    f"loss reason «{reason.name.ru}» → {found.id}",
+                    text("plan_loss_reason_mapped", name=reason.name.ru, id=found.id),
                     payload=found,
                 )
             )
@@ -610,26 +689,61 @@ def _plan_loss_reasons(template: FunnelTemplate, state: CRMState, caps: Capabili
 
 def _plan_webhook(state: CRMState, ctx: PlanContext) -> PlanItem:
     events = ", ".join(ctx.webhook_events)
+    url = ctx.shown_url
     if not ctx.webhook_auto or state.webhooks is None:
+        if ctx.webhook_seen_at is not None:
+            # Registered by hand, and the CRM has been sending with the token we hold: nothing to do.
+            seen = text("plan_webhook_seen", at=ctx.webhook_seen_at.strftime("%Y-%m-%d %H:%M UTC"))
+            return PlanItem("unchanged", "webhook", "deal-events", text("plan_webhook", url=url), seen)
         return PlanItem(
             "manual",
             "webhook",
             "deal-events",
-            f"webhook {ctx.shown_url}",
-            "register it by hand in the CRM (outgoing webhook) with handler URL "
-            f"{ctx.shown_url} and events {events}; then store its application token on the connection",
+            text("plan_webhook", url=url),
+            text("plan_webhook_by_hand", url=url, events=events),
         )
     for hook in state.webhooks:
         if hook.url == ctx.webhook_url and set(ctx.webhook_events) <= set(hook.events):
             if hook.disabled:
-                return PlanItem(
-                    "change", "webhook", "deal-events", f"webhook {ctx.shown_url}", "the CRM disabled it"
-                )
-            return PlanItem("unchanged", "webhook", "deal-events", f"webhook {ctx.shown_url} ({events})")
-    return PlanItem("create", "webhook", "deal-events", f"webhook {ctx.shown_url} ({events})")
+                line = text("plan_webhook", url=url)
+                return PlanItem("change", "webhook", "deal-events", line, text("plan_webhook_disabled"))
+            line = text("plan_webhook_events", url=url, events=events)
+            return PlanItem("unchanged", "webhook", "deal-events", line)
+    return PlanItem("create", "webhook", "deal-events", text("plan_webhook_events", url=url, events=events))
 
 
 def requirement_for(
     field_id: str, pipeline_id: str, stage_codes: Sequence[str], stage_ids: dict[str, str]
 ) -> FieldRequirement:
     return FieldRequirement(field_id, pipeline_id, tuple(stage_ids[c] for c in stage_codes))
+
+
+# --- automations ----------------------------------------------------------------------------------
+
+
+def _missing_channels(automation: AutomationSpec, accounts: frozenset[str]) -> list[str]:
+    """The message actions none of whose channels has an account, as "sms/telegram"."""
+    missing = []
+    for action in automation.actions:
+        if isinstance(action, NotifyAction) and not set(action.channels) & accounts:
+            missing.append("/".join(action.channels))
+        elif isinstance(action, WebhookAction) and "webhook" not in accounts:
+            missing.append("webhook")
+    return missing
+
+
+def _plan_automations(template: FunnelTemplate, ctx: PlanContext) -> list[PlanItem]:
+    """Automations run in FunnelSync, not in the CRM: listed so the plan shows everything the funnel
+    will do, and flagged "!" when none of a message's channels has an account on this connection."""
+    items = []
+    for automation in template.automations:
+        line = text("plan_automation", name=automation.name.ru)
+        missing = [] if ctx.channel_accounts is None else _missing_channels(automation, ctx.channel_accounts)
+        if missing:
+            why = text("plan_automation_no_account", channels=", ".join(missing))
+            items.append(PlanItem("manual", "automation", automation.code, line, why))
+        else:
+            items.append(
+                PlanItem("unchanged", "automation", automation.code, line, text("plan_automation_runs"))
+            )
+    return items

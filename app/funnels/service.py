@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,9 @@ from app.funnels.plan import (
     plan_provisioning,
 )
 from app.funnels.repository import DatabaseMappingStore, load_mapping
+from app.funnels.webhook_upkeep import webhook_seen_at
+from app.library.service import remember_own_template
+from app.messages.accounts import list_accounts
 from connectors.base import CRMConnector, CRMError, Stage
 from connectors.descriptor import descriptor_for
 from funnel_templates.schema import FunnelTemplate
@@ -54,6 +58,7 @@ def plan_context(settings: Settings, record: Connection, connector: CRMConnector
         webhook_events=descriptor_for(record.crm).events_to_subscribe(through_api=auto),
         webhook_auto=auto,
         webhook_display_url=connections.webhook_url(settings, record, reveal_secret=False),
+        webhook_seen_at=None if auto else webhook_seen_at(settings, record),
     )
 
 
@@ -85,13 +90,17 @@ async def provision(
     template: FunnelTemplate,
     *,
     dry_run: bool,
+    own_text: str | None = None,
 ) -> ProvisionOutcome:
     """Plan, and apply unless `dry_run`. Raises PlanLimitError before any write when the plan would
     break a CRM limit; a CRM error while applying is returned in the outcome with the CRM's text,
-    after everything created so far has been recorded."""
+    after everything created so far has been recorded. `own_text` is the YAML of a template that is
+    not the library's (a file, an upload): applying keeps it with the connection first."""
     ctx = plan_context(settings, record, connector)
     async with sessions() as session:
         mapping = await load_mapping(session, record.id, template.key)
+        accounts = await list_accounts(session, record.id)
+    ctx = dataclasses.replace(ctx, channel_accounts=frozenset(a.channel for a in accounts))
     account = await connector.check()  # read with the plan's reads, so a dry run makes the same calls
 
     async def current_state() -> CRMState:
@@ -106,6 +115,8 @@ async def provision(
     # Provisioning registers our webhook: from here on a delivery naming another account is refused,
     # so the account id the CRM names is recorded now, as `connections check` does (issue #16).
     await record_account_id(sessions, record, account)
+    if own_text is not None:
+        await remember_own_template(sessions, record, template, own_text)
     store = DatabaseMappingStore(sessions, record.id, template)
     try:
         await apply_plan(plan, template, connector, store, ctx, current_state)

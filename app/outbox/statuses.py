@@ -52,6 +52,7 @@ class RuleName(StrEnum):
     FOLLOW_UP_DEADLINE_MOVE = "follow_up_deadline_move"  # the CRM's follow-up task gets a new due date
     SLA_ESCALATION = "sla_escalation"
     API_MOVE = "api_move"  # POST /api/deals/{id}/move: a person's decision, whose entry runs the rules
+    AUTOMATION = "automation"  # an action of a template automation (app.automations.runner)
 
 
 # Command kinds, in delivery order within a drain: a task is created before a deadline move could

@@ -44,6 +44,9 @@ def _sender_domain(sender: str) -> str:
     return domain.encode("idna").decode("ascii").lower()
 
 
+UNSUBSCRIBE_HEADERS = ("List-Unsubscribe", "List-Unsubscribe-Post")
+
+
 def build_email(message: OutgoingMessage, sender: str, *, now: datetime | None = None) -> EmailMessage:
     """The MIME message: UTF-8 text body, From/To/Subject/Date/Message-ID. Header values are encoded
     by the email package (RFC 2047), so Cyrillic subjects and names survive any relay."""
@@ -54,6 +57,10 @@ def build_email(message: OutgoingMessage, sender: str, *, now: datetime | None =
         mime["Subject"] = message.subject
     mime["Date"] = now or datetime.now(UTC)
     mime["Message-ID"] = message_id_for(message.key, sender)
+    # RFC 8058 one-click unsubscribe: the opt-out link the service made for this recipient.
+    for header in UNSUBSCRIBE_HEADERS:
+        if value := message.metadata.get(header):
+            mime[header] = value
     mime.set_content(message.text, charset="utf-8")
     return mime
 

@@ -4,8 +4,9 @@ would). Each CRM's sandbox package has one SandboxKit, named by its descriptor's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp
@@ -33,7 +34,21 @@ class SandboxAccount:
 
 
 class SandboxUser(Protocol):
-    async def create_deal(self, title: str, pipeline_id: str, stage_id: str, amount: int = 0) -> str: ...
+    async def create_deal(
+        self,
+        title: str,
+        pipeline_id: str,
+        stage_id: str,
+        amount: int = 0,
+        fields: Mapping[str, datetime | str] | None = None,
+    ) -> str:
+        """A new deal; `fields`: custom fields to fill (dates or text), by how deal snapshots name them
+        (FunnelMapping.crm_name, else crm_id)."""
+        ...
+
+    async def add_contact(self, deal_id: str, name: str, phone: str, email: str) -> str:
+        """A client with a phone and an email, made the deal's main contact; its CRM id."""
+        ...
 
     async def move_deal(
         self, deal_id: str, pipeline_id: str, stage_id: str, fields: dict[str, Any] | None = None

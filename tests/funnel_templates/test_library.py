@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from funnel_templates.loader import library
+from funnel_templates.loader import LIBRARY_DIR, library
 from funnel_templates.schema import FunnelTemplate
 from tests.funnel_templates import seed_stages
 
@@ -58,6 +58,24 @@ def _seed_tables() -> dict[str, tuple[list[str], str]]:
 
 
 SEED_TABLE = _seed_tables()
+SOURCE_COMMENT = re.compile(r"^# source: (\S+)", re.MULTILINE)
+
+
+def _library_files() -> dict[str, Path]:
+    return {
+        re.search(r"^key: (\S+)", path.read_text(encoding="utf-8"), re.MULTILINE).group(1): path  # type: ignore[union-attr]
+        for path in LIBRARY_DIR.rglob("*.yaml")
+    }
+
+
+LIBRARY_FILES = _library_files()
+
+
+def seed_file(key: str) -> str:
+    """The article a shipped template comes from: a YAML comment, as users never see it."""
+    found = SOURCE_COMMENT.search(LIBRARY_FILES[key].read_text(encoding="utf-8"))
+    assert found, f"{key}: no '# source: <article file>' comment"
+    return found.group(1)
 
 
 def test_the_library_holds_every_seed_funnel() -> None:
@@ -76,7 +94,7 @@ def test_seed_stages_in_seed_order(key: str) -> None:
     expected, source = SEED_TABLE[key]
     listed = [s.name.ru for s in template.stages if not s.derived]
     assert listed == expected
-    assert template.source == source
+    assert seed_file(key) == source
     if not expected:  # funnels whose seed gives no stage list: every stage is derived
         assert all(s.derived for s in template.stages)
 
@@ -85,10 +103,10 @@ def test_seed_stages_in_seed_order(key: str) -> None:
 @pytest.mark.parametrize("key", sorted(EXPECTED_KEYS))
 def test_stage_names_appear_verbatim_in_the_seed(key: str) -> None:
     template = library()[key]
-    text = (SEEDS_DIR / template.source).read_text(encoding="utf-8")
+    text = (SEEDS_DIR / seed_file(key)).read_text(encoding="utf-8")
     for stage in template.stages:
         if not stage.derived:
-            assert stage.name.ru.split(" (")[0] in text, f"{key}: {stage.name.ru!r} not in {template.source}"
+            assert stage.name.ru.split(" (")[0] in text, f"{key}: {stage.name.ru!r} not in {seed_file(key)}"
 
 
 def _typical() -> FunnelTemplate:
@@ -136,12 +154,40 @@ def test_every_stage_has_a_temperature_and_english_name() -> None:
             assert stage.name.en and stage.name.en != stage.name.ru, (template.key, stage.code)
 
 
-def test_every_template_states_its_seed() -> None:
+def test_every_template_states_its_seed_in_a_comment() -> None:
     seeds = {p.name for p in SEEDS_DIR.glob("*.txt")} if SEEDS_DIR.is_dir() else None
-    for template in library().values():
-        assert template.source.endswith(".txt")
+    assert set(LIBRARY_FILES) == set(library())
+    for key in library():
+        assert seed_file(key).endswith(".txt")
         if seeds is not None:
-            assert template.source in seeds, template.key
+            assert seed_file(key) in seeds, key
+
+
+# What users must never read: the seed's line numbers, article file names, notes about the seed.
+PROVENANCE = re.compile(r"(?i)\bseed\b|\.txt\b|\blines? \d|\barticle")
+
+
+def _texts(node: object, path: str = "") -> list[tuple[str, str]]:
+    if isinstance(node, dict):
+        return [t for k, v in node.items() for t in _texts(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [t for i, v in enumerate(node) for t in _texts(v, f"{path}[{i}]")]
+    return [(path, node)] if isinstance(node, str) else []
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED_KEYS))
+def test_users_see_a_clean_description_and_no_provenance(key: str) -> None:
+    template = library()[key]
+    assert template.source is None and template.notes == []
+    assert template.description is not None and template.description.ru and template.description.en
+    leaks = [
+        (path, text) for path, text in _texts(template.model_dump(mode="json")) if PROVENANCE.search(text)
+    ]
+    assert leaks == []
+    # ...while the provenance stays in the file, seed line numbers included, for template authors.
+    assert re.search(
+        r"^# .*\bSeed lines? \d", LIBRARY_FILES[key].read_text(encoding="utf-8"), re.MULTILINE
+    ) or (key.startswith(("base.", "by_goal.", "general.")))
 
 
 MIXED_SCRIPT = re.compile(r"[\u0400-\u04ff][A-Za-z]|[A-Za-z][\u0400-\u04ff]")

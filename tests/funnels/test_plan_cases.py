@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from app.funnels.plan import (
+    PLAN_TEXTS,
     CRMState,
     Plan,
     PlanContext,
@@ -21,6 +22,7 @@ from app.funnels.plan import (
     StoredMapping,
     plan_provisioning,
 )
+from app.library.service import get_template
 from connectors.amocrm.client import AmoCRMConnector
 from connectors.base import (
     CustomField,
@@ -786,3 +788,19 @@ def test_unchanged_plan_has_no_writes_and_prints_symbols() -> None:
     [write] = edited_plan.writes
     assert write.as_json()["symbol"] == "~"
     assert write.as_json()["changes"] == {"name": {"from": "Новая", "to": "Входящая"}}
+
+
+def test_automations_are_listed_and_flagged_without_a_channel_account() -> None:
+    """Automations write nothing to the CRM, but the plan lists them, and says "!" when none of a
+    message's channels has an account on the connection (its messages would only wait)."""
+    template = get_template("dentistry.new_clients")  # visit_reminder: notify on telegram or sms
+
+    def automations(accounts: frozenset[str] | None) -> dict[str, tuple[str, str]]:
+        ctx = replace(AMO_CTX, channel_accounts=accounts)
+        plan = plan_provisioning(template, AMO_EMPTY, StoredMapping(), ctx)
+        return {i.code: (i.symbol, str(i.why)) for i in plan.items if i.kind == "automation"}
+
+    assert automations(None) == {"visit_reminder": ("=", PLAN_TEXTS["plan_automation_runs"])}
+    assert automations(frozenset({"sms", "email"}))["visit_reminder"][0] == "="
+    symbol, why = automations(frozenset({"email"}))["visit_reminder"]
+    assert symbol == "!" and "no telegram/sms account" in why

@@ -84,12 +84,25 @@ class TelegramSandbox(_ControlApi):
         calls: dict[str, int] = self.control("GET", "/_sandbox/stats")["calls"]
         return calls
 
-    def user_writes(self, chat_id: int, text: str, first_name: str = "Client") -> dict[str, Any]:
-        """A user sends the bot a message; the Update it created (and the webhook's answer)."""
-        result: dict[str, Any] = self.control(
-            "POST", "/_sandbox/updates", {"chat_id": chat_id, "text": text, "first_name": first_name}
-        )
+    def user_writes(self, chat_id: int, text: str, first_name: str = "Client", **user: str) -> dict[str, Any]:
+        """A user sends the bot a message; the Update it created (and the webhook's answer).
+        `user`: the sender's optional username and language_code."""
+        body = {"chat_id": chat_id, "text": text, "first_name": first_name, **user}
+        result: dict[str, Any] = self.control("POST", "/_sandbox/updates", body)
         return result
+
+    def user_presses(
+        self, chat_id: int, data: str, first_name: str = "Client", **user: str
+    ) -> dict[str, Any]:
+        """The user presses the inline button with this callback_data on the bot's latest message
+        offering it; the callback_query Update it created (and the webhook's answer)."""
+        body = {"chat_id": chat_id, "data": data, "first_name": first_name, **user}
+        result: dict[str, Any] = self.control("POST", "/_sandbox/callbacks", body)
+        return result
+
+    def callback_answers(self) -> list[str]:
+        answered: list[str] = self.control("GET", "/_sandbox/callback_answers")["answered"]
+        return answered
 
     def channel(self, **options: Any) -> TelegramChannel:
         options.setdefault("retry", FAST_TELEGRAM_RETRY)

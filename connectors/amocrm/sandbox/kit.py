@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,9 +21,45 @@ class AmoCRMSandboxUser:
     def __init__(self, base_url: str) -> None:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30)
 
-    async def create_deal(self, title: str, pipeline_id: str, stage_id: str, amount: int = 0) -> str:
-        body = {"name": title, "pipeline_id": int(pipeline_id), "status_id": int(stage_id), "price": amount}
+    async def create_deal(
+        self,
+        title: str,
+        pipeline_id: str,
+        stage_id: str,
+        amount: int = 0,
+        fields: Mapping[str, datetime | str] | None = None,
+    ) -> str:
+        body: dict[str, Any] = {
+            "name": title,
+            "pipeline_id": int(pipeline_id),
+            "status_id": int(stage_id),
+            "price": amount,
+        }
+        if fields:
+            # A date_time field holds a Unix timestamp, as connectors/amocrm/mapping.py writes it.
+            body["custom_fields_values"] = [
+                {
+                    # Deal snapshots name a field by its code when it has one, else by its id.
+                    **({"field_id": int(field_id)} if field_id.isdigit() else {"field_code": field_id}),
+                    "values": [{"value": int(value.timestamp()) if isinstance(value, datetime) else value}],
+                }
+                for field_id, value in fields.items()
+            ]
         response = await self._http.post("/_sandbox/deals", json=body)
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    async def add_contact(self, deal_id: str, name: str, phone: str, email: str) -> str:
+        body = {
+            "name": name,
+            "custom_fields_values": [
+                {"field_code": "PHONE", "values": [{"value": phone, "enum_code": "MOB"}]},
+                {"field_code": "EMAIL", "values": [{"value": email, "enum_code": "WORK"}]},
+            ],
+            "lead_id": int(deal_id),
+            "is_main": True,
+        }
+        response = await self._http.post("/_sandbox/contacts", json=body)
         response.raise_for_status()
         return str(response.json()["id"])
 

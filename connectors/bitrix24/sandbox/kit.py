@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -18,14 +20,37 @@ class Bitrix24SandboxUser:
     def __init__(self, base_url: str) -> None:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30)
 
-    async def create_deal(self, title: str, pipeline_id: str, stage_id: str, amount: int = 0) -> str:
-        fields = {
+    async def create_deal(
+        self,
+        title: str,
+        pipeline_id: str,
+        stage_id: str,
+        amount: int = 0,
+        fields: Mapping[str, datetime | str] | None = None,
+    ) -> str:
+        body = {
             "TITLE": title,
             "CATEGORY_ID": int(pipeline_id),
             "STAGE_ID": stage_id,
             "OPPORTUNITY": amount,
+            # A datetime user field takes an ISO 8601 string, as connectors/bitrix24/mapping.py reads it.
+            **{
+                name: value.isoformat() if isinstance(value, datetime) else value
+                for name, value in (fields or {}).items()
+            },
         }
-        response = await self._http.post("/_sandbox/deals", json={"fields": fields})
+        response = await self._http.post("/_sandbox/deals", json={"fields": body})
+        response.raise_for_status()
+        return str(response.json()["ID"])
+
+    async def add_contact(self, deal_id: str, name: str, phone: str, email: str) -> str:
+        fields = {
+            "NAME": name,
+            "PHONE": [{"VALUE": phone, "VALUE_TYPE": "MOBILE"}],
+            "EMAIL": [{"VALUE": email, "VALUE_TYPE": "WORK"}],
+        }
+        body = {"fields": fields, "deal_id": int(deal_id), "primary": True}
+        response = await self._http.post("/_sandbox/contacts", json=body)
         response.raise_for_status()
         return str(response.json()["ID"])
 

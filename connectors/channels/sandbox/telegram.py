@@ -1,17 +1,23 @@
 """Telegram Bot API sandbox: the subset FunnelSync uses, answered the way api.telegram.org answers.
 
 Bot API paths: /bot<token>/METHOD, GET or POST, parameters in the query string, a JSON body or a
-form body; method names are case-insensitive. getMe, sendMessage, getUpdates (long polling with
-`timeout`, `offset` confirming earlier updates, a negative offset counting from the end), setWebhook,
-deleteWebhook, getWebhookInfo. A wrong token gets 401 {"ok": false, "error_code": 401,
+form body; method names are case-insensitive. getMe, sendMessage (with an inline keyboard in
+`reply_markup`), answerCallbackQuery, getUpdates (long polling with `timeout`, `offset` confirming
+earlier updates, a negative offset counting from the end), setWebhook, deleteWebhook, getWebhookInfo. A wrong token gets 401 {"ok": false, "error_code": 401,
 "description": "Unauthorized"}, an unknown method 404 "Not Found". One deviation: setWebhook takes
 http:// URLs (the real one insists on HTTPS), since a loopback receiver has no certificate.
 
 Control endpoints under /_sandbox:
   GET  /_sandbox/messages[?chat_id=]  messages the bot sent, in order (each with its chat)
   GET  /_sandbox/stats                Bot API calls by method
-  POST /_sandbox/updates              {"chat_id", "text", "first_name"?}: a user writes to the bot;
-                                      creates an Update (posted to the webhook when one is set)
+  POST /_sandbox/updates              {"chat_id", "text", "first_name"?, "username"?, "language_code"?}:
+                                      a user writes to the bot; creates an Update (posted to the
+                                      webhook when one is set)
+  POST /_sandbox/callbacks            {"chat_id", "data", "first_name"?, "username"?, "language_code"?}:
+                                      the user presses the inline button with this callback_data on
+                                      the bot's latest message in the chat offering it (400 when none
+                                      does); creates a callback_query Update like the above
+  GET  /_sandbox/callback_answers     the callback query ids the bot answered
   POST /_sandbox/faults               {"kind": "blocked", "chat_id"} (403 bot was blocked by the user),
                                       {"kind": "chat_not_found", "chat_id"} (400), {"kind": "flood",
                                       "count", "retry_after"} (429 for the next `count` calls),
@@ -39,6 +45,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 log = logging.getLogger("funnelsync.sandbox.telegram")
 
 MAX_TEXT = 4096  # characters in one message (sendMessage `text`: 1-4096 after entity parsing)
+MAX_CALLBACK_DATA = 64  # bytes of an InlineKeyboardButton's callback_data (1-64)
 SECRET_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 FAULT_KINDS = ("blocked", "chat_not_found", "flood", "server_error")
 
@@ -98,6 +105,8 @@ class Bot:
     calls: Counter[str] = field(default_factory=Counter)
     webhook: Webhook | None = None
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+    callback_queries: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> the query
+    answered_callbacks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.next_update_id = self.next_update_id or self.config.first_update_id
@@ -109,6 +118,8 @@ class Bot:
         self.calls.clear()
         self.clear_faults()
         self.webhook = None
+        self.callback_queries.clear()
+        self.answered_callbacks.clear()
 
     def clear_faults(self) -> None:
         self.blocked.clear()
@@ -175,6 +186,34 @@ def chat_of(chat_id: int | str, first_name: str = "Client") -> dict[str, Any]:
     return {"id": chat_id, "type": "private", "first_name": first_name}
 
 
+def _reply_markup(raw: Any) -> dict[str, Any] | None:
+    """An InlineKeyboardMarkup: {"inline_keyboard": [[{"text", "callback_data"}, ...], ...]}. A form
+    body carries it JSON-serialized, as the Bot API takes it."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise BotApiError(400, "Bad Request: can't parse reply keyboard markup JSON object") from None
+    rows = raw.get("inline_keyboard") if isinstance(raw, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        raise BotApiError(
+            400,
+            'Bad Request: field "inline_keyboard" of the InlineKeyboardMarkup should be an Array of Arrays',
+        )
+    for button in (b for row in rows for b in row):
+        if not isinstance(button, dict) or not str(button.get("text") or "").strip():
+            raise BotApiError(
+                400,
+                "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
+            )
+        data = button.get("callback_data")
+        if data is not None and not 1 <= len(str(data).encode()) <= MAX_CALLBACK_DATA:
+            raise BotApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+    return {"inline_keyboard": rows}
+
+
 def send_message(bot: Bot, params: dict[str, Any]) -> Any:
     chat_id = parse_chat_id(params.get("chat_id"))
     text = str(params.get("text") or "")
@@ -182,6 +221,7 @@ def send_message(bot: Bot, params: dict[str, Any]) -> Any:
         raise BotApiError(400, "Bad Request: message text is empty")
     if len(text) > MAX_TEXT:
         raise BotApiError(400, "Bad Request: message is too long")
+    markup = _reply_markup(params.get("reply_markup"))
     if str(chat_id) in bot.missing:
         raise BotApiError(400, "Bad Request: chat not found")
     if str(chat_id) in bot.blocked:
@@ -193,8 +233,20 @@ def send_message(bot: Bot, params: dict[str, Any]) -> Any:
         "date": int(time.time()),
         "text": text,
     }
+    if markup is not None:
+        message["reply_markup"] = markup
     bot.sent.append(message)
     return message
+
+
+def answer_callback_query(bot: Bot, params: dict[str, Any]) -> Any:
+    query_id = str(params.get("callback_query_id") or "")
+    if query_id not in bot.callback_queries:
+        raise BotApiError(
+            400, "Bad Request: query is too old and response timeout expired or query ID is invalid"
+        )
+    bot.answered_callbacks.append(query_id)
+    return True
 
 
 def _int_param(params: dict[str, Any], name: str, default: int) -> int:
@@ -273,6 +325,7 @@ Method = Callable[[Bot, dict[str, Any]], Any]
 METHODS: dict[str, Method] = {
     "getme": lambda bot, params: bot.user,
     "sendmessage": send_message,
+    "answercallbackquery": answer_callback_query,
     "setwebhook": set_webhook,
     "deletewebhook": delete_webhook,
     "getwebhookinfo": webhook_info,
@@ -331,23 +384,62 @@ async def call_method(bot: Bot, token: str, method: str, request: Request) -> Re
 # --- a user writing to the bot ---------------------------------------------------------------------
 
 
+def _sender(chat_id: int | str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The user (a User object) writing from a private chat: its id is the chat's."""
+    user: dict[str, Any] = {
+        "id": chat_id,
+        "is_bot": False,
+        "first_name": str(spec.get("first_name") or "Client"),
+    }
+    for optional in ("username", "language_code"):
+        if spec.get(optional):
+            user[optional] = str(spec[optional])
+    return user
+
+
 async def incoming(bot: Bot, spec: dict[str, Any]) -> dict[str, Any]:
     """A user's message: an Update, queued for getUpdates or posted to the webhook."""
     chat_id = parse_chat_id(spec.get("chat_id"))
-    first_name = str(spec.get("first_name") or "Client")
-    user = {"id": chat_id, "is_bot": False, "first_name": first_name}
+    user = _sender(chat_id, spec)
     bot.blocked.discard(str(chat_id))  # writing to a bot one had blocked unblocks it
     bot.missing.discard(str(chat_id))
-    update = {
-        "update_id": bot.next_update_id,
-        "message": {
-            "message_id": bot.message_id(chat_id),
-            "from": user,
-            "chat": chat_of(chat_id, first_name),
-            "date": int(time.time()),
-            "text": str(spec.get("text") or ""),
-        },
+    message = {
+        "message_id": bot.message_id(chat_id),
+        "from": user,
+        "chat": chat_of(chat_id, user["first_name"]),
+        "date": int(time.time()),
+        "text": str(spec.get("text") or ""),
     }
+    return await _queue_update(bot, {"message": message})
+
+
+def _callback_data(message: dict[str, Any]) -> set[str]:
+    rows = message.get("reply_markup", {}).get("inline_keyboard", [])
+    return {str(b["callback_data"]) for row in rows for b in row if b.get("callback_data") is not None}
+
+
+async def pressed(bot: Bot, spec: dict[str, Any]) -> dict[str, Any]:
+    """The user presses an inline button: a callback_query Update for the bot's latest message in the
+    chat that offers a button with this callback_data (a user can only press what they were sent)."""
+    chat_id = parse_chat_id(spec.get("chat_id"))
+    data = str(spec.get("data") or "")
+    offering = [m for m in bot.sent if str(m["chat"]["id"]) == str(chat_id) and data in _callback_data(m)]
+    if not offering:
+        raise BotApiError(400, f"no message in chat {chat_id} offers a button with callback_data {data!r}")
+    query_id = str(4_000_000_000_000_000 + len(bot.callback_queries) + 1)
+    query = {
+        "id": query_id,
+        "from": _sender(chat_id, spec),
+        "message": offering[-1],
+        "chat_instance": f"sandbox-{chat_id}",  # opaque to the bot
+        "data": data,
+    }
+    bot.callback_queries[query_id] = query
+    return await _queue_update(bot, {"callback_query": query})
+
+
+async def _queue_update(bot: Bot, body: dict[str, Any]) -> dict[str, Any]:
+    update = {"update_id": bot.next_update_id, **body}
     bot.next_update_id += 1
     bot.updates.append(update)
     async with bot.arrived:
@@ -406,6 +498,17 @@ def install_control(app: FastAPI, bot: Bot) -> None:
             return JSONResponse(await incoming(bot, await request.json()))
         except BotApiError as error:
             return JSONResponse({"error": error.description}, status_code=400)
+
+    @app.post("/_sandbox/callbacks")
+    async def press_button(request: Request) -> Response:
+        try:
+            return JSONResponse(await pressed(bot, await request.json()))
+        except BotApiError as error:
+            return JSONResponse({"error": error.description}, status_code=400)
+
+    @app.get("/_sandbox/callback_answers")
+    async def callback_answers() -> dict[str, Any]:
+        return {"answered": list(bot.answered_callbacks)}
 
     @app.post("/_sandbox/faults")
     async def add_fault(request: Request) -> JSONResponse:

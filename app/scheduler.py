@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -172,53 +173,21 @@ def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
     scheduler = AsyncIOScheduler(timezone=UTC)
     settings = runtime.settings
     common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-    scheduler.add_job(
-        run_inbox, "interval", args=[runtime], seconds=settings.inbox_interval_seconds, id=INBOX_JOB, **common
-    )
-    scheduler.add_job(
-        run_outbox,
-        "interval",
-        args=[runtime],
-        seconds=settings.outbox_interval_seconds,
-        id=OUTBOX_JOB,
-        **common,
-    )
-    scheduler.add_job(
-        run_reconcile,
-        "interval",
-        args=[runtime],
-        seconds=settings.reconcile_interval_seconds,
-        id="reconcile",
-        **common,
-    )
-    # Several processes may run these at once; both are idempotent (a fresh token or a live hook
-    # makes the second run a no-op), and connector refreshes are serialised per account.
-    scheduler.add_job(
-        run_rule_timers,
-        "interval",
-        args=[runtime],
-        seconds=settings.rules_interval_seconds,
-        id="rules",
-        **common,
-    )
-    scheduler.add_job(
-        run_automations,
-        "interval",
-        args=[runtime],
-        seconds=settings.automations_interval_seconds,
-        id="automations",
-        **common,
-    )
-    scheduler.add_job(
-        run_message_delivery,
-        "interval",
-        args=[runtime],
-        seconds=settings.messages_interval_seconds,
-        id="messages",
-        **common,
-    )
-    scheduler.add_job(run_token_refresh, "interval", args=[runtime], minutes=5, id="tokens", **common)
-    scheduler.add_job(run_webhook_check, "interval", args=[runtime], minutes=10, id="webhooks", **common)
+    # Several processes may run any of these at once: each takes a lease per connection or is
+    # idempotent (a fresh token or a live hook makes a second run a no-op; connector refreshes are
+    # serialised per account).
+    jobs: list[tuple[Callable[[Runtime], Awaitable[Any]], str, float]] = [
+        (run_inbox, INBOX_JOB, settings.inbox_interval_seconds),
+        (run_outbox, OUTBOX_JOB, settings.outbox_interval_seconds),
+        (run_reconcile, "reconcile", settings.reconcile_interval_seconds),
+        (run_rule_timers, "rules", settings.rules_interval_seconds),
+        (run_automations, "automations", settings.automations_interval_seconds),
+        (run_message_delivery, "messages", settings.messages_interval_seconds),
+        (run_token_refresh, "tokens", 5 * 60),
+        (run_webhook_check, "webhooks", 10 * 60),
+    ]
+    for job, job_id, seconds in jobs:
+        scheduler.add_job(job, "interval", args=[runtime], seconds=seconds, id=job_id, **common)
     return scheduler
 
 

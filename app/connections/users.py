@@ -73,9 +73,9 @@ class UserDirectory:
         try:
             connector = await connector_for(record)
             listed = await asyncio.wait_for(connector.list_users(), FETCH_TIMEOUT)
-        except (CRMError, TimeoutError, OSError, ValueError) as exc:
-            # ValueError: credentials that cannot be read (a broken or foreign key); names are a
-            # nicety, never a reason for a page to fail.
+        except (CRMError, TimeoutError, OSError, ValueError, KeyError) as exc:
+            # ValueError, KeyError: credentials that cannot be read (a broken or foreign key, a
+            # stored record missing a part); names are a nicety, never a reason for a page to fail.
             entry.error = getattr(exc, "crm_text", None) or str(exc) or type(exc).__name__
             entry.next_read_at = utcnow() + self.retry_after
             log.info("user names of %s not read: %s", record.name, entry.error)

@@ -201,3 +201,19 @@ async def test_the_deal_partial_lists_the_deals_messages(outbox: Outbox) -> None
         messages = await deal_messages(session, outbox.deal_id)
     html = ENV.get_template("_deal_messages.html").render(deal_messages=messages, t=translator("ru"))
     assert 'data-status="queued">в очереди</span>' in html and "Вебхук" in html
+
+
+async def test_the_deal_page_shows_the_deals_messages_with_their_status(
+    outbox: Outbox, api: httpx.AsyncClient, telegram: TelegramSandbox
+) -> None:
+    telegram.reset()
+    await outbox.set_account("telegram", {"api_base_url": telegram.url}, {"bot_token": telegram.token})
+    await outbox.notify(["telegram"])
+    await outbox.deliver()
+    assert (await api.post("/login", data={"token": "test-token-1234567890", "next": "/"})).status_code == 303
+
+    page = await api.get(f"/deals/{outbox.deal_id}", params={"lang": "en"})
+
+    assert page.status_code == 200, page.text
+    section = page.text[page.text.index('id="deal-messages"') :]
+    assert 'data-status="sent">sent</span>' in section and "700100" in section

@@ -365,7 +365,7 @@ async def run_demo(
     seed: int = 7,
     stop: asyncio.Event | None = None,
     outage: tuple[float, float] = (OUTAGE_START, OUTAGE_LENGTH),
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Run until `duration` seconds have passed or `stop` is set (never, without either).
     `announce(url, token, inboxes)` is told where the service runs and where each channel sandbox
     lists what it received."""

@@ -13,6 +13,13 @@ from app.console import fail, out, print_json
 from app.sandbox_cli import CHANNEL_SANDBOX, SANDBOX_MODULES, require_sandboxes
 
 
+def summary_figure(value: object) -> str:
+    """A summary figure as printed: a number, or "name n, name n" for counts by name."""
+    if isinstance(value, dict):
+        return ", ".join(f"{name} {count}" for name, count in value.items()) or "0"
+    return str(value)
+
+
 def demo_command(
     duration: Annotated[
         float | None,
@@ -82,4 +89,4 @@ def demo_command(
     if as_json:
         print_json(result)
     else:
-        out.print(" · ".join(f"{k} {v}" for k, v in result.items()))
+        out.print(" · ".join(f"{k} {summary_figure(v)}" for k, v in result.items()))

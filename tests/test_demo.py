@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.demo_cli import summary_figure
 from tests.support.cli import run_cli, run_cli_process
 from tests.support.crm import FAST_RETRY_ENV
 from tests.support.server import free_port
@@ -66,3 +67,9 @@ def test_demo_rejects_a_bad_duration(tmp_path: Path) -> None:
 def test_demo_rejects_a_negative_outage(tmp_path: Path) -> None:
     result = run_cli("demo", "--outage-for", "-1", env={"FUNNELSYNC_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2 and "must not be negative" in result.stderr
+
+
+def test_the_printed_summary_spells_out_counts_by_name() -> None:
+    assert summary_figure(12) == "12"
+    assert summary_figure({"visit_reminder": 1, "personal_offer": 2}) == "visit_reminder 1, personal_offer 2"
+    assert summary_figure({}) == "0"  # no message sent yet

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import re
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -14,36 +13,12 @@ from connectors.amocrm.sandbox import api_contacts
 from connectors.amocrm.sandbox import leads as lead_logic
 from connectors.amocrm.sandbox.common import array_body, base, is_int, json_body, sandbox, user_id
 from connectors.amocrm.sandbox.errors import Errors, hal, no_content, not_found, request_ids
+from connectors.amocrm.sandbox.paging import paged
 from connectors.amocrm.sandbox.state import ENUM_TYPES, FIELD_TYPES, SandboxState
 
 router = APIRouter()
 _FILTER = re.compile(r"^filter((?:\[[^\]]*\])+)$")
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
-
-
-def _page_args(request: Request, default: int, maximum: int) -> tuple[int, int]:
-    q = request.query_params
-    try:
-        page = max(1, int(q.get("page", "1")))
-        limit = min(maximum, max(1, int(q.get("limit", str(default)))))
-    except ValueError:
-        page, limit = 1, default
-    return page, limit
-
-
-def _links(request: Request, page: int, has_next: bool) -> dict[str, Any]:
-    path = base(request) + request.url.path
-    params = [(k, v) for k, v in request.query_params.multi_items() if k != "page"]
-
-    def href(p: int) -> dict[str, str]:
-        return {"href": f"{path}?{urlencode([*params, ('page', str(p))])}"}
-
-    links = {"self": href(page)}
-    if has_next:
-        links["next"] = href(page + 1)
-    if page > 1:
-        links["prev"] = href(page - 1)
-    return links
 
 
 def _filters(request: Request) -> dict[str, Any]:
@@ -107,7 +82,6 @@ def _matches(lead: dict[str, Any], f: dict[str, Any]) -> bool:
 @router.get("/api/v4/leads")
 async def list_leads(request: Request) -> Response:
     state = sandbox(request).state
-    page, limit = _page_args(request, 50, 250)
     flt = _filters(request)
     found = [lead for lead in state.leads.values() if not lead["is_deleted"] and _matches(lead, flt)]
     order = next(((k[6:-1], v) for k, v in request.query_params.items() if k.startswith("order[")), None)
@@ -115,16 +89,7 @@ async def list_leads(request: Request) -> Response:
         found.sort(key=lambda lead: (lead[order[0]], lead["id"]), reverse=order[1] == "desc")
     else:
         found.sort(key=lambda lead: lead["id"])
-    chunk = found[(page - 1) * limit : page * limit]
-    if not chunk:
-        return no_content()  # empty list: 204 with no body
-    return hal(
-        {
-            "_page": page,
-            "_links": _links(request, page, len(found) > page * limit),
-            "_embedded": {"leads": [_lead_out(request, state, lead) for lead in chunk]},
-        }
-    )
+    return paged(request, found, "leads", render=lambda lead: _lead_out(request, state, lead))
 
 
 def _lead_out(request: Request, state: SandboxState, lead: dict[str, Any]) -> dict[str, Any]:
@@ -238,20 +203,11 @@ def _check_required(state: SandboxState, errors: Errors, rid: str, raw: Any) -> 
 @router.get(FIELDS)
 async def list_fields(request: Request) -> Response:
     state = sandbox(request).state
-    # "The method returns up to 50 fields per request" although limit is documented up to 250.
-    page, limit = _page_args(request, 50, 50)
     fields = sorted(state.data["custom_fields"], key=lambda f: f["id"])
-    chunk = fields[(page - 1) * limit : page * limit]
-    if not chunk:
-        return no_content()
     href = base(request) + FIELDS
-    return hal(
-        {
-            "_total_items": len(chunk),
-            "_page": page,
-            "_links": _links(request, page, len(fields) > page * limit),
-            "_embedded": {"custom_fields": [_field_out(f, href) for f in chunk]},
-        }
+    # "The method returns up to 50 fields per request" although limit is documented up to 250.
+    return paged(
+        request, fields, "custom_fields", render=lambda f: _field_out(f, href), maximum=50, with_total=True
     )
 
 
@@ -367,20 +323,13 @@ REASONS = "/api/v4/leads/loss_reasons"
 @router.get(REASONS)
 async def list_loss_reasons(request: Request) -> Response:
     state = sandbox(request).state
-    page, limit = _page_args(request, 50, 250)
-    reasons = state.data["loss_reasons"]
-    chunk = reasons[(page - 1) * limit : page * limit]
-    if not chunk:
-        return no_content()
     href = base(request) + REASONS
-    items = [dict(r, _links={"self": {"href": f"{href}/{r['id']}"}}) for r in chunk]
-    return hal(
-        {
-            "_total_items": len(items),
-            "_page": page,
-            "_links": _links(request, page, len(reasons) > page * limit),
-            "_embedded": {"loss_reasons": items},
-        }
+    return paged(
+        request,
+        state.data["loss_reasons"],
+        "loss_reasons",
+        render=lambda r: dict(r, _links={"self": {"href": f"{href}/{r['id']}"}}),
+        with_total=True,
     )
 
 

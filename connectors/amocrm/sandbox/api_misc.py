@@ -11,10 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from connectors.amocrm.sandbox.api_leads import _links as page_links
-from connectors.amocrm.sandbox.api_leads import _page_args as page_args
 from connectors.amocrm.sandbox.common import array_body, base, is_int, json_body, sandbox, user_id
 from connectors.amocrm.sandbox.errors import Errors, hal, no_content, not_found, oauth_problem, request_ids
+from connectors.amocrm.sandbox.paging import paged
 from connectors.amocrm.sandbox.state import WEBHOOK_EVENTS, SandboxState
 
 router = APIRouter()
@@ -74,7 +73,7 @@ async def list_tasks(request: Request) -> Response:
         if (not wanted or str(t.get("entity_id")) in wanted)
         and (not entity_type or t.get("entity_type") == entity_type)
     ]
-    return _paged(request, tasks, "tasks")
+    return paged(request, tasks, "tasks")
 
 
 @router.patch("/api/v4/tasks")
@@ -169,23 +168,7 @@ def _notes_page(request: Request, lead_id: int | None) -> Response:
         and (not ids or str(n.get("id")) in ids)
         and (not types or n.get("note_type") in types)
     ]
-    return _paged(request, notes, "notes")
-
-
-def _paged(request: Request, rows: list[dict[str, Any]], key: str) -> Response:
-    """One page of a list: `limit` 50 by default, at most 250 (tasks and notes pages document that
-    maximum), `_links.next` while more follow; 204 when the page is empty."""
-    page, limit = page_args(request, 50, 250)
-    chunk = rows[(page - 1) * limit : page * limit]
-    if not chunk:
-        return no_content()
-    return hal(
-        {
-            "_page": page,
-            "_links": page_links(request, page, len(rows) > page * limit),
-            "_embedded": {key: chunk},
-        }
-    )
+    return paged(request, notes, "notes")
 
 
 @router.get("/api/v4/leads/notes")

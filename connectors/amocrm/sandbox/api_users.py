@@ -11,10 +11,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from connectors.amocrm.sandbox.api_leads import _links as page_links
-from connectors.amocrm.sandbox.api_leads import _page_args as page_args
 from connectors.amocrm.sandbox.common import base, sandbox, user_id
-from connectors.amocrm.sandbox.errors import hal, no_content, problem
+from connectors.amocrm.sandbox.errors import problem
+from connectors.amocrm.sandbox.paging import paged
 
 router = APIRouter()
 USERS = "/api/v4/users"
@@ -43,17 +42,6 @@ async def list_users(request: Request) -> Response:
     caller = next((u for u in state.data["users"] if u["id"] == user_id(request)), None)
     if caller is None or not caller.get("is_admin"):
         return problem(403, "Forbidden", "Access denied")
-    page, limit = page_args(request, 50, 250)
     users = sorted(state.data["users"], key=lambda u: int(u["id"]))
-    chunk = users[(page - 1) * limit : page * limit]
-    if not chunk:
-        return no_content()
     href = base(request) + USERS
-    return hal(
-        {
-            "_total_items": len(chunk),
-            "_page": page,
-            "_links": page_links(request, page, len(users) > page * limit),
-            "_embedded": {"users": [_user_out(u, href) for u in chunk]},
-        }
-    )
+    return paged(request, users, "users", render=lambda u: _user_out(u, href), with_total=True)

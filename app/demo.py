@@ -53,6 +53,7 @@ from app.scheduler import Runtime, run_until_idle
 from app.security import api_token
 from app.webhooks.models import EventStatus, InboxEvent
 from connectors.descriptor import descriptor_for, sandbox_kit
+from connectors.http import tls_context
 from connectors.sandbox_support.kit import SandboxAccount, SandboxKit, SandboxUser
 
 DEMO_APP_TOKEN = "demo-outgoing-webhook-token"
@@ -68,7 +69,7 @@ async def _amocrm_outage(ports: DemoPorts, start: float, length: float) -> None:
     if length <= 0:
         return
     control = f"http://127.0.0.1:{ports.amocrm}/_sandbox/faults"
-    async with httpx.AsyncClient(timeout=10) as client:
+    async with httpx.AsyncClient(timeout=10, verify=tls_context()) as client:
         await asyncio.sleep(start)
         await client.post(control, json={"kind": "http_503", "count": 1_000_000})
         try:

@@ -8,12 +8,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
 from app.config import Settings
 from app.main import create_app
+from tests.support import web
 from tests.support.server import serve_asgi
 
 
@@ -28,37 +28,37 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_docs_load_every_asset_from_this_service(service_url: str) -> None:
-    page = httpx.get(f"{service_url}/docs")
+    page = web.get(f"{service_url}/docs")
     assert page.status_code == 200
     assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert assets, page.text
     assert [a for a in assets if not a.startswith("/")] == [], "an asset from another origin"
     assert "http" not in re.sub(r"http://127\.0\.0\.1:\d+", "", page.text).replace("https://swagger.io", "")
 
-    script = httpx.get(f"{service_url}/static/docs/swagger-ui-bundle.js")
+    script = web.get(f"{service_url}/static/docs/swagger-ui-bundle.js")
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert "SwaggerUIBundle" in script.text
-    style = httpx.get(f"{service_url}/static/docs/swagger-ui.css")
+    style = web.get(f"{service_url}/static/docs/swagger-ui.css")
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     assert ".swagger-ui" in style.text
 
 
 def test_the_packaged_swagger_ui_reads_our_openapi_version(service_url: str) -> None:
     """FastAPI writes OpenAPI 3.1, which Swagger UI renders from version 5 on (4.x shows an error)."""
-    schema = httpx.get(f"{service_url}/openapi.json").json()
+    schema = web.get(f"{service_url}/openapi.json").json()
     assert schema["openapi"].startswith("3.1")
-    script = httpx.get(f"{service_url}/static/docs/swagger-ui-bundle.js").text
+    script = web.get(f"{service_url}/static/docs/swagger-ui-bundle.js").text
     version = re.search(r'PACKAGE_VERSION:"(\d+)\.', script)
     assert version and int(version.group(1)) >= 5, "Swagger UI 5 or later is needed for OpenAPI 3.1"
 
 
 def test_only_the_two_docs_assets_are_served(service_url: str) -> None:
     for name in ("swagger-editor-bundle.js", "..%2F..%2Fcore.py", "index.html"):
-        assert httpx.get(f"{service_url}/static/docs/{name}").status_code == 404
+        assert web.get(f"{service_url}/static/docs/{name}").status_code == 404
 
 
 def test_favicon(service_url: str) -> None:
     for path in ("/favicon.svg", "/favicon.ico"):
-        icon = httpx.get(f"{service_url}{path}")
+        icon = web.get(f"{service_url}{path}")
         assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
         assert icon.text.startswith("<svg")

@@ -28,6 +28,7 @@ from app.security import api_token, secret_key
 from app.webhooks.service import body_preview, strip_token
 from connectors.base import Retryable
 from connectors.http import BITRIX24_STANDARD, ThrottledClient, redact, redact_error
+from tests.support import web
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -172,7 +173,7 @@ def test_no_secret_in_the_database_file_or_the_logs(
     with (
         crm_sandbox("amocrm", token=AMO_TOKEN) as amo,
         serve_asgi(create_app(settings)) as service_url,
-        httpx.Client(base_url=service_url, headers=AUTH, timeout=60) as api,
+        web.client(base_url=service_url, headers=AUTH, timeout=60) as api,
     ):
         with crm_sandbox("bitrix24", webhook_code=WEBHOOK_CODE, app_token=APP_TOKEN) as b24:
             _show_access_log()  # after the last uvicorn server started: each one configures logging

@@ -40,6 +40,7 @@ from connectors.http import (
     ThrottledClient,
     origin,
     redact_error,
+    tls_context,
     with_origin,
     with_retries,
 )
@@ -181,9 +182,10 @@ class Bitrix24Transport:
             # Keep connections alive for the whole burst: a fresh TCP connect per request adds arrival
             # jitter the portal's bucket sees (fast_bitrix24 also caps concurrency at 50).
             transport=httpx.AsyncHTTPTransport(
+                verify=tls_context(),
                 limits=httpx.Limits(
                     max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
-                )
+                ),
             ),
         )
         self._auth: _PortalAuth | None = None
@@ -421,7 +423,7 @@ class Bitrix24Transport:
                 "refresh_token": self._auth.tokens.refresh_token,
             }
             try:
-                async with httpx.AsyncClient(timeout=30.0) as client:
+                async with httpx.AsyncClient(timeout=30.0, verify=tls_context()) as client:
                     response = await client.get(url, params=query)
             except httpx.HTTPError as exc:
                 raise Retryable(

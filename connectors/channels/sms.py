@@ -37,7 +37,7 @@ from connectors.channels.base import (
     RecipientUnreachable,
     TemporaryChannelError,
 )
-from connectors.http import RetryPolicy
+from connectors.http import RetryPolicy, tls_context
 
 log = logging.getLogger("funnelsync.channels.sms")
 
@@ -158,6 +158,7 @@ class SmsRuChannel:
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout, connect=10.0),
             headers={"User-Agent": "FunnelSync"},
+            verify=tls_context(),
         )
 
     async def send(self, message: OutgoingMessage) -> Receipt:

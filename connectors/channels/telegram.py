@@ -33,7 +33,7 @@ from connectors.channels.base import (
     RecipientUnreachable,
     TemporaryChannelError,
 )
-from connectors.http import RetryPolicy
+from connectors.http import RetryPolicy, tls_context
 
 log = logging.getLogger("funnelsync.channels.telegram")
 
@@ -90,7 +90,7 @@ class TelegramChannel:
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=_TokenTransport(transport or httpx.AsyncHTTPTransport(), token),
+            transport=_TokenTransport(transport or httpx.AsyncHTTPTransport(verify=tls_context()), token),
             headers={"User-Agent": "FunnelSync"},
         )
 

@@ -41,7 +41,7 @@ from connectors.channels.base import (
     Receipt,
     TemporaryChannelError,
 )
-from connectors.http import origin
+from connectors.http import origin, tls_context
 
 log = logging.getLogger("funnelsync.channels.webhooks")
 
@@ -125,6 +125,7 @@ class SignedWebhookChannel:
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             headers={"User-Agent": "FunnelSync-Webhooks"},
+            verify=tls_context(),
         )
 
     async def send(self, message: OutgoingMessage) -> Receipt:

@@ -9,12 +9,13 @@ import httpx
 from app.analytics.schemas import RetryableStatus
 from app.outbox.statuses import KINDS, RETRYABLE_STATUSES, CommandKind
 from tests.dashboard.support import CRM_ERROR_DEAD, CRM_ERROR_FAILED, TOKEN, Running
+from tests.support import web
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def failures(dashboard: Running, **params: str) -> httpx.Response:
-    return httpx.get(f"{dashboard.url}/api/analytics/failures", params=params, headers=AUTH)
+    return web.get(f"{dashboard.url}/api/analytics/failures", params=params, headers=AUTH)
 
 
 def summary(body: dict[str, Any]) -> tuple[int, list[tuple[str, str, str]]]:

@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 
 from tests.dashboard.support import TOKEN, Running
+from tests.support import web
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DAY = {"from": "2026-11-01", "to": "2026-11-01"}
 
 
 def get(run: Running, path: str, **params: str) -> httpx.Response:
-    return httpx.get(f"{run.url}/api/analytics{path}", params=params, headers=AUTH)
+    return web.get(f"{run.url}/api/analytics{path}", params=params, headers=AUTH)
 
 
 def by_stage(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -100,4 +101,4 @@ def test_errors_are_clear(dashboard: Running) -> None:
         dashboard, f"/funnels/{dashboard.data.funnel_id}", **{"from": "2026-11-02", "to": "2026-11-01"}
     )
     assert empty.status_code == 422 and "the period is empty" in empty.json()["detail"]
-    assert httpx.get(f"{dashboard.url}/api/analytics/overview").status_code == 401
+    assert web.get(f"{dashboard.url}/api/analytics/overview").status_code == 401

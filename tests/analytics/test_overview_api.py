@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
-
 from tests.dashboard.support import CRM_ERROR_DEAD, CRM_ERROR_FAILED, FAILED_EVENT_ERROR, TOKEN, Running
+from tests.support import web
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_overview_has_every_connection_with_queues(dashboard: Running) -> None:
-    body = httpx.get(f"{dashboard.url}/api/analytics/overview", headers=AUTH).json()
+    body = web.get(f"{dashboard.url}/api/analytics/overview", headers=AUTH).json()
     by_name = {c["health"]["name"]: c for c in body["connections"]}
     assert sorted(by_name) == ["amo", "b24"]
     b24 = by_name["b24"]
@@ -29,7 +28,7 @@ def test_overview_has_every_connection_with_queues(dashboard: Running) -> None:
 
 
 def test_failures_list_the_crm_error_text(dashboard: Running) -> None:
-    body = httpx.get(f"{dashboard.url}/api/analytics/failures", headers=AUTH).json()
+    body = web.get(f"{dashboard.url}/api/analytics/failures", headers=AUTH).json()
     assert [(e["connection"], e["error"]) for e in body["events"]] == [("b24", FAILED_EVENT_ERROR)]
     assert body["events"][0]["body_preview"].startswith("event=ONCRMDEALUPDATE")
     commands = [(c["status"], c["kind"], c["last_error"]) for c in body["commands"]]
@@ -41,7 +40,7 @@ def test_failures_list_the_crm_error_text(dashboard: Running) -> None:
 
 
 def test_board_counts_sums_and_overdue(dashboard: Running) -> None:
-    body = httpx.get(
+    body = web.get(
         f"{dashboard.url}/api/analytics/funnels/{dashboard.data.funnel_id}/board", headers=AUTH
     ).json()
     columns = {c["stage"]["code"]: c for c in body["columns"]}

@@ -6,32 +6,31 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
-
 from app.bot.service import TEXTS
 from app.bot.webhook import SECRET_HEADER
 from app.main import create_app
 from tests.bot.conftest import CHAT, TEMPLATE, cli_env, start_bench
+from tests.support import web
 from tests.support.channels import TelegramSandbox
 from tests.support.cli import run_cli
 from tests.support.matrix import each_crm_on_one_database
-from tests.support.server import free_port, serve_asgi
+from tests.support.server import bound_socket, serve_asgi
 
 
 @each_crm_on_one_database()
 async def test_the_service_answers_telegrams_webhook(
     crm: str, database_url: str, tmp_path: Path, telegram: TelegramSandbox
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     async with start_bench(crm, database_url, tmp_path, telegram, public_url=url) as bench:
-        with serve_asgi(create_app(bench.settings), port=port):
+        with serve_asgi(create_app(bench.settings), sock=sock):
             registered = await asyncio.to_thread(
                 run_cli, "bot", "telegram", "acme", TEMPLATE, "--webhook", env=cli_env(bench)
             )
             assert registered.returncode == 0, registered.stderr
             endpoint = f"{url}/bot/telegram/acme/{TEMPLATE}"
-            async with httpx.AsyncClient() as client:
+            async with web.async_client() as client:
                 info = (await client.get(f"{telegram.url}/bot{telegram.token}/getWebhookInfo")).json()
                 assert info["result"]["url"] == endpoint
                 # A forged update (no secret, or a wrong one) is refused and changes nothing.

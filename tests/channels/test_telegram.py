@@ -10,7 +10,6 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI, Request
 
@@ -23,6 +22,7 @@ from connectors.channels.base import (
 )
 from connectors.channels.telegram import TelegramChannel
 from connectors.http import RetryPolicy
+from tests.support import web
 from tests.support.channels import TelegramSandbox, running_telegram_sandbox
 from tests.support.server import free_port, serve_asgi
 
@@ -267,7 +267,7 @@ def test_the_sandbox_answers_raw_bot_api_calls_as_documented(sandbox: TelegramSa
     """Fidelity: requests shaped as core.telegram.org/bots/api shows, without our channel."""
     api = f"{sandbox.url}/bot{sandbox.token}"
 
-    sent = httpx.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": TEXT}, timeout=10)
+    sent = web.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": TEXT}, timeout=10)
     assert sent.status_code == 200
     body = sent.json()
     assert body["ok"] is True
@@ -277,23 +277,21 @@ def test_the_sandbox_answers_raw_bot_api_calls_as_documented(sandbox: TelegramSa
     assert message["from"]["is_bot"] is True and message["text"] == TEXT
 
     # The other ways to pass parameters, and a case-insensitive method name.
-    form = httpx.post(f"{api}/sendmessage", data={"chat_id": str(CHAT), "text": "form"}, timeout=10)
-    query = httpx.get(f"{api}/sendMessage", params={"chat_id": CHAT, "text": "query"}, timeout=10)
+    form = web.post(f"{api}/sendmessage", data={"chat_id": str(CHAT), "text": "form"}, timeout=10)
+    query = web.get(f"{api}/sendMessage", params={"chat_id": CHAT, "text": "query"}, timeout=10)
     assert form.json()["result"]["text"] == "form" and query.json()["result"]["text"] == "query"
     assert form.json()["result"]["message_id"] == message["message_id"] + 1
 
-    me = httpx.get(f"{api}/getMe", timeout=10).json()
+    me = web.get(f"{api}/getMe", timeout=10).json()
     assert me["ok"] is True and me["result"]["is_bot"] is True
 
-    wrong = httpx.post(
-        f"{sandbox.url}/bot1:nope/sendMessage", json={"chat_id": CHAT, "text": "x"}, timeout=10
-    )
+    wrong = web.post(f"{sandbox.url}/bot1:nope/sendMessage", json={"chat_id": CHAT, "text": "x"}, timeout=10)
     assert (wrong.status_code, wrong.json()) == (
         401,
         {"ok": False, "error_code": 401, "description": "Unauthorized"},
     )
 
-    empty = httpx.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": ""}, timeout=10)
+    empty = web.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": ""}, timeout=10)
     assert empty.status_code == 400
     assert empty.json() == {
         "ok": False,
@@ -306,8 +304,8 @@ def test_the_sandbox_flood_answer_carries_retry_after_in_parameters(sandbox: Tel
     sandbox.fault("flood", count=1, retry_after=7)
     api = f"{sandbox.url}/bot{sandbox.token}"
 
-    flooded = httpx.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": "x"}, timeout=10)
-    after = httpx.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": "x"}, timeout=10)
+    flooded = web.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": "x"}, timeout=10)
+    after = web.post(f"{api}/sendMessage", json={"chat_id": CHAT, "text": "x"}, timeout=10)
 
     assert flooded.status_code == 429
     assert flooded.json() == {

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 
 from app.config import Settings
 from app.connections import service
 from app.main import create_app
+from tests.support import web
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -57,7 +57,7 @@ def test_check_records_the_account_id_and_webhooks_of_another_account_are_refuse
     body = {"name": "amo", "crm": "amocrm", "subdomain": config.subdomain, "base_url": amo.url}
     with (
         serve_asgi(create_app(settings)) as url,
-        httpx.Client(base_url=url, headers=AUTH, timeout=60) as api,
+        web.client(base_url=url, headers=AUTH, timeout=60) as api,
     ):
         assert api.post("/api/connections", json={**body, "token": config.token}).status_code == 201
         assert "account_id" not in api.get("/api/connections/amo").json()["settings"]
@@ -77,7 +77,7 @@ def test_provisioning_records_the_account_id(amo: CRMSandbox, database_url: str,
     body = {"name": "amo", "crm": "amocrm", "subdomain": config.subdomain, "base_url": amo.url}
     with (
         serve_asgi(create_app(settings)) as url,
-        httpx.Client(base_url=url, headers=AUTH, timeout=60) as api,
+        web.client(base_url=url, headers=AUTH, timeout=60) as api,
     ):
         assert api.post("/api/connections", json={**body, "token": config.token}).status_code == 201
         request = {"template": "general.typical", "dry_run": True}

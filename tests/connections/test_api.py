@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from app.main import create_app
+from tests.support import web
 from tests.support.crm import APP_TOKEN, FAST_RETRY, CRMSandbox, crm_sandbox, settings_for
 from tests.support.server import serve_asgi
 
@@ -31,7 +32,7 @@ def amo() -> Iterator[CRMSandbox]:
 def api(database_url: str, tmp_path: Path) -> Iterator[httpx.Client]:
     with (
         serve_asgi(create_app(settings_for(tmp_path, database_url))) as url,
-        httpx.Client(base_url=url, headers=AUTH, timeout=60) as client,
+        web.client(base_url=url, headers=AUTH, timeout=60) as client,
     ):
         yield client
 

@@ -21,6 +21,7 @@ from app.main import create_app
 from app.rules.engine import DealState, on_entry, resolve_assignee
 from app.rules.service import load_funnel
 from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
+from tests.support import web
 from tests.support.cli import run_cli
 from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
@@ -71,7 +72,7 @@ ORIGINAL = {
 @pytest.fixture
 async def api(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     with serve_asgi(create_app(settings_for(tmp_path, database_url))) as url:
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as client:
+        async with web.async_client(base_url=url, headers=AUTH, timeout=60) as client:
             yield client
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,10 +33,11 @@ from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxCommand
 from app.webhooks.models import InboxEvent
 from connectors.base import CRMConnector, Pipeline
+from tests.support import web
 from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.notify import RequestCounter
-from tests.support.server import free_port, serve_asgi
+from tests.support.server import bound_socket, serve_asgi
 
 API_AUTH = {"Authorization": "Bearer test-token-1234567890"}
 NO_DELAY = RetrySettings(base_delay=timedelta(0), max_delay=timedelta(0))
@@ -96,7 +96,7 @@ class Moving:
             return next(str(d["STAGE_ID"]) for d in box.state()["deals"] if str(d["ID"]) == deal_id)
         # Read at the new name, which never redirects (the old one may, to a page that is not JSON).
         token = {"Authorization": f"Bearer {box.config.token}"}
-        lead = httpx.get(f"http://{self.new_host}/api/v4/leads/{deal_id}", headers=token, timeout=30).json()
+        lead = web.get(f"http://{self.new_host}/api/v4/leads/{deal_id}", headers=token, timeout=30).json()
         return str(lead["status_id"])
 
     @property
@@ -142,7 +142,7 @@ class Moving:
         return command
 
     def status(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/api/connections/{self.crm}/status", headers=API_AUTH, timeout=30)
+        response = web.get(f"{self.url}/api/connections/{self.crm}/status", headers=API_AUTH, timeout=30)
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()
         return body
@@ -151,12 +151,12 @@ class Moving:
 @pytest.fixture(params=["bitrix24", "amocrm"])
 async def moving(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Moving]:
     crm = request.param
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = settings_for(tmp_path, database_url).model_copy(update={"public_url": url})
     hooks = RequestCounter(create_app(settings))
     options = {"webhook_url": f"{url}/webhooks/bitrix24/{crm}"} if crm == "bitrix24" else {}
-    with serve_asgi(hooks, port=port), crm_sandbox(crm, **options) as sandbox:
+    with serve_asgi(hooks, sock=sock), crm_sandbox(crm, **options) as sandbox:
         async with open_sessions(database_url) as sessions:
             record = sandbox.connection(settings, name=crm)
             async with sessions.begin() as session:
@@ -213,7 +213,7 @@ async def test_queued_writes_reach_a_renamed_crm_which_is_recorded(moving: Movin
     assert await (await moving.connector()).list_pipelines()
     assert moving.redirects() == 1
     # The overview shows the move.
-    async with httpx.AsyncClient(base_url=moving.url, timeout=30) as client:
+    async with web.async_client(base_url=moving.url, timeout=30) as client:
         assert (
             await client.post("/login", data={"token": "test-token-1234567890", "next": "/"})
         ).status_code == 303
@@ -295,7 +295,7 @@ async def test_a_late_event_naming_the_old_address_does_not_move_the_connection_
                 "account[id]": str(box.config.account_id),
             }
         )
-    async with httpx.AsyncClient(base_url=moving.url, timeout=30) as client:
+    async with web.async_client(base_url=moving.url, timeout=30) as client:
         answer = await client.post(
             path, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
         )

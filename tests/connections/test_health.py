@@ -44,6 +44,7 @@ from connectors.base import (
 )
 from connectors.events import parse_deal_events
 from tests.outbox.conftest import NO_DELAY, OUTAGE_FAULT, Outbox, open_outbox
+from tests.support import web
 from tests.support.cli import run_cli
 from tests.support.server import serve_asgi
 
@@ -187,8 +188,8 @@ async def views(outbox: Outbox, database_url: str, tmp_path: Path) -> AsyncItera
     }
     with serve_asgi(create_app(settings)) as url:
         async with (
-            httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as api,
-            httpx.AsyncClient(base_url=url, timeout=30) as dashboard,
+            web.async_client(base_url=url, headers=AUTH, timeout=30) as api,
+            web.async_client(base_url=url, timeout=30) as dashboard,
         ):
             login = await dashboard.post("/login", data={"token": "test-token-1234567890", "next": "/"})
             assert login.status_code == 303

@@ -19,6 +19,7 @@ from app.connections.models import Connection, ConnectionSwitch
 from app.main import create_app
 from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.http import RatePolicy, RedirectRefused, ThrottledClient
+from tests.support import web
 from tests.support.cli import run_cli
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
@@ -95,7 +96,7 @@ def test_the_urls_checked_are_those_funnelsync_calls() -> None:
 )
 def test_api_add_answers_422(database_url: str, tmp_path: Path, body: dict[str, str]) -> None:
     settings = private_refused(tmp_path, database_url)
-    with serve_asgi(create_app(settings)) as url, httpx.Client(base_url=url, headers=AUTH) as api:
+    with serve_asgi(create_app(settings)) as url, web.client(base_url=url, headers=AUTH) as api:
         response = api.post("/api/connections", json={"name": "x", **body})
         assert response.status_code == 422, response.text
         assert "127.0.0.1" in response.json()["detail"]
@@ -141,7 +142,7 @@ def test_a_connector_for_a_private_address_is_refused_and_the_connection_paused(
     assert stored.status == ConnectionSwitch.PAUSED
     assert stored.paused_reason and "FUNNELSYNC_ALLOW_PRIVATE_CRM=true" in stored.paused_reason
     with serve_asgi(create_app(private_refused(tmp_path, database_url))) as url:
-        check = httpx.post(f"{url}/api/connections/amo/check", headers=AUTH)
+        check = web.post(f"{url}/api/connections/amo/check", headers=AUTH)
     assert check.status_code == 502 and "is at 127.0.0.1" in check.json()["detail"]
 
 

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,6 +31,7 @@ from connectors import factory
 from connectors.base import CRMConnector
 from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from tests.connectors.bitrix24 import conftest as b24
+from tests.support import web
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -193,7 +193,7 @@ async def test_refresh_token_lapse_is_shown_with_a_warning_before_it_comes(
     lapses = rotated + timedelta(days=180)
 
     with serve_asgi(create_app(portal.settings)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with web.async_client(base_url=url, timeout=30) as client:
             answer = await client.get(
                 f"/api/connections/{NAME}/status", headers={"Authorization": "Bearer test-token-1234567890"}
             )

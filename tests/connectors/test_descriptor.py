@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
@@ -54,6 +53,7 @@ from connectors.descriptor import (
 from connectors.events import parse_deal_events, read_identity
 from connectors.http import AMOCRM_DEFAULT, DomainSaver, RatePolicy, RetryPolicy
 from tests.connectors.amocrm import conftest as amo
+from tests.support import web
 from tests.support.crm import FAST_RETRY, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -286,7 +286,7 @@ async def test_a_toy_crms_webhook_is_stored_by_the_generic_receiver(toy_account:
     record = await toy_account.record()
     account = toy_account.box.config.subdomain
     with serve_asgi(create_app(toy_account.settings)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with web.async_client(base_url=url, timeout=30) as client:
             # The toy's descriptor puts a secret in its URL: its URL is /webhooks/toy/<name>/<secret>.
             accepted = await client.post("/webhooks/toy/toy-shop/s3cret", content=_toy_delivery(account, 7))
             again = await client.post("/webhooks/toy/toy-shop/s3cret", content=_toy_delivery(account, 7))
@@ -312,7 +312,7 @@ async def test_a_toy_connection_is_added_through_the_api(toy_account: ToyAccount
     body = {"name": "toy-two", "crm": "toy", "account": "two", "token": "t", "base_url": "https://two.toy"}
     auth = {"Authorization": "Bearer test-token-1234567890"}
     with serve_asgi(create_app(toy_account.settings)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30, headers=auth) as client:
+        async with web.async_client(base_url=url, timeout=30, headers=auth) as client:
             added = await client.post("/api/connections", json=body)
             bad = await client.post("/api/connections", json={**body, "name": "toy-three", "account": 5})
     assert added.status_code == 201, added.text

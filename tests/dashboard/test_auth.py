@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
@@ -24,19 +23,20 @@ from app.dashboard.auth import (
     encode_cookie,
 )
 from tests.dashboard.support import TOKEN, Running, csrf_of, login
+from tests.support import web
 
 PAGES = ["/", "/failures", "/templates", "/templates/general.typical"]
 
 
 @pytest.mark.parametrize("path", [*PAGES, "/funnels/1", "/funnels/1/analytics", "/deals/1"])
 def test_pages_redirect_to_login_without_a_session(dashboard: Running, path: str) -> None:
-    response = httpx.get(f"{dashboard.url}{path}", follow_redirects=False)
+    response = web.get(f"{dashboard.url}{path}", follow_redirects=False)
     assert response.status_code == 303
     assert response.headers["location"].startswith("/login?next=")
 
 
 def test_wrong_token_is_refused_with_a_message(dashboard: Running) -> None:
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         response = client.post("/login", data={"token": "nope", "next": "/"}, params={"lang": "en"})
         assert response.status_code == 401
         assert "Wrong token" in response.text
@@ -45,7 +45,7 @@ def test_wrong_token_is_refused_with_a_message(dashboard: Running) -> None:
 
 
 def test_right_token_sets_a_safe_cookie_and_opens_every_page(dashboard: Running) -> None:
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         response = client.post("/login", data={"token": TOKEN, "next": "/failures"})
         assert response.status_code == 303 and response.headers["location"] == "/failures"
         cookie = response.headers["set-cookie"].lower()
@@ -59,13 +59,13 @@ def test_right_token_sets_a_safe_cookie_and_opens_every_page(dashboard: Running)
 
 
 def test_login_never_redirects_off_site(dashboard: Running) -> None:
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         response = client.post("/login", data={"token": TOKEN, "next": "//evil.example/x"})
         assert response.headers["location"] == "/"
 
 
 def test_a_forged_cookie_is_not_a_session(dashboard: Running) -> None:
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         login(client)
         value = client.cookies[SESSION_COOKIE]
         client.cookies.clear()
@@ -75,7 +75,7 @@ def test_a_forged_cookie_is_not_a_session(dashboard: Running) -> None:
 
 @pytest.mark.parametrize("csrf", [None, "wrong"])
 def test_posts_without_the_csrf_token_are_refused(dashboard: Running, csrf: str | None) -> None:
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         login(client)
         data = {"csrf_token": csrf} if csrf else {}
         response = client.post("/logout", data=data, follow_redirects=False)
@@ -85,7 +85,7 @@ def test_posts_without_the_csrf_token_are_refused(dashboard: Running, csrf: str 
 
 
 def test_logout_with_the_csrf_token(dashboard: Running) -> None:
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         login(client)
         token = csrf_of(client.get("/").text)
         response = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
@@ -94,12 +94,12 @@ def test_logout_with_the_csrf_token(dashboard: Running) -> None:
 
 
 def test_a_logged_out_cookie_replayed_is_refused(dashboard: Running) -> None:
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         login(client)
         cookie = client.cookies[SESSION_COOKIE]
         token = csrf_of(client.get("/").text)
         assert client.post("/logout", data={"csrf_token": token}, follow_redirects=False).status_code == 303
-    with httpx.Client(base_url=dashboard.url, cookies={SESSION_COOKIE: cookie}) as replay:
+    with web.client(base_url=dashboard.url, cookies={SESSION_COOKIE: cookie}) as replay:
         assert replay.get("/", follow_redirects=False).status_code == 303
         assert replay.get("/login", follow_redirects=False).status_code == 200  # the form, not a loop
 
@@ -116,7 +116,7 @@ def test_cookies_signed_with_a_guessable_key_are_refused(dashboard: Running, key
     # the key derived from the secret key.
     now = int(time.time())
     claims = {"sid": "forged", "csrf": "x", "iat": now, "tok": "x"}
-    with httpx.Client(base_url=dashboard.url, cookies={SESSION_COOKIE: _signed(key, claims)}) as client:
+    with web.client(base_url=dashboard.url, cookies={SESSION_COOKIE: _signed(key, claims)}) as client:
         assert client.get("/", follow_redirects=False).status_code == 303
 
 
@@ -134,7 +134,7 @@ def test_a_cookie_is_bound_to_the_secret_key_and_the_api_token(tmp_path: Path) -
 
 def test_failed_logins_are_throttled_per_address(dashboard: Running) -> None:
     allowed = Settings.model_fields["auth_failures_allowed"].default
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         for _ in range(allowed):
             assert client.post("/login", data={"token": "wrong-token", "next": "/"}).status_code == 401
         throttled = client.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False)
@@ -147,7 +147,7 @@ def test_failed_logins_are_throttled_per_address(dashboard: Running) -> None:
 
 def test_failed_bearer_tokens_are_throttled(dashboard: Running) -> None:
     allowed = Settings.model_fields["auth_failures_allowed"].default
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         # No token at all is not a guess: it does not count.
         for _ in range(allowed + 1):
             assert client.get("/api/analytics/overview").status_code == 401

@@ -19,6 +19,7 @@ from app.analytics.funnels import load_funnel
 from app.connections.models import Connection
 from app.deals.models import Deal
 from tests.dashboard.support import Running, build_app, login, seed
+from tests.support import web
 from tests.support.crm import crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -34,7 +35,7 @@ def text_of(html: str, attribute: str) -> str:
 
 @pytest.fixture
 def client(dashboard: Running) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=dashboard.url) as http:
+    with web.client(base_url=dashboard.url) as http:
         login(http)
         yield http
 
@@ -169,7 +170,7 @@ def named(database_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, Run
                 )
 
         asyncio.run(point_at_sandbox())
-        with serve_asgi(build_app(settings)) as url, httpx.Client(base_url=url) as http:
+        with serve_asgi(build_app(settings)) as url, web.client(base_url=url) as http:
             response = http.post("/login", data={"token": TOKEN, "next": "/"})
             assert response.status_code == 303
             yield http, Running(url, data), sandbox.box

@@ -22,6 +22,7 @@ from app.outbox.models import OutboxCommand
 from app.outbox.statuses import KINDS
 from app.webhooks.models import InboxEvent
 from tests.dashboard.support import FAILED_EVENT_ERROR, T0, Running, csrf_of, login
+from tests.support import web
 from tests.support.db import open_sessions
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "app" / "dashboard" / "templates" / "failures.html"
@@ -115,7 +116,7 @@ async def _add_amo_failures(url: str) -> Rows:
 @pytest.fixture
 def page(dashboard: Running, database_url: str) -> Iterator[Page]:
     rows = asyncio.run(_add_amo_failures(database_url))
-    with httpx.Client(base_url=dashboard.url) as client:
+    with web.client(base_url=dashboard.url) as client:
         login(client)
         yield Page(client, database_url, rows)
 

@@ -19,6 +19,7 @@ import pytest
 from app.dashboard import i18n
 from app.main import create_app
 from tests.dashboard.support import Seeded, seed
+from tests.support import web
 from tests.support.crm import crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -188,7 +189,7 @@ def pages(client: httpx.Client, data: Seeded) -> dict[str, httpx.Response]:
 @pytest.mark.parametrize("lang", ["ru", "en"])
 def test_every_page_is_fully_translated(site: Site, lang: str) -> None:
     browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-    with httpx.Client(base_url=site.url, headers=browser, params={"lang": lang}, timeout=60) as client:
+    with web.client(base_url=site.url, headers=browser, params={"lang": lang}, timeout=60) as client:
         rendered = {"login": client.get("/login")}
         assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 303
         rendered |= pages(client, site.data)
@@ -218,9 +219,9 @@ def test_the_word_check_catches_english() -> None:
 
 def test_api_clients_still_get_json(site: Site) -> None:
     """The same errors for a client that does not ask for HTML: JSON, as before."""
-    unknown = httpx.get(f"{site.url}/no/such/page")
+    unknown = web.get(f"{site.url}/no/such/page")
     assert unknown.status_code == 404 and unknown.json() == {"detail": "Not Found"}
-    wrong_type = httpx.get(f"{site.url}/api/deals/abc", headers={"Authorization": f"Bearer {TOKEN}"})
+    wrong_type = web.get(f"{site.url}/api/deals/abc", headers={"Authorization": f"Bearer {TOKEN}"})
     assert wrong_type.status_code == 422 and wrong_type.json()["detail"][0]["loc"] == ["path", "deal_id"]
-    missing = httpx.get(f"{site.url}/api/templates/no.such", headers={"Authorization": f"Bearer {TOKEN}"})
+    missing = web.get(f"{site.url}/api/templates/no.such", headers={"Authorization": f"Bearer {TOKEN}"})
     assert missing.status_code == 404 and "no template with key 'no.such'" in missing.json()["detail"]

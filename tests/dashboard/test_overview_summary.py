@@ -13,11 +13,12 @@ import pytest
 from app.analytics.overview import first_reconcile_eta
 from app.connections.models import Connection
 from tests.dashboard.support import Running, login
+from tests.support import web
 
 
 @pytest.fixture
 def client(dashboard: Running) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=dashboard.url) as http:
+    with web.client(base_url=dashboard.url) as http:
         login(http)
         yield http
 

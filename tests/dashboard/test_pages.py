@@ -17,11 +17,12 @@ from tests.dashboard.support import (
     csrf_of,
     login,
 )
+from tests.support import web
 
 
 @pytest.fixture
 def client(dashboard: Running) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=dashboard.url) as http:
+    with web.client(base_url=dashboard.url) as http:
         login(http)
         yield http
 
@@ -160,9 +161,9 @@ def test_language_switch_is_remembered(client: httpx.Client, dashboard: Running)
 
 
 def test_static_files_are_served(dashboard: Running) -> None:
-    css = httpx.get(f"{dashboard.url}/static/dashboard/dashboard.css")
+    css = web.get(f"{dashboard.url}/static/dashboard/dashboard.css")
     assert css.status_code == 200 and "focus-visible" in css.text
-    assert httpx.get(f"{dashboard.url}/static/dashboard/../pages.py").status_code == 404
+    assert web.get(f"{dashboard.url}/static/dashboard/../pages.py").status_code == 404
 
 
 def test_a_funnel_without_deals_or_template_still_renders(client: httpx.Client, dashboard: Running) -> None:

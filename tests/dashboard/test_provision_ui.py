@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.main import create_app
+from tests.support import web
 from tests.support.crm import FAST_RETRY, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -26,7 +27,7 @@ def ui(database_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, CRMSan
                 session.add(sandbox.connection(settings, name="b24"))
 
         asyncio.run(add())
-        with serve_asgi(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        with serve_asgi(create_app(settings)) as url, web.client(base_url=url, timeout=60) as client:
             assert (
                 client.post("/login", data={"token": "test-token-1234567890", "next": "/"}).status_code == 303
             )

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -22,6 +21,7 @@ from app.connections.models import Connection
 from app.funnels.plan import PlanContext, PlanItem, plan_provisioning
 from app.main import create_app
 from tests.funnels.test_plan_cases import B24_CTX, B24_MAPPING, TEMPLATE, b24_state
+from tests.support import web
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -56,7 +56,7 @@ class Service:
     database_url: str
 
     def plan(self) -> dict[str, Any]:
-        response = httpx.post(
+        response = web.post(
             f"{self.url}/api/connections/b24/provision",
             json={"template": "general.typical", "dry_run": True},
             headers=AUTH,
@@ -104,7 +104,7 @@ def test_events_with_the_token_make_the_webhook_clean_until_the_token_changes(se
     assert seen["why"]["key"] == "plan_webhook_seen"
 
     # The dashboard says it in Russian.
-    with httpx.Client(base_url=service.url, timeout=60) as client:
+    with web.client(base_url=service.url, timeout=60) as client:
         assert client.post("/login", data={"token": "test-token-1234567890", "next": "/"}).status_code == 303
         page = client.get("/templates/general.typical").text
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)

@@ -19,6 +19,7 @@ from app.connections.models import Connection
 from app.library.service import MAX_TEMPLATE_BYTES, OWN_TEMPLATES, template_for
 from app.main import create_app
 from funnel_templates.loader import library
+from tests.support import web
 from tests.support.cli import run_cli
 from tests.support.crm import APP_TOKEN, FAST_RETRY_ENV, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
@@ -153,7 +154,7 @@ def test_a_file_under_a_library_key_is_refused_unless_it_is_that_template(
 
 
 @pytest.fixture
-def web(database_url: str, tmp_path: Path, b24: CRMSandbox) -> Iterator[tuple[httpx.Client, str]]:
+def dashboard(database_url: str, tmp_path: Path, b24: CRMSandbox) -> Iterator[tuple[httpx.Client, str]]:
     settings = settings_for(tmp_path, database_url)
 
     async def add() -> None:
@@ -161,7 +162,7 @@ def web(database_url: str, tmp_path: Path, b24: CRMSandbox) -> Iterator[tuple[ht
             session.add(b24.connection(settings, name="b24"))
 
     asyncio.run(add())
-    with serve_asgi(create_app(settings)) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with serve_asgi(create_app(settings)) as url, web.client(base_url=url, timeout=60) as client:
         yield client, database_url
 
 
@@ -176,9 +177,9 @@ AUTH = {"Authorization": "Bearer test-token-1234567890"}
 
 
 def test_the_api_validates_plans_and_keeps_an_own_template(
-    web: tuple[httpx.Client, str], b24: CRMSandbox, tmp_path: Path
+    dashboard: tuple[httpx.Client, str], b24: CRMSandbox, tmp_path: Path
 ) -> None:
-    client, database_url = web
+    client, database_url = dashboard
     url = "/api/connections/b24/provision"
     bad = client.post(url, json={"template_yaml": broken(tmp_path).read_text()}, headers=AUTH)
     assert bad.status_code == 422
@@ -210,9 +211,9 @@ def _csrf(html: str) -> str:
 
 
 def test_the_upload_form_refuses_big_broken_and_unsigned_files(
-    web: tuple[httpx.Client, str], b24: CRMSandbox, tmp_path: Path
+    dashboard: tuple[httpx.Client, str], b24: CRMSandbox, tmp_path: Path
 ) -> None:
-    client, _ = web
+    client, _ = dashboard
     assert client.post("/login", data={"token": "test-token-1234567890", "next": "/"}).status_code == 303
     token = _csrf(client.get("/templates/upload?lang=en").text)
     form = {"csrf_token": token, "connection": "b24"}

@@ -18,6 +18,7 @@ from app.messages.models import ChannelAccount, OptOut
 from app.messages.service import deal_messages
 from app.messages.statuses import MessageStatus, OptOutSource
 from tests.messages.conftest import Outbox
+from tests.support import web
 from tests.support.channels import TelegramSandbox
 from tests.support.cli import run_cli
 from tests.support.server import serve_asgi
@@ -30,7 +31,7 @@ SECRET_KEY = "7sGqz8pM5Y2Jw8m3b7yS0gR5tW1vN9cX4eK6hL2dQ0A="  # tests.support.crm
 @pytest.fixture
 async def api(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
     with serve_asgi(create_app(outbox.settings)) as url:
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=60) as client:
+        async with web.async_client(base_url=url, headers=AUTH, timeout=60) as client:
             yield client
 
 
@@ -82,7 +83,7 @@ async def test_api_validation_changes_nothing_and_secrets_stay_secret(
     assert (
         await api.post("/api/connections/b24/opt-outs", json={"channel": "fax", "address": "x"})
     ).status_code == 422
-    async with httpx.AsyncClient(base_url=api.base_url) as anonymous:
+    async with web.async_client(base_url=api.base_url) as anonymous:
         assert (await anonymous.get("/api/messages")).status_code == 401
 
 

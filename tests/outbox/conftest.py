@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -29,6 +28,7 @@ from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxCommand
 from connectors.base import CRMConnector, NewStage, Pipeline
 from connectors.http import RetryPolicy
+from tests.support import web
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -252,7 +252,7 @@ class Outbox:
     async def resume(self) -> dict[str, Any]:
         """What an operator does once the CRM side is fixed: POST /api/connections/{name}/resume."""
         with serve_asgi(create_app(self.settings)) as url:
-            async with httpx.AsyncClient(base_url=url, headers=API_AUTH, timeout=30) as api:
+            async with web.async_client(base_url=url, headers=API_AUTH, timeout=30) as api:
                 response = await api.post(f"/api/connections/{self.crm}/resume")
         assert response.status_code == 200, response.text
         body: dict[str, Any] = response.json()

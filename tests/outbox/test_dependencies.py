@@ -18,6 +18,7 @@ from app.outbox.enqueue import enqueue
 from app.outbox.models import OutboxAttempt, OutboxCommand
 from app.outbox.retry import retry_matching
 from tests.outbox.conftest import API_AUTH, CONNECTOR_RETRY, DUE, NO_DELAY, Outbox
+from tests.support import web
 from tests.support.server import serve_asgi
 
 MOVED = "Сделка возвращена на этап «Новая заявка»"
@@ -34,7 +35,7 @@ MOVE_OUTAGE: dict[str, tuple[str, str, int]] = {  # (fault kind, request it hits
 @pytest.fixture
 async def api(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
     with serve_asgi(create_app(outbox.settings)) as url:
-        async with httpx.AsyncClient(base_url=url, headers=API_AUTH, timeout=30) as client:
+        async with web.async_client(base_url=url, headers=API_AUTH, timeout=30) as client:
             yield client
 
 

@@ -12,6 +12,7 @@ import pytest
 from app.main import create_app
 from app.outbox.delivery import RetrySettings
 from tests.outbox.conftest import OUTAGE_FAULT, Outbox
+from tests.support import web
 from tests.support.server import serve_asgi
 
 ONE_ATTEMPT = RetrySettings(max_attempts=1, base_delay=timedelta(0), max_delay=timedelta(0))
@@ -22,7 +23,7 @@ TITLE = "Перезвонить клиенту"
 async def api(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
     with serve_asgi(create_app(outbox.settings)) as url:
         headers = {"Authorization": "Bearer test-token-1234567890"}
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
+        async with web.async_client(base_url=url, headers=headers, timeout=30) as client:
             yield client
 
 

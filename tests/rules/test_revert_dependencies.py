@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from app.connections.models import Connection
 from app.outbox.delivery import DrainResult, drain_connection
 from app.outbox.models import OutboxAttempt, OutboxCommand
+from tests.support import web
 from tests.support.rules_bench import Bench
 
 TOKEN = "test-token-1234567890"  # tests.support.crm.settings_for
@@ -27,7 +28,7 @@ CONTACT = "Связаться с клиентом по новой заявке"
 
 def _bitrix24_rest(bench: Bench, method: str, params: dict[str, Any]) -> Any:
     """A call an administrator's script makes through the portal's inbound webhook."""
-    response = httpx.post(f"{bench.box.webhook_url}{method}.json", json=params, timeout=30)
+    response = web.post(f"{bench.box.webhook_url}{method}.json", json=params, timeout=30)
     response.raise_for_status()
     return response.json()["result"]
 
@@ -90,7 +91,7 @@ async def _drain(bench: Bench) -> DrainResult:
 @asynccontextmanager
 async def _dashboard(bench: Bench) -> AsyncIterator[httpx.AsyncClient]:
     """A logged-in browser on FunnelSync's dashboard."""
-    async with httpx.AsyncClient(base_url=bench.url, timeout=30) as client:
+    async with web.async_client(base_url=bench.url, timeout=30) as client:
         response = await client.post("/login", data={"token": TOKEN, "next": "/"})
         assert response.status_code == 303, response.text
         yield client
@@ -127,7 +128,7 @@ async def test_a_refused_revert_is_not_announced_and_a_retry_sends_move_then_com
 
     assert (result.delivered, result.dead, result.blocked) == (0, 2, 1)
     assert bench.comments(deal_id) == []  # the CRM is never told the deal was moved back
-    api = httpx.AsyncClient(base_url=bench.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    api = web.async_client(base_url=bench.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     async with api:
         refused = (await api.get(f"/api/outbox/{move.id}")).json()
         assert refused["status"] == "dead" and refused["last_error"]

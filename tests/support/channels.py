@@ -8,13 +8,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from connectors.channels.email import SmtpChannel
 from connectors.channels.sandbox.email import EmailSandboxConfig, Mailbox, create_email_sandbox_app
 from connectors.channels.sandbox.telegram import TelegramSandboxConfig, create_telegram_sandbox_app
 from connectors.channels.telegram import TelegramChannel
 from connectors.http import RetryPolicy
+from tests.support import web
 from tests.support.server import serve_asgi
 
 SENDER = "FunnelSync <noreply@funnelsync.test>"
@@ -27,7 +26,7 @@ class _ControlApi:
     url: str
 
     def control(self, method: str, path: str, json: Any = None, **params: Any) -> Any:
-        response = httpx.request(method, f"{self.url}{path}", json=json, params=params or None, timeout=30)
+        response = web.request(method, f"{self.url}{path}", json=json, params=params or None, timeout=30)
         response.raise_for_status()
         return response.json()
 

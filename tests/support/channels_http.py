@@ -8,13 +8,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from connectors.channels.base import OutgoingMessage
 from connectors.channels.sandbox.sms import SmsSandboxConfig, create_sms_sandbox_app
 from connectors.channels.sandbox.webhook_receiver import create_webhook_receiver_app
 from connectors.channels.webhooks import new_secret
 from connectors.http import RetryPolicy
+from tests.support import web
 from tests.support.server import serve_asgi
 
 # Retries inside SmsRuChannel.send at test speed: milliseconds, not seconds.
@@ -28,7 +27,7 @@ class RunningSandbox:
     url: str
 
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = httpx.request(method, f"{self.url}/_sandbox{path}", json=body, timeout=10)
+        response = web.request(method, f"{self.url}/_sandbox{path}", json=body, timeout=10)
         response.raise_for_status()
         return response.json()
 

@@ -18,7 +18,7 @@ from tests.funnels.conftest import Provisioner
 from tests.support.crm import crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.notify import RequestCounter
-from tests.support.server import free_port, serve_asgi
+from tests.support.server import bound_socket, serve_asgi
 
 TYPICAL = library()["general.typical"]
 
@@ -56,14 +56,14 @@ async def live_funnel(
     sandbox_options: dict[str, Any] | None = None,
     connection_settings: dict[str, Any] | None = None,
 ) -> AsyncIterator[LiveFunnel]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = settings_for(tmp_path, database_url).model_copy(update={"public_url": url})
     hooks = RequestCounter(create_app(settings))
     options = dict(sandbox_options or {})
     if crm == "bitrix24":  # its outgoing webhook, configured in the portal by hand
         options.setdefault("webhook_url", f"{url}/webhooks/bitrix24/{crm}")
-    with serve_asgi(hooks, port=port), crm_sandbox(crm, **options) as sandbox:
+    with serve_asgi(hooks, sock=sock), crm_sandbox(crm, **options) as sandbox:
         async with open_sessions(database_url) as sessions:
             record = sandbox.connection(settings, name=crm)
             record.settings = {**(record.settings or {}), **(connection_settings or {})}

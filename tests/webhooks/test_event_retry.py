@@ -24,6 +24,7 @@ from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.base import CRMConnector
 from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from connectors.events import parse_deal_events
+from tests.support import web
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -88,7 +89,7 @@ async def inbox(database_url: str, tmp_path: Path) -> AsyncIterator[Inbox]:
         async with sessions.begin() as session:
             session.add_all(records)
         with serve_asgi(create_app(settings)) as url:
-            async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as api:
+            async with web.async_client(base_url=url, headers=AUTH, timeout=30) as api:
                 yield Inbox(sessions, api, {r.name: r.id for r in records})
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,10 +31,11 @@ from connectors.base import CRMConnector, DealEvent, WebhookParseError
 from connectors.events import parse_deal_events
 from funnel_templates.loader import library
 from tests.funnels.conftest import Provisioner
+from tests.support import web
 from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.notify import RequestCounter
-from tests.support.server import free_port, serve_asgi
+from tests.support.server import bound_socket, serve_asgi
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -221,11 +221,11 @@ async def _provisioned(provisioner: Provisioner) -> Live:
 
 @pytest.fixture
 async def service(database_url: str, tmp_path: Path) -> AsyncIterator[Service]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    sock = bound_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = settings_for(tmp_path, database_url).model_copy(update={"public_url": url})
     hooks = RequestCounter(create_app(settings))
-    with serve_asgi(hooks, port=port), _both_sandboxes(url) as sandboxes:
+    with serve_asgi(hooks, sock=sock), _both_sandboxes(url) as sandboxes:
         async with open_sessions(database_url) as sessions:
             crms: dict[str, Live] = {}
             for crm, sandbox in sandboxes.items():
@@ -269,7 +269,7 @@ async def test_hostile_events_fail_alone_and_real_events_are_mirrored(service: S
         assert set(deal_ids) <= await service.mirrored(crm), crm
 
     # And the operators see each of them as failed, with its reason.
-    async with httpx.AsyncClient(base_url=service.url, headers=AUTH) as api:
+    async with web.async_client(base_url=service.url, headers=AUTH) as api:
         listed = (await api.get("/api/events", params={"status": "failed", "limit": 500})).json()
     assert {e["id"] for e in listed} == {event_id for ids in hostile.values() for event_id in ids}
     assert all(e["error"] for e in listed)

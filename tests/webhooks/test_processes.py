@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
@@ -22,6 +21,7 @@ from app.connections import service as connections
 from app.deals.models import Deal, StageTransition
 from app.webhooks.models import InboxEvent
 from connectors.amocrm.descriptor import AmoCRMConnectionCreate
+from tests.support import web
 from tests.support.cli import REPO
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
@@ -136,7 +136,7 @@ def test_acknowledged_events_survive_sigkill(
 ) -> None:
     process, url = served
     path = add_amo_connection(database_url, tmp_path)
-    with httpx.Client(base_url=url, headers=FORM) as client:
+    with web.client(base_url=url, headers=FORM) as client:
         for lead in range(1, 41):
             assert client.post(path, content=lead_event(lead, 30, 1700000000 + lead)).status_code == 200
     process.send_signal(signal.SIGKILL)
@@ -157,7 +157,7 @@ def test_two_workers_on_one_postgresql_process_each_event_once(
 ) -> None:
     database_url, url = served_pg
     paths = [add_amo_connection(database_url, tmp_path, name=f"amo{i}") for i in range(4)]
-    with httpx.Client(base_url=url, headers=FORM) as client:
+    with web.client(base_url=url, headers=FORM) as client:
         for lead in range(1, 101):
             for step, status in enumerate((30, 31)):  # every lead moves once: two events each
                 body = lead_event(lead, status, 1700000000 + lead * 10 + step)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
@@ -21,6 +20,7 @@ from app.connections import service as connections
 from app.main import create_app
 from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
+from tests.support import web
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -158,7 +158,7 @@ def _requests(receivers: Receivers, seed: int) -> Iterator[tuple[str, bytes, str
 def test_no_malformed_delivery_gets_a_server_error(receivers: Receivers) -> None:
     answered: list[tuple[str, int]] = []
     failures: list[str] = []
-    with httpx.Client(base_url=receivers.url, timeout=60) as client:
+    with web.client(base_url=receivers.url, timeout=60) as client:
         for path, body, content_type in _requests(receivers, SEED):
             # Sent as bytes: a header value may hold non-ASCII bytes (latin-1 on the wire).
             headers = {"content-type": content_type.encode("latin-1")} if content_type else {}
@@ -177,7 +177,7 @@ def test_no_malformed_delivery_gets_a_server_error(receivers: Receivers) -> None
 def test_a_lone_surrogate_token_is_refused_not_a_crash(receivers: Receivers) -> None:
     """The case issue #16 reported: auth.application_token = "\\udfff" in a JSON body."""
     body = b'{"event": "ONCRMDEALUPDATE", "auth": {"application_token": "\\udfff", "domain": "acme.bitrix24.ru"}}'
-    response = httpx.post(
+    response = web.post(
         receivers.url + "/webhooks/bitrix24/b24", content=body, headers={"content-type": "application/json"}
     )
     assert response.status_code == 401
@@ -188,7 +188,7 @@ def test_an_authentic_body_naming_its_portal_with_a_lone_surrogate_is_refused(re
     """The token is right, but no portal is named "\\udfff": recording it as the connection's new
     address (and logging it) would break later, so the delivery is refused instead."""
     body = json.dumps({"event": "ONCRMDEALUPDATE", "auth": {"application_token": APP_TOKEN, "domain": "@"}})
-    response = httpx.post(
+    response = web.post(
         receivers.url + "/webhooks/bitrix24/b24",
         content=body.replace("@", "\\udfff").encode(),
         headers={"content-type": "application/json"},

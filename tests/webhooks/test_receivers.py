@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -18,6 +17,7 @@ from app.connections import service as connections
 from app.main import create_app
 from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
+from tests.support import web
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
@@ -111,9 +111,9 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def test_bitrix24_event_is_stored_once(service: Service) -> None:
-    first = httpx.post(f"{service.url}/webhooks/bitrix24/b24", content=bitrix_body(), headers=FORM)
+    first = web.post(f"{service.url}/webhooks/bitrix24/b24", content=bitrix_body(), headers=FORM)
     assert first.status_code == 200 and first.json() == {"status": "accepted"}
-    again = httpx.post(f"{service.url}/webhooks/bitrix24/b24", content=bitrix_body(), headers=FORM)
+    again = web.post(f"{service.url}/webhooks/bitrix24/b24", content=bitrix_body(), headers=FORM)
     assert again.status_code == 200 and again.json() == {"status": "duplicate"}
     assert service.inbox() == [("pending", None)]
 
@@ -131,49 +131,47 @@ def test_bitrix24_event_is_stored_once(service: Service) -> None:
 def test_forged_bitrix24_requests_are_refused_and_not_stored(
     service: Service, body: str, reason: str
 ) -> None:
-    response = httpx.post(f"{service.url}/webhooks/bitrix24/b24", content=body, headers=FORM)
+    response = web.post(f"{service.url}/webhooks/bitrix24/b24", content=body, headers=FORM)
     assert response.status_code == 401 and reason in response.json()["detail"]
     assert service.inbox() == []
 
 
 def test_amocrm_secret_and_account_are_checked(service: Service) -> None:
-    wrong = httpx.post(f"{service.url}/webhooks/amocrm/amo/not-the-secret", content=amo_body(), headers=FORM)
+    wrong = web.post(f"{service.url}/webhooks/amocrm/amo/not-the-secret", content=amo_body(), headers=FORM)
     assert wrong.status_code == 401 and "secret" in wrong.json()["detail"]
     # Another subdomain with the right secret is a renamed account: accepted and recorded
     # (tests/connections/test_domain_moves.py); with a wrong secret it is refused like any other.
-    renamed = httpx.post(
+    renamed = web.post(
         f"{service.url}/webhooks/amocrm/amo/not-the-secret", content=amo_body(subdomain="evil"), headers=FORM
     )
     assert renamed.status_code == 401 and "secret" in renamed.json()["detail"]
     assert service.inbox() == []
-    ok = httpx.post(
-        f"{service.url}/webhooks/amocrm/amo/{service.amo_secret}", content=amo_body(), headers=FORM
-    )
+    ok = web.post(f"{service.url}/webhooks/amocrm/amo/{service.amo_secret}", content=amo_body(), headers=FORM)
     assert ok.status_code == 200 and ok.json()["status"] == "accepted"
     assert service.inbox() == [("pending", None)]
 
 
 def test_unparseable_authenticated_body_is_stored_failed_and_acknowledged(service: Service) -> None:
     garbage = "leads[status][0][id]=abc&leads[status][0][status_id]=&account[subdomain]=acme"
-    response = httpx.post(
+    response = web.post(
         f"{service.url}/webhooks/amocrm/amo/{service.amo_secret}", content=garbage, headers=FORM
     )
     assert response.status_code == 200
     [(status, error)] = service.inbox()
     assert status == "failed" and error and "cannot parse webhook body" in error
-    failed = httpx.get(f"{service.url}/api/events", params={"status": "failed"}, headers=AUTH).json()
+    failed = web.get(f"{service.url}/api/events", params={"status": "failed"}, headers=AUTH).json()
     assert failed[0]["error"] == error and "leads[status]" in failed[0]["body_preview"]
 
 
 def test_oversized_body_is_413_and_not_stored(service: Service) -> None:
     big = bitrix_body() + "&pad=" + "x" * (1024 * 1024)
-    response = httpx.post(f"{service.url}/webhooks/bitrix24/b24", content=big, headers=FORM)
+    response = web.post(f"{service.url}/webhooks/bitrix24/b24", content=big, headers=FORM)
     assert response.status_code == 413
     assert service.inbox() == []
 
 
 def answer(url: str, body: str) -> tuple[int, object]:
-    response = httpx.post(url, content=body, headers=FORM)
+    response = web.post(url, content=body, headers=FORM)
     return response.status_code, response.json()
 
 

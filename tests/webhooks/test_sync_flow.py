@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
@@ -23,6 +22,7 @@ from app.webhooks.models import InboxEvent
 from app.webhooks.processor import process_inbox
 from connectors.base import CRMConnector, DealSnapshot, NewStage, Retryable
 from connectors.events import parse_deal_events
+from tests.support import web
 from tests.support.live import LiveFunnel, live_funnel
 
 
@@ -210,7 +210,7 @@ async def test_status_and_deal_api(flow: Flow) -> None:
     await flow.deliver_and_process()
 
     headers = {"Authorization": "Bearer test-token-1234567890"}
-    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+    async with web.async_client(base_url=flow.url, headers=headers) as api:
         status = (await api.get(f"/api/connections/{flow.crm}/status")).json()
         assert status["events"].get("processed", 0) >= 4 and status["inbox_lag_seconds"] == 0
         assert status["last_webhook_at"] is not None and status["deals"] == 2
@@ -236,7 +236,7 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     local = await flow.deal(deal)
     assert local is not None
     headers = {"Authorization": "Bearer test-token-1234567890", "Idempotency-Key": "req-1"}
-    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+    async with web.async_client(base_url=flow.url, headers=headers) as api:
         refused = await api.post(f"/api/deals/{local.id}/move", json={"stage": "QUALIFIED"})
         assert refused.status_code == 409 and "requires" in refused.json()["detail"]  # the budget is empty
         queued = await api.post(f"/api/deals/{local.id}/move", json={"stage": "NEW_REQUEST"})
@@ -256,10 +256,10 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     flow.actions += 1  # the CRM posts a webhook for our own move
     await flow.deliver_and_process()
     assert (await flow.history(deal))[-1] == ("LEADS", "NEW_REQUEST")
-    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+    async with web.async_client(base_url=flow.url, headers=headers) as api:
         commands = (await api.get("/api/outbox", params={"deal_id": local.id})).json()
     assert [c["status"] for c in commands if c["kind"] == "move"] == ["done"]
-    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+    async with web.async_client(base_url=flow.url, headers=headers) as api:
         detail = (await api.get(f"/api/deals/{local.id}")).json()
     assert [(c["kind"], c["status"]) for c in detail["commands"] if c["kind"] == "move"] == [("move", "done")]
 
@@ -270,7 +270,7 @@ async def test_metrics_expose_events_queues_and_push_latency(flow: Flow) -> None
     local = await flow.deal(deal)
     assert local is not None
     headers = {"Authorization": "Bearer test-token-1234567890"}
-    async with httpx.AsyncClient(base_url=flow.url, headers=headers) as api:
+    async with web.async_client(base_url=flow.url, headers=headers) as api:
         assert (
             await api.post(f"/api/deals/{local.id}/move", json={"stage": "NEW_REQUEST"})
         ).status_code == 202

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import httpx
 
 from connectors.amocrm.sandbox.state import SandboxState
+from connectors.http import tls_context
 
 RETRY_AFTER = (300.0, 900.0)  # for every failed answer
 RETRY_AFTER_5XX = (900.0, 3600.0)  # in addition, for 499 and 5xx answers
@@ -91,7 +92,9 @@ class WebhookDispatcher:
         self.posts: deque[dict[str, Any]] = deque(maxlen=1000)
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(timeout=self.state.config.webhook_timeout, follow_redirects=False)
+        self.client = httpx.AsyncClient(
+            timeout=self.state.config.webhook_timeout, follow_redirects=False, verify=tls_context()
+        )
 
     async def stop(self) -> None:
         for task in list(self.tasks):

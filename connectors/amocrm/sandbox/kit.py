@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 
 from connectors.amocrm.sandbox import SandboxConfig, create_sandbox_app
 from connectors.base import CRMConnector
+from connectors.http import tls_context
 from connectors.sandbox_support.kit import LossFields, SandboxAccount
 
 SUBDOMAIN = "demo"
@@ -19,7 +20,7 @@ TOKEN = "demo-long-lived-token"
 
 class AmoCRMSandboxUser:
     def __init__(self, base_url: str) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30)
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30, verify=tls_context())
 
     async def create_deal(
         self,

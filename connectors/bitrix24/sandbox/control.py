@@ -13,7 +13,7 @@ from connectors.bitrix24.sandbox import contacts, deals
 from connectors.bitrix24.sandbox.api import ApiError
 from connectors.bitrix24.sandbox.common import sandbox
 from connectors.bitrix24.sandbox.config import SandboxConfig
-from connectors.bitrix24.sandbox.engine import Fault, Stats
+from connectors.bitrix24.sandbox.engine import WAITABLE_COUNTERS, WAITABLE_GROUPS, Fault, Stats
 from connectors.bitrix24.sandbox.rest import FAULT_KINDS
 
 router = APIRouter(prefix="/_sandbox")
@@ -40,7 +40,14 @@ async def wait_for_stats(request: Request) -> Response:
     """Answer once the counters reach what the body names, e.g. {"by_method": {"batch": 1},
     "commands": {"crm.item.update": 50}, "timeout": 60}: the stats, or 408 with them on timeout."""
     spec = await request.json()
-    wanted = {group: dict(spec[group]) for group in ("by_method", "commands") if group in spec}
+    unknown = sorted(set(spec) - {"timeout", *WAITABLE_GROUPS, *WAITABLE_COUNTERS})
+    if unknown:  # a name the wait ignored would answer at once: a test would not have waited
+        return JSONResponse(
+            {"error": f"cannot wait on {unknown}", "waitable": [*WAITABLE_GROUPS, *WAITABLE_COUNTERS]},
+            status_code=400,
+        )
+    wanted: dict[str, Any] = {group: dict(spec[group]) for group in WAITABLE_GROUPS if group in spec}
+    wanted.update({name: int(spec[name]) for name in WAITABLE_COUNTERS if name in spec})
     portal = sandbox(request).portal
     try:
         async with asyncio.timeout(float(spec.get("timeout", 60))):

@@ -13,6 +13,7 @@ import httpx
 
 from connectors.bitrix24.sandbox.config import SandboxConfig
 from connectors.bitrix24.sandbox.engine import Portal
+from connectors.http import tls_context
 
 FormPairs = list[tuple[str, str]]
 
@@ -31,7 +32,7 @@ class EventDelivery:
     # --- lifetime (the app's lifespan) ---------------------------------------------------------------
 
     def open(self) -> None:
-        self._client = httpx.AsyncClient(timeout=10.0)
+        self._client = httpx.AsyncClient(timeout=10.0, verify=tls_context())
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -50,6 +51,7 @@ class EventDelivery:
                     # The queue server logs a failed delivery and never resends it (no retries).
                     self.log.append({"url": url, "body": body, "status": "dropped"})
                     self.portal.stats.webhooks_failed += 1
+                    self.portal.stats.changed()
                     continue
                 task = asyncio.get_running_loop().create_task(self._deliver(url, body))
                 self._tasks.add(task)
@@ -83,6 +85,7 @@ class EventDelivery:
         except httpx.HTTPError as exc:  # lost, like the real queue server: no retries
             record["status"] = repr(exc)
             self.portal.stats.webhooks_failed += 1
+        self.portal.stats.changed()  # a test may wait on webhooks_sent / webhooks_failed
 
     # --- bodies --------------------------------------------------------------------------------------
 

@@ -53,6 +53,11 @@ class Trigger:
     seen: int = 0
 
 
+# What POST /_sandbox/stats/wait can wait on: counter groups and plain counters.
+WAITABLE_GROUPS = ("by_method", "commands")
+WAITABLE_COUNTERS = ("requests", "webhooks_sent", "webhooks_failed", "token_refreshes")
+
+
 @dataclass
 class Stats:
     requests: int = 0
@@ -71,21 +76,24 @@ class Stats:
             waiter.set()
         self._waiters.clear()
 
-    async def wait_until(self, at_least: dict[str, dict[str, int]]) -> None:
-        """Until every counter named (e.g. {"by_method": {"batch": 1}}) reached its value (the
-        caller bounds it with asyncio.timeout). A test waits on what the CRM saw, not on a clock."""
+    async def wait_until(self, at_least: dict[str, Any]) -> None:
+        """Until every counter named reached its value: a group by name ({"by_method": {"batch": 1}})
+        or a plain counter ({"webhooks_sent": 1}). The caller bounds it with asyncio.timeout. A test
+        waits on what the CRM saw, not on a clock."""
         while not self.reached(at_least):
             waiter = asyncio.Event()
             self._waiters.append(waiter)
             await waiter.wait()
 
-    def reached(self, at_least: dict[str, dict[str, int]]) -> bool:
-        counters = {"by_method": self.by_method, "commands": self.commands}
-        return all(
-            counters[group][name] >= value
-            for group, wanted in at_least.items()
-            for name, value in wanted.items()
-        )
+    def reached(self, at_least: dict[str, Any]) -> bool:
+        groups = {"by_method": self.by_method, "commands": self.commands}
+        for name, wanted in at_least.items():
+            if name in groups:
+                if any(groups[name][key] < value for key, value in wanted.items()):
+                    return False
+            elif getattr(self, name) < wanted:
+                return False
+        return True
 
     def as_json(self) -> dict[str, Any]:
         writes = sum(n for m, n in self.commands.items() if _is_write(m))
@@ -203,6 +211,7 @@ class Portal:
         if params.get("refresh_token") != self.refresh_token:
             return 400, {"error": "invalid_grant", "error_description": "Invalid refresh token"}
         self.stats.token_refreshes += 1
+        self.stats.changed()
         access = f"sandbox-access-{secrets.token_hex(8)}"
         self.refresh_token = f"sandbox-refresh-{secrets.token_hex(8)}"
         now = time.time()

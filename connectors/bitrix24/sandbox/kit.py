@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 
 from connectors.base import CRMConnector
 from connectors.bitrix24.sandbox import SandboxConfig, create_sandbox_app
+from connectors.http import tls_context
 from connectors.sandbox_support.kit import LossFields, SandboxAccount
 
 WEBHOOK_CODE = "demowebhookcode"
@@ -18,7 +19,7 @@ WEBHOOK_CODE = "demowebhookcode"
 
 class Bitrix24SandboxUser:
     def __init__(self, base_url: str) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30)
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=30, verify=tls_context())
 
     async def create_deal(
         self,

@@ -42,6 +42,8 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from connectors.http import tls_context
+
 log = logging.getLogger("funnelsync.sandbox.telegram")
 
 MAX_TEXT = 4096  # characters in one message (sendMessage `text`: 1-4096 after entity parsing)
@@ -456,7 +458,7 @@ async def deliver(bot: Bot, update: dict[str, Any]) -> int | None:
     if bot.webhook.secret_token is not None:
         headers["X-Telegram-Bot-Api-Secret-Token"] = bot.webhook.secret_token
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=30, verify=tls_context()) as client:
             response = await client.post(bot.webhook.url, json=update, headers=headers)
     except httpx.HTTPError as exc:
         log.warning("webhook delivery of update %s failed: %r", update["update_id"], exc)

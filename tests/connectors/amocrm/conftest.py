@@ -19,6 +19,7 @@ from connectors.amocrm import AmoCRMConnector, OAuthApp
 from connectors.amocrm.sandbox import SandboxConfig, create_sandbox_app
 from connectors.base import TokenSet
 from connectors.http import AMOCRM_DEFAULT, RetryPolicy
+from tests.support import web
 from tests.support.server import serve_asgi
 
 _accounts = itertools.count(1)
@@ -33,14 +34,14 @@ class Sandbox:
     config: SandboxConfig
 
     def control(self, method: str, path: str, json: Any = None) -> Any:
-        response = httpx.request(method, f"{self.url}{path}", json=json, timeout=30)
+        response = web.request(method, f"{self.url}{path}", json=json, timeout=30)
         response.raise_for_status()
         return response.json() if response.content else None
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A raw API call with the long-lived token (to look at the sandbox as a client would)."""
         headers = {"Authorization": f"Bearer {self.config.token}"}
-        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+        return web.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self.control("GET", "/_sandbox/stats")
@@ -137,7 +138,7 @@ class SavedTokens:
     log_length_at_save: list[int] = field(default_factory=list)
 
     async def __call__(self, tokens: TokenSet) -> None:
-        async with httpx.AsyncClient() as client:
+        async with web.async_client() as client:
             log = (await client.get(f"{self.box.url}/_sandbox/requests")).json()
         fingerprint = fingerprint_of(tokens.access_token)
         self.seen_before_save.append(sum(1 for e in log if e["token"] == fingerprint))

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
 from connectors.base import TokenSet
@@ -19,6 +18,7 @@ from connectors.bitrix24.client import Bitrix24Connector
 from connectors.bitrix24.sandbox import SandboxConfig, create_sandbox_app
 from connectors.bitrix24.transport import OAuthApp
 from connectors.http import BITRIX24_STANDARD, RetryPolicy
+from tests.support import web
 from tests.support.server import serve_asgi
 
 _keys = itertools.count()
@@ -37,7 +37,7 @@ class Sandbox:
         return f"{self.url}/rest/{self.config.webhook_user}/{self.config.webhook_code}/"
 
     def control(self, method: str, path: str, json: Any = None) -> Any:
-        response = httpx.request(method, f"{self.url}{path}", json=json, timeout=30)
+        response = web.request(method, f"{self.url}{path}", json=json, timeout=30)
         response.raise_for_status()
         return response.json()
 
@@ -48,7 +48,7 @@ class Sandbox:
     def wait_for_stats(self, timeout: float = 60, **at_least: dict[str, int]) -> dict[str, Any]:
         """The stats once the counters reach `at_least` (e.g. by_method={"batch": 1}): the sandbox
         answers when the CRM saw it, so the test waits on that, not on a clock."""
-        response = httpx.post(
+        response = web.post(
             f"{self.url}/_sandbox/stats/wait", json={**at_least, "timeout": timeout}, timeout=timeout + 30
         )
         assert response.status_code == 200, f"timed out waiting for {at_least}: {response.text}"

@@ -11,6 +11,7 @@ import pytest
 from connectors.base import NewComment, NewTask
 from connectors.http import BITRIX24_STANDARD, RetryPolicy
 from tests.connectors.bitrix24.conftest import NO_RETRY, running_sandbox
+from tests.support import web
 
 
 async def test_120_commands_go_out_in_three_batch_requests() -> None:
@@ -70,10 +71,9 @@ async def test_burst_of_500_calls_never_hits_query_limit() -> None:
 
 async def test_sandbox_enforces_the_bucket_for_an_unthrottled_client() -> None:
     """The guard above means something: without the client limiter the same burst is refused."""
-    import httpx
 
     with running_sandbox(speed=1.0) as box:
-        async with httpx.AsyncClient() as client:
+        async with web.async_client() as client:
             responses = await asyncio.gather(
                 *(client.post(f"{box.webhook_url}scope", json={}) for _ in range(80))
             )

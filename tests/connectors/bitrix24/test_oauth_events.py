@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import parse_qs
 
-import httpx
 import pytest
 
 from connectors.base import AuthError, StageMove, TokenSet
 from connectors.bitrix24.client import Bitrix24Connector
 from connectors.bitrix24.events import parse_webhook, verify_application_token
 from tests.connectors.bitrix24.conftest import NO_RETRY, Receiver, Sandbox, running_sandbox
+from tests.support import web
 
 
 async def test_twenty_concurrent_calls_with_an_expired_token_refresh_once(sandbox: Sandbox) -> None:
@@ -21,7 +21,7 @@ async def test_twenty_concurrent_calls_with_an_expired_token_refresh_once(sandbo
 
     async def saver(tokens: TokenSet) -> None:
         # At the moment of saving, the portal must not have seen the new access token yet.
-        async with httpx.AsyncClient() as client:
+        async with web.async_client() as client:
             state = (await client.get(f"{sandbox.url}/_sandbox/oauth")).json()
         uses_at_save.append(state["token_uses"].get(tokens.access_token, 0))
         saved.append(tokens)

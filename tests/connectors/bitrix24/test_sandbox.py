@@ -6,12 +6,13 @@ from __future__ import annotations
 import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import httpx
 from fast_bitrix24 import Bitrix
 
 from connectors.bitrix24.sandbox import SandboxConfig, create_sandbox_app
 from tests.connectors.bitrix24.conftest import Sandbox, running_sandbox
+from tests.support import web
 from tests.support.server import serve_asgi
 
 
@@ -36,9 +37,9 @@ def test_fast_bitrix24_lists_adds_and_batches(sandbox: Sandbox) -> None:
 
 def test_json_suffix_get_and_form_bodies_work(sandbox: Sandbox) -> None:
     base = sandbox.webhook_url
-    as_json = httpx.post(f"{base}crm.status.list.json", json={"filter": {"ENTITY_ID": "DEAL_STAGE"}}).json()
-    as_get = httpx.get(f"{base}crm.status.list", params={"filter[ENTITY_ID]": "DEAL_STAGE"}).json()
-    as_form = httpx.post(f"{base}crm.status.list", data={"filter[ENTITY_ID]": "DEAL_STAGE"}).json()
+    as_json = web.post(f"{base}crm.status.list.json", json={"filter": {"ENTITY_ID": "DEAL_STAGE"}}).json()
+    as_get = web.get(f"{base}crm.status.list", params={"filter[ENTITY_ID]": "DEAL_STAGE"}).json()
+    as_form = web.post(f"{base}crm.status.list", data={"filter[ENTITY_ID]": "DEAL_STAGE"}).json()
     assert as_json["total"] == as_get["total"] == as_form["total"] == 8
     assert as_json["result"][0] == {
         "ID": as_json["result"][0]["ID"],
@@ -59,10 +60,10 @@ def test_json_suffix_get_and_form_bodies_work(sandbox: Sandbox) -> None:
 
 def test_batch_reference_inside_a_value_like_the_docs_example(sandbox: Sandbox) -> None:
     base = sandbox.webhook_url
-    category = httpx.post(f"{base}crm.category.add", json={"entityTypeId": 2, "fields": {"name": "C"}}).json()
+    category = web.post(f"{base}crm.category.add", json={"entityTypeId": 2, "fields": {"name": "C"}}).json()
     category_id = category["result"]["category"]["id"]
     deal = sandbox.create_deal(TITLE="in category", CATEGORY_ID=category_id)
-    body = httpx.post(
+    body = web.post(
         f"{base}batch",
         json={
             "halt": 0,
@@ -82,7 +83,7 @@ def test_batch_reference_inside_a_value_like_the_docs_example(sandbox: Sandbox) 
 
 def test_batch_substitutes_result_references(sandbox: Sandbox) -> None:
     deal = sandbox.create_deal(TITLE="ref")
-    body = httpx.post(
+    body = web.post(
         f"{sandbox.webhook_url}batch",
         json={
             "halt": 0,
@@ -104,19 +105,19 @@ def test_batch_substitutes_result_references(sandbox: Sandbox) -> None:
 def test_item_update_validates_stage_in_pipeline_and_deal_update_ignores_it(sandbox: Sandbox) -> None:
     deal = sandbox.create_deal(TITLE="x")
     base = sandbox.webhook_url
-    bad = httpx.post(
+    bad = web.post(
         f"{base}crm.item.update", json={"entityTypeId": 2, "id": deal, "fields": {"stageId": "C9:NEW"}}
     )
     assert bad.status_code == 400 and "Stage" in bad.json()["error_description"]
-    legacy = httpx.post(
+    legacy = web.post(
         f"{base}crm.deal.update", json={"id": deal, "fields": {"STAGE_ID": "C9:NEW", "CATEGORY_ID": 5}}
     )
     assert legacy.json()["result"] is True
-    assert httpx.post(f"{base}crm.deal.get", json={"id": deal}).json()["result"]["STAGE_ID"] == "NEW"
+    assert web.post(f"{base}crm.deal.get", json={"id": deal}).json()["result"]["STAGE_ID"] == "NEW"
 
 
 def test_event_bind_is_refused_for_webhook_auth(sandbox: Sandbox) -> None:
-    response = httpx.post(
+    response = web.post(
         f"{sandbox.webhook_url}event.bind", json={"event": "ONCRMDEALADD", "handler": "https://x/"}
     )
     assert response.status_code == 401 and response.json()["error"] == "WRONG_AUTH_TYPE"
@@ -134,32 +135,54 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         box.control("POST", "/_sandbox/save")
     app = create_sandbox_app(SandboxConfig(state_file=state_file))
     with serve_asgi(app) as url:
-        got = httpx.post(f"{url}/rest/1/sandboxwebhookcode1/crm.deal.get", json={"id": deal}).json()
+        got = web.post(f"{url}/rest/1/sandboxwebhookcode1/crm.deal.get", json={"id": deal}).json()
     assert got["result"]["TITLE"] == "persisted"
 
 
 def test_unknown_fault_kind_is_rejected(sandbox: Sandbox) -> None:
-    response = httpx.post(f"{sandbox.url}/_sandbox/faults", json={"kind": "nope"})
+    response = web.post(f"{sandbox.url}/_sandbox/faults", json={"kind": "nope"})
     assert response.status_code == 400 and "rate_limit" in response.json()["kinds"]
 
 
 def test_a_stats_wait_answers_once_the_counters_reach_what_it_names(sandbox: Sandbox) -> None:
     wait = f"{sandbox.url}/_sandbox/stats/wait"
-    never = httpx.post(wait, json={"commands": {"crm.deal.add": 1}, "timeout": 0.05})
+    never = web.post(wait, json={"commands": {"crm.deal.add": 1}, "timeout": 0.05})
     assert never.status_code == 408 and never.json()["commands"] == {}
-    httpx.post(f"{sandbox.webhook_url}crm.deal.add", json={"fields": {"TITLE": "x"}}).raise_for_status()
+    web.post(f"{sandbox.webhook_url}crm.deal.add", json={"fields": {"TITLE": "x"}}).raise_for_status()
     stats = sandbox.wait_for_stats(commands={"crm.deal.add": 1}, by_method={"crm.deal.add": 1})
     assert stats["commands"]["crm.deal.add"] == 1
+
+
+def test_a_stats_wait_covers_plain_counters_and_refuses_names_it_cannot_wait_on() -> None:
+    """A name the wait ignored used to answer at once, so a test that waited on webhooks_sent did
+    not wait at all (and read the plan before the webhook had arrived)."""
+    received: list[bytes] = []
+
+    async def hook(scope: dict[str, object], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        received.append((await receive())["body"])  # type: ignore[index]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with serve_asgi(hook) as hook_url, running_sandbox(webhook_url=f"{hook_url}/hook") as box:
+        wait = f"{box.url}/_sandbox/stats/wait"
+        unknown = web.post(wait, json={"webhook_sent": 1, "timeout": 5})
+        assert unknown.status_code == 400 and "webhooks_sent" in unknown.json()["waitable"]
+        assert web.post(wait, json={"webhooks_sent": 1, "timeout": 0.05}).status_code == 408
+        box.create_deal(TITLE="x")
+        stats = box.wait_for_stats(webhooks_sent=1)
+        assert stats["webhooks_sent"] >= 1 and received
 
 
 def test_simulated_ui_changes_are_made_by_another_user(sandbox: Sandbox) -> None:
     deal = sandbox.create_deal(TITLE="ui")
     sandbox.control("POST", f"/_sandbox/deals/{deal}", {"fields": {"STAGE_ID": "EXECUTING"}})
-    got = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json={"id": deal}).json()["result"]
+    got = web.post(f"{sandbox.webhook_url}crm.deal.get", json={"id": deal}).json()["result"]
     assert got["STAGE_ID"] == "EXECUTING" and got["STAGE_SEMANTIC_ID"] == "P"
     assert got["MODIFY_BY_ID"] == str(sandbox.config.ui_user) != str(sandbox.config.webhook_user)
-    httpx.post(f"{sandbox.webhook_url}crm.deal.update", json={"id": deal, "fields": {"STAGE_ID": "WON"}})
-    got = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json={"id": deal}).json()["result"]
+    web.post(f"{sandbox.webhook_url}crm.deal.update", json={"id": deal, "fields": {"STAGE_ID": "WON"}})
+    got = web.post(f"{sandbox.webhook_url}crm.deal.get", json={"id": deal}).json()["result"]
     assert (got["MODIFY_BY_ID"], got["CLOSED"], got["STAGE_SEMANTIC_ID"]) == ("1", "Y", "S")
 
 
@@ -170,7 +193,7 @@ def test_per_deal_rights_refuse_changes_like_the_portal(sandbox: Sandbox) -> Non
     sandbox.control("POST", "/_sandbox/permissions", {"deny_edit": [locked]})
     base = sandbox.webhook_url
     move = {"entityTypeId": 2, "fields": {"stageId": "EXECUTING"}}
-    alone = httpx.post(f"{base}crm.item.update", json={**move, "id": locked})
+    alone = web.post(f"{base}crm.item.update", json={**move, "id": locked})
     assert (alone.status_code, alone.json()) == (
         400,
         {"error": "ACCESS_DENIED", "error_description": "Access denied"},
@@ -182,7 +205,7 @@ def test_per_deal_rights_refuse_changes_like_the_portal(sandbox: Sandbox) -> Non
         "&fields[COMMENT]=hi",
         "locked_fields": f"crm.deal.update?id={locked}&fields[TITLE]=changed",
     }
-    response = httpx.post(f"{base}batch", json={"halt": 0, "cmd": cmd})
+    response = web.post(f"{base}batch", json={"halt": 0, "cmd": cmd})
     assert response.status_code == 200
     body = response.json()["result"]
     denied = {"error": "ACCESS_DENIED", "error_description": "Access denied"}
@@ -209,8 +232,8 @@ def test_binding_a_bound_handler_again_is_error_core(sandbox: Sandbox) -> None:
         "handler": "https://svc.example/b24",
         "auth": sandbox.config.access_token,
     }
-    assert httpx.post(f"{rest}event.bind", json=bind).json()["result"] is True
-    again = httpx.post(f"{rest}event.bind", json=bind)
+    assert web.post(f"{rest}event.bind", json=bind).json()["result"] is True
+    again = web.post(f"{rest}event.bind", json=bind)
     assert (again.status_code, again.json()) == (
         400,
         {"error": "ERROR_CORE", "error_description": "Unable to set event handler: Handler already binded"},
@@ -232,21 +255,21 @@ def test_triggers_change_the_portal_between_calls(sandbox: Sandbox) -> None:
         },
     )
     get = {"id": deal}
-    first = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
+    first = web.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
     assert first["TITLE"] == "before" and sandbox.control("GET", "/_sandbox/triggers") != []
-    second = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
+    second = web.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
     assert second["TITLE"] == "before"  # the change happens after the call it follows
-    third = httpx.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
+    third = web.post(f"{sandbox.webhook_url}crm.deal.get", json=get).json()["result"]
     assert third["TITLE"] == "after" and third["MODIFY_BY_ID"] == str(sandbox.config.ui_user)
     moved = datetime.fromisoformat(third["DATE_MODIFY"]) - datetime.fromisoformat(first["DATE_MODIFY"])
     assert moved >= timedelta(seconds=119)  # the portal clock ran ahead
     assert sandbox.control("GET", "/_sandbox/triggers") == []
-    bad = httpx.post(f"{sandbox.url}/_sandbox/triggers", json={"method": "crm.deal.get", "action": "nope"})
+    bad = web.post(f"{sandbox.url}/_sandbox/triggers", json={"method": "crm.deal.get", "action": "nope"})
     assert bad.status_code == 400
 
 
 def test_a_revoked_webhook_answers_no_auth_found(sandbox: Sandbox) -> None:
     old = sandbox.webhook_url
     sandbox.control("POST", "/_sandbox/webhook/revoke")
-    response = httpx.post(f"{old}scope")
+    response = web.post(f"{old}scope")
     assert (response.status_code, response.json()["error"]) == (401, "NO_AUTH_FOUND")

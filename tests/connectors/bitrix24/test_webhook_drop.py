@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-import httpx
-
 from tests.connectors.bitrix24.conftest import Receiver, running_sandbox
+from tests.support import web
 
 
 def test_a_percentage_of_deliveries_is_lost_deterministically(receiver: Receiver) -> None:
@@ -32,7 +31,7 @@ def test_a_percentage_of_deliveries_is_lost_deterministically(receiver: Receiver
 def test_a_bad_drop_percentage_is_refused_and_changes_nothing(receiver: Receiver) -> None:
     with running_sandbox(webhook_url=f"{receiver.url}/hook") as box:
         for bad in (101, -1, "30", 2.5, True):
-            answer = httpx.post(
+            answer = web.post(
                 f"{box.url}/_sandbox/config", json={"webhook_url": None, "webhook_drop_percent": bad}
             )
             assert answer.status_code == 400 and "webhook_drop_percent" in answer.json()["error"]

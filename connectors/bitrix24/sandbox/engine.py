@@ -86,12 +86,12 @@ class Stats:
             await waiter.wait()
 
     def reached(self, at_least: dict[str, Any]) -> bool:
-        groups = {"by_method": self.by_method, "commands": self.commands}
         for name, wanted in at_least.items():
-            if name in groups:
-                if any(groups[name][key] < value for key, value in wanted.items()):
+            counter = getattr(self, name)  # a WAITABLE_GROUPS Counter or a WAITABLE_COUNTERS int
+            if isinstance(wanted, dict):
+                if any(counter[key] < value for key, value in wanted.items()):
                     return False
-            elif getattr(self, name) < wanted:
+            elif counter < wanted:
                 return False
         return True
 

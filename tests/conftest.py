@@ -46,6 +46,12 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture(params=["bitrix24", "amocrm"])
+def crm(request: pytest.FixtureRequest) -> str:
+    """The CRM a test runs against: both, unless the test takes `each_crm_on_one_database`."""
+    return str(request.param)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """The database backend a test runs on: every database test runs on both, unless it asks for

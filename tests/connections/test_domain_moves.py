@@ -36,6 +36,7 @@ from connectors.base import CRMConnector, Pipeline
 from tests.support import web
 from tests.support.crm import APP_TOKEN, CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
+from tests.support.matrix import each_crm_on_one_database
 from tests.support.notify import RequestCounter
 from tests.support.server import bound_socket, serve_asgi
 
@@ -148,9 +149,8 @@ class Moving:
         return body
 
 
-@pytest.fixture(params=["bitrix24", "amocrm"])
-async def moving(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Moving]:
-    crm = request.param
+@pytest.fixture
+async def moving(crm: str, database_url: str, tmp_path: Path) -> AsyncIterator[Moving]:
     sock = bound_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = settings_for(tmp_path, database_url).model_copy(update={"public_url": url})
@@ -179,6 +179,7 @@ async def moving(request: pytest.FixtureRequest, database_url: str, tmp_path: Pa
                     await connector.aclose()
 
 
+@each_crm_on_one_database()
 async def test_queued_writes_reach_a_renamed_crm_which_is_recorded(moving: Moving) -> None:
     deal_id = moving.seed_deal()
     command_id = await moving.enqueue_move(deal_id)
@@ -221,6 +222,7 @@ async def test_queued_writes_reach_a_renamed_crm_which_is_recorded(moving: Movin
     assert f"{previous[-1]['domain']} → {moving.new_domain}" in page  # the latest move
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_a_redirect_elsewhere_pauses_the_connection_and_keeps_the_writes(moving: Moving) -> None:
     deal_id = moving.seed_deal()
     command_id = await moving.enqueue_move(deal_id)
@@ -240,6 +242,7 @@ async def test_a_redirect_elsewhere_pauses_the_connection_and_keeps_the_writes(m
     assert moving.stage_of(deal_id) != moving.target_stage
 
 
+@each_crm_on_one_database()
 async def test_webhooks_from_the_renamed_crm_are_accepted_and_the_domain_recorded(moving: Moving) -> None:
     moving.rename()
     box = moving.sandbox.box
@@ -259,6 +262,7 @@ async def test_webhooks_from_the_renamed_crm_are_accepted_and_the_domain_recorde
     assert previous["source"] == "webhook" and previous["domain"] == moving.old_domain
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_a_late_event_naming_the_old_address_does_not_move_the_connection_back(moving: Moving) -> None:
     moving.rename()
     box = moving.sandbox.box

@@ -46,6 +46,7 @@ from connectors.events import parse_deal_events
 from tests.outbox.conftest import NO_DELAY, OUTAGE_FAULT, Outbox, open_outbox
 from tests.support import web
 from tests.support.cli import run_cli
+from tests.support.matrix import each_crm_on_one_database
 from tests.support.server import serve_asgi
 
 AUTH = {"Authorization": "Bearer test-token-1234567890"}
@@ -129,9 +130,9 @@ def test_an_html_error_page_is_told_by_its_title_on_one_line() -> None:
 # --- through an outage, end to end ----------------------------------------------------------------
 
 
-@pytest.fixture(params=["bitrix24", "amocrm"])
-async def outbox(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with open_outbox(request.param, database_url, tmp_path) as box:
+@pytest.fixture
+async def outbox(crm: str, database_url: str, tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with open_outbox(crm, database_url, tmp_path) as box:
         yield box
 
 
@@ -204,6 +205,7 @@ async def backdate_failures(outbox: Outbox, by: timedelta) -> None:
         record.failing_since = record.failing_since - by
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_an_outage_shows_degraded_then_unreachable_then_active_again(
     outbox: Outbox, views: Views
 ) -> None:
@@ -263,6 +265,7 @@ class FixedConnectors(ConnectorRegistry):
         return self.connector
 
 
+@each_crm_on_one_database()
 async def test_reconcile_records_the_outage_and_the_recovery(outbox: Outbox) -> None:
     runtime = Runtime(
         outbox.sessions, outbox.settings, FixedConnectors(outbox.settings, outbox, outbox.connector())
@@ -281,7 +284,7 @@ async def test_reconcile_records_the_outage_and_the_recovery(outbox: Outbox) -> 
 
 
 # Only Bitrix24 events name a deal without its data (amoCRM's carry the lead): nothing to fetch there.
-@pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+@pytest.mark.parametrize("crm", ["bitrix24"])
 async def test_the_inbox_deal_fetch_records_the_outage_and_the_recovery(outbox: Outbox) -> None:
     [deal] = outbox.seed(1)
     body = f"event=ONCRMDEALUPDATE&data[FIELDS][ID]={deal}&ts=1700000000&auth[application_token]=x".encode()
@@ -307,6 +310,7 @@ async def test_the_inbox_deal_fetch_records_the_outage_and_the_recovery(outbox: 
     assert record.failing_since is None and record.last_success_at is not None
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_a_refusal_after_an_outage_ends_it(outbox: Outbox) -> None:
     """A CRM that answers "invalid" is up: the outage before it is over (per-command refusals in a
     Bitrix24 batch, or amoCRM refusing the whole request)."""

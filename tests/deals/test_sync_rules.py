@@ -23,6 +23,7 @@ from app.outbox.models import OutboxCommand
 from app.scheduler import Runtime, run_until_idle
 from app.webhooks.models import InboxEvent
 from tests.support.cli import run_cli
+from tests.support.matrix import each_crm_on_one_database
 from tests.support.rules_bench import Bench, bench
 
 __all__ = ["bench"]  # the fixture, shared with tests/rules
@@ -92,6 +93,7 @@ async def run_worker(bench: Bench) -> None:
 
 @pytest.mark.slow(seconds=5)
 @pytest.mark.parametrize("order", ["sync_first", "worker_first"])
+@each_crm_on_one_database(crossed=True)
 async def test_every_moved_deal_gets_its_task_once_despite_lost_webhooks(
     bench: Bench, order: str, tmp_path: Path
 ) -> None:

@@ -17,11 +17,6 @@ from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 
 
-@pytest.fixture(params=["bitrix24", "amocrm"])
-def crm(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def sandbox(crm: str) -> Iterator[CRMSandbox]:
     with crm_sandbox(crm) as box:

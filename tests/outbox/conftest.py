@@ -259,9 +259,9 @@ class Outbox:
         return body
 
 
-@pytest.fixture(params=["bitrix24", "amocrm"])
-async def outbox(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Outbox]:
-    async with open_outbox(request.param, database_url, tmp_path) as box:
+@pytest.fixture
+async def outbox(crm: str, database_url: str, tmp_path: Path) -> AsyncIterator[Outbox]:
+    async with open_outbox(crm, database_url, tmp_path) as box:
         yield box
 
 

@@ -10,7 +10,7 @@ import pytest
 from tests.outbox.conftest import Outbox
 
 
-@pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+@pytest.mark.parametrize("crm", ["bitrix24"])
 async def test_a_forbidden_deal_dead_letters_its_commands_and_the_rest_is_delivered(outbox: Outbox) -> None:
     locked, free = outbox.seed(2)
     outbox.box.control("POST", "/_sandbox/permissions", {"deny_edit": [int(locked)]})

@@ -13,6 +13,7 @@ from app.connections.registry import ConnectorRegistry
 from app.outbox.delivery import RetrySettings, drain_connection
 from app.scheduler import Runtime, run_outbox
 from tests.outbox.conftest import CONNECTOR_RETRY, NO_DELAY, OUTAGE_FAULT, Outbox
+from tests.support.matrix import each_crm_on_one_database
 
 OUTAGE = {"bitrix24": (OUTAGE_FAULT["bitrix24"], "html_503"), "amocrm": (OUTAGE_FAULT["amocrm"], "503")}
 STORM = {"bitrix24": ("rate_limit", "QUERY_LIMIT_EXCEEDED"), "amocrm": ("rate_limit", "429")}
@@ -35,6 +36,7 @@ def _assert_each_effect_once(outbox: Outbox, deals: list[str], moves: int, tasks
     assert outbox.applied_writes("task") == tasks
 
 
+@each_crm_on_one_database()
 async def test_an_outage_ends_with_every_command_delivered_once(outbox: Outbox) -> None:
     deals, move_ids, task_ids = await _seed_work(outbox, moves=60, tasks=60)
     kind, answered = OUTAGE[outbox.crm]
@@ -53,6 +55,7 @@ async def test_an_outage_ends_with_every_command_delivered_once(outbox: Outbox) 
     _assert_each_effect_once(outbox, deals, moves=60, tasks=60)
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_a_rate_limit_storm_is_absorbed(outbox: Outbox) -> None:
     deals, _, _ = await _seed_work(outbox, moves=60, tasks=60)
     kind, answered = STORM[outbox.crm]
@@ -69,6 +72,7 @@ async def test_a_rate_limit_storm_is_absorbed(outbox: Outbox) -> None:
     _assert_each_effect_once(outbox, deals, moves=60, tasks=60)
 
 
+@each_crm_on_one_database()
 async def test_a_permanent_error_dead_letters_only_its_command(outbox: Outbox) -> None:
     deals = outbox.seed(12)
     foreign = await outbox.foreign_stage()
@@ -107,6 +111,7 @@ async def test_a_permanent_error_dead_letters_only_its_command(outbox: Outbox) -
 BLOCK = {"bitrix24": ("overload", "OVERLOAD_LIMIT"), "amocrm": ("blocked_403", "403")}
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_an_account_block_pauses_the_queue_and_a_resume_delivers(outbox: Outbox) -> None:
     """amoCRM: 403 HTML after too many 429s (blocked until support lifts it); Bitrix24:
     OVERLOAD_LIMIT. The account is the problem, not the commands: pause, keep their attempts."""
@@ -144,7 +149,7 @@ async def test_an_account_block_pauses_the_queue_and_a_resume_delivers(outbox: O
     assert move_ids and task_ids
 
 
-@pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+@pytest.mark.parametrize("crm", ["bitrix24"])
 async def test_bitrix24_sends_120_tasks_in_3_batch_requests(outbox: Outbox) -> None:
     deals = outbox.seed(120)
     await outbox.enqueue_tasks(deals, "Перезвонить клиенту")
@@ -159,7 +164,7 @@ async def test_bitrix24_sends_120_tasks_in_3_batch_requests(outbox: Outbox) -> N
     assert sum(outbox.tasks().values()) == 120
 
 
-@pytest.mark.parametrize("outbox", ["amocrm"], indirect=True)
+@pytest.mark.parametrize("crm", ["amocrm"])
 @pytest.mark.parametrize(
     ("fault", "words"), [("http_402", "Подписка закончилась"), ("http_403", "Access denied")]
 )
@@ -187,7 +192,7 @@ async def test_an_unpaid_or_unauthorised_account_pauses_instead_of_dead_letterin
     _assert_each_effect_once(outbox, deals, moves=3, tasks=3)
 
 
-@pytest.mark.parametrize("outbox", ["amocrm"], indirect=True)
+@pytest.mark.parametrize("crm", ["amocrm"])
 async def test_amocrm_sends_120_tasks_in_3_bulk_requests(outbox: Outbox) -> None:
     deals = outbox.seed(120)
     await outbox.enqueue_tasks(deals, "Перезвонить клиенту")
@@ -199,6 +204,7 @@ async def test_amocrm_sends_120_tasks_in_3_bulk_requests(outbox: Outbox) -> None
     assert result.delivered == 120
 
 
+@each_crm_on_one_database()
 async def test_attempts_run_out_into_dead_with_the_crm_text(outbox: Outbox) -> None:
     """An outage longer than the retry budget dead-letters the commands, visible with the error."""
     await _seed_work(outbox, moves=5, tasks=0)
@@ -213,7 +219,7 @@ async def test_attempts_run_out_into_dead_with_the_crm_text(outbox: Outbox) -> N
     assert len({c.last_error for c in commands}) == 1 and commands[0].last_error
 
 
-@pytest.mark.parametrize("outbox", ["amocrm"], indirect=True)
+@pytest.mark.parametrize("crm", ["amocrm"])
 async def test_a_running_worker_delivers_after_unblock_and_resume(outbox: Outbox) -> None:
     """What `funnelsync worker` (the scheduler's run_outbox with its ConnectorRegistry) does: the
     connector it keeps must not go on refusing locally the 403 it remembers once resumed."""
@@ -235,7 +241,7 @@ async def test_a_running_worker_delivers_after_unblock_and_resume(outbox: Outbox
         await runtime.connectors.aclose()
 
 
-@pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+@pytest.mark.parametrize("crm", ["bitrix24"])
 async def test_the_workers_retry_budget_comes_from_the_settings(outbox: Outbox) -> None:
     """FUNNELSYNC_OUTBOX_MAX_ATTEMPTS reaches the scheduler's drain: with 1, one failed attempt is
     enough to dead-letter a command (the default of 8 would only reschedule it)."""
@@ -254,7 +260,7 @@ async def test_the_workers_retry_budget_comes_from_the_settings(outbox: Outbox) 
     assert {(c.status, c.attempts) for c in await outbox.commands()} == {("dead", 1)}
 
 
-@pytest.mark.parametrize("outbox", ["bitrix24", "amocrm"], indirect=True)
+@each_crm_on_one_database(crossed=True)
 async def test_a_timed_out_task_batch_is_looked_up_before_it_is_sent_again(outbox: Outbox) -> None:
     """A create whose answer never came may exist in the CRM: the next drain asks the CRM (by the
     marker in the task) and sends again only what is missing, so every task exists exactly once."""

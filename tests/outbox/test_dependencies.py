@@ -19,6 +19,7 @@ from app.outbox.models import OutboxAttempt, OutboxCommand
 from app.outbox.retry import retry_matching
 from tests.outbox.conftest import API_AUTH, CONNECTOR_RETRY, DUE, NO_DELAY, Outbox
 from tests.support import web
+from tests.support.matrix import each_crm_on_one_database
 from tests.support.server import serve_asgi
 
 MOVED = "Сделка возвращена на этап «Новая заявка»"
@@ -57,6 +58,7 @@ async def _history(outbox: Outbox, command_id: int) -> list[OutboxAttempt]:
         return list(rows)
 
 
+@each_crm_on_one_database()
 async def test_a_comment_waits_for_its_move_and_follows_it_in_the_same_drain(outbox: Outbox) -> None:
     deal, other = outbox.seed(2)
     target = outbox.stages[0]
@@ -103,6 +105,7 @@ async def test_a_comment_waits_for_its_move_and_follows_it_in_the_same_drain(out
     assert comment_done.outcome == "done" and comment_done.id > move_done.id
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_a_comment_about_a_refused_move_is_never_sent_and_says_why(outbox: Outbox) -> None:
     [deal] = outbox.seed(1)
     initial = outbox.stages_of()[deal]
@@ -139,6 +142,7 @@ async def test_a_comment_about_a_refused_move_is_never_sent_and_says_why(outbox:
     assert outbox.comments() == {}
 
 
+@each_crm_on_one_database()
 async def test_a_manual_retry_sends_the_move_then_its_comment_and_keeps_the_history(
     outbox: Outbox, api: httpx.AsyncClient
 ) -> None:
@@ -194,7 +198,7 @@ async def test_a_manual_retry_sends_the_move_then_its_comment_and_keeps_the_hist
     assert (await api.get("/api/outbox/999999")).status_code == 404
 
 
-@pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+@pytest.mark.parametrize("crm", ["bitrix24"])
 async def test_a_prerequisite_must_exist_on_the_same_connection(outbox: Outbox) -> None:
     other = outbox.sandbox.connection(outbox.settings, name="other")
     async with outbox.sessions.begin() as session:

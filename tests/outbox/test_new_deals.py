@@ -8,6 +8,7 @@ import pytest
 
 from app.outbox.delivery import drain_connection
 from tests.outbox.conftest import NO_DELAY, Outbox
+from tests.support.matrix import each_crm_on_one_database
 
 TITLES = ("Повторная поставка", "Предложение вернуться", "Лид из бота")
 
@@ -26,7 +27,7 @@ async def crm_deals(outbox: Outbox, ids: list[str]) -> dict[str, tuple[str, str]
     return {s.id: (s.stage_id, s.title) for s in snapshots}
 
 
-@pytest.mark.parametrize("outbox", ["bitrix24", "amocrm"], indirect=True)
+@each_crm_on_one_database()
 async def test_new_deals_are_created_once_in_their_stage(outbox: Outbox) -> None:
     stage = outbox.stages[0]
     await enqueue_deals(outbox, stage)
@@ -41,7 +42,7 @@ async def test_new_deals_are_created_once_in_their_stage(outbox: Outbox) -> None
     assert again.requests == 0  # nothing is sent twice
 
 
-@pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+@pytest.mark.parametrize("crm", ["bitrix24"])
 async def test_a_timed_out_create_is_found_in_the_crm_not_sent_again(outbox: Outbox) -> None:
     stage = outbox.stages[0]
     await enqueue_deals(outbox, stage)
@@ -60,7 +61,7 @@ async def test_a_timed_out_create_is_found_in_the_crm_not_sent_again(outbox: Out
     assert outbox.box.stats()["commands"].get("crm.item.add") == 3  # each created once
 
 
-@pytest.mark.parametrize("outbox", ["amocrm"], indirect=True)
+@pytest.mark.parametrize("crm", ["amocrm"])
 async def test_a_timed_out_create_the_crm_cannot_look_up_goes_to_a_person(outbox: Outbox) -> None:
     """amoCRM cannot find a lead by our marker: sending again could create it twice, so the command
     is dead-lettered with a reason that says what to check, and retried only by hand."""

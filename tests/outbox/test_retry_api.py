@@ -13,6 +13,7 @@ from app.main import create_app
 from app.outbox.delivery import RetrySettings
 from tests.outbox.conftest import OUTAGE_FAULT, Outbox
 from tests.support import web
+from tests.support.matrix import each_crm_on_one_database
 from tests.support.server import serve_asgi
 
 ONE_ATTEMPT = RetrySettings(max_attempts=1, base_delay=timedelta(0), max_delay=timedelta(0))
@@ -27,6 +28,7 @@ async def api(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_dead_commands_are_replayed_by_hand(outbox: Outbox, api: httpx.AsyncClient) -> None:
     deals = outbox.seed(3)
     target = outbox.stages[0]

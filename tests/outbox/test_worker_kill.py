@@ -28,7 +28,7 @@ from tests.support.cli import REPO
 BATCH_DELAY = 1.0  # seconds the sandbox holds the first batch (the test takes the DB lock meanwhile)
 DEADLINE = 60.0
 TITLE = "Перезвонить клиенту"
-pytestmark = pytest.mark.parametrize("outbox", ["bitrix24"], indirect=True)
+pytestmark = pytest.mark.parametrize("crm", ["bitrix24"])
 
 
 def _worker(outbox: Outbox, tmp_path: Path) -> subprocess.Popen[str]:

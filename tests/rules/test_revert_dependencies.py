@@ -19,6 +19,7 @@ from app.connections.models import Connection
 from app.outbox.delivery import DrainResult, drain_connection
 from app.outbox.models import OutboxAttempt, OutboxCommand
 from tests.support import web
+from tests.support.matrix import each_crm_on_one_database
 from tests.support.rules_bench import Bench
 
 TOKEN = "test-token-1234567890"  # tests.support.crm.settings_for
@@ -114,6 +115,7 @@ async def _done_row(bench: Bench, command_id: int) -> int:
     return row_id
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_a_refused_revert_is_not_announced_and_a_retry_sends_move_then_comment(bench: Bench) -> None:
     deal_id = bench.create("Отказ без причины", "NEW_REQUEST")
     await bench.cycle()

@@ -18,6 +18,7 @@ from app.outbox.statuses import RuleName
 from app.rules.service import MissingRequiredFields, MoveRefused, apply_rules, request_move
 from app.rules.timers import check_sla, past_sla, sweep_follow_ups
 from app.webhooks.models import InboxEvent
+from tests.support.matrix import each_crm_on_one_database
 from tests.support.rules_bench import SUPERVISOR, Bench
 
 CONTACT = "Связаться с клиентом по новой заявке"
@@ -38,6 +39,7 @@ async def outbox_size(bench: Bench) -> int:
         return int(await session.scalar(select(func.count()).select_from(OutboxCommand)) or 0)
 
 
+@each_crm_on_one_database()
 async def test_entering_a_stage_creates_exactly_the_templates_tasks(bench: Bench) -> None:
     deal_id = bench.create("Заявка с сайта", "LEADS")
     await bench.cycle()
@@ -60,6 +62,7 @@ async def test_entering_a_stage_creates_exactly_the_templates_tasks(bench: Bench
     assert bench.comments(deal_id) == []
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_missing_required_field_triggers_its_action_once(bench: Bench) -> None:
     deal_id = bench.create("Без бюджета", "NEW_REQUEST")
     await bench.cycle()
@@ -101,6 +104,7 @@ async def test_missing_required_field_triggers_its_action_once(bench: Bench) -> 
     assert len(bench.tasks(deal_id)) == 2
 
 
+@each_crm_on_one_database()
 async def test_revert_does_not_loop(bench: Bench) -> None:
     deal_id = bench.create("Отказ без причины", "NEW_REQUEST")
     await bench.cycle()
@@ -137,6 +141,7 @@ async def test_revert_does_not_loop(bench: Bench) -> None:
     assert history == [bench.stage_ids["NEW_REQUEST"]]
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_sla_breach_creates_one_escalation(bench: Bench) -> None:
     deal_id = bench.create("Срочная заявка", "NEW_REQUEST")  # SLA: 2 minutes
     await bench.cycle()
@@ -176,6 +181,7 @@ def deadline(task: dict[str, Any]) -> datetime:
     return datetime.fromtimestamp(value, UTC) if isinstance(value, int) else datetime.fromisoformat(value)
 
 
+@each_crm_on_one_database()
 async def test_follow_up_task_at_the_date_and_moved_when_the_date_moves(bench: Bench) -> None:
     deal_id = bench.create("Вернуться позже", "LEADS")
     await bench.cycle()
@@ -205,6 +211,7 @@ async def test_follow_up_task_at_the_date_and_moved_when_the_date_moves(bench: B
     assert move.stage_entry_id == created.stage_entry_id == (await transitions(bench, deal_id))[-1]
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_lost_with_a_loss_reason_stays_lost(bench: Bench) -> None:
     deal_id = bench.create("Купил у конкурента", "NEW_REQUEST")
     await bench.cycle()
@@ -214,6 +221,7 @@ async def test_lost_with_a_loss_reason_stays_lost(bench: Bench) -> None:
     assert bench.comments(deal_id) == [] and await bench.commands(deal_id, "move") == []
 
 
+@each_crm_on_one_database()
 async def test_a_move_requested_through_the_api_runs_the_stage_rules_once(bench: Bench) -> None:
     deal_id = bench.create("Через API", "LEADS")
     await bench.cycle()

@@ -11,12 +11,19 @@ if os.environ.get("FUNNELSYNC_TEST_BACKENDS") == "sqlite":  # quick local loop; 
     BACKENDS = ["sqlite"]
 
 
-def each_crm_on_one_database() -> pytest.MarkDecorator:
-    """Parametrize `crm` and `backend` together, Bitrix24 on SQLite and amoCRM on PostgreSQL, for
-    tests of what a CRM does (provisioning a funnel) rather than of what a database does: each CRM
-    is covered once and each database still runs the test, in half the runs of the full matrix.
-    The sync loop (webhooks, rules, outbox) keeps the full matrix."""
-    pairs = [("bitrix24", "sqlite"), ("amocrm", "postgresql")]
+def each_crm_on_one_database(*, crossed: bool = False) -> pytest.MarkDecorator:
+    """Parametrize `crm` and `backend` together, for tests whose CRM-specific part (the connector,
+    the sandbox) and database-specific part (SQL, locking) do not meet: two runs instead of the
+    four of the full matrix, and still each CRM once and each database once.
+
+    Bitrix24 on SQLite and amoCRM on PostgreSQL; `crossed` swaps the databases, so that modules
+    alternating the two cover every CRM x database pair between them. Tests of what a database does
+    with concurrent workers (leases, kills, two processes) keep the full matrix."""
+    pairs = (
+        [("bitrix24", "postgresql"), ("amocrm", "sqlite")]
+        if crossed
+        else [("bitrix24", "sqlite"), ("amocrm", "postgresql")]
+    )
     if BACKENDS == ["sqlite"]:
         pairs = [(crm, "sqlite") for crm, _ in pairs]
     params = [

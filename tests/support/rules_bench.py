@@ -172,14 +172,14 @@ SUPERVISOR = {"bitrix24": "1", "amocrm": str(ADMIN_ID)}
 
 
 # Import it into a conftest or test module (`from tests.support.rules_bench import bench`) to use it.
-@pytest.fixture(params=["bitrix24", "amocrm"])
-async def bench(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
+@pytest.fixture
+async def bench(crm: str, database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
     state_file = tmp_path / "amocrm-state.json"
     async with live_funnel(
-        request.param,
+        crm,
         database_url,
         tmp_path,
-        sandbox_options={"state_file": state_file} if request.param == "amocrm" else None,
-        connection_settings={"supervisor_id": SUPERVISOR[request.param]},
+        sandbox_options={"state_file": state_file} if crm == "amocrm" else None,
+        connection_settings={"supervisor_id": SUPERVISOR[crm]},
     ) as live:
         yield Bench.extend(live, state_file=state_file)

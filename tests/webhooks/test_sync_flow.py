@@ -24,6 +24,7 @@ from connectors.base import CRMConnector, DealSnapshot, NewStage, Retryable
 from connectors.events import parse_deal_events
 from tests.support import web
 from tests.support.live import LiveFunnel, live_funnel
+from tests.support.matrix import each_crm_on_one_database
 
 
 @dataclass
@@ -102,12 +103,13 @@ class Flow(LiveFunnel):
             return await session.scalar(select(Deal).where(Deal.crm_deal_id == crm_deal_id))
 
 
-@pytest.fixture(params=["bitrix24", "amocrm"])
-async def flow(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> AsyncIterator[Flow]:
-    async with live_funnel(request.param, database_url, tmp_path) as live:
+@pytest.fixture
+async def flow(crm: str, database_url: str, tmp_path: Path) -> AsyncIterator[Flow]:
+    async with live_funnel(crm, database_url, tmp_path) as live:
         yield Flow.extend(live)
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_changes_reach_the_mirror_once_and_in_order(flow: Flow) -> None:
     first = flow.create("Первая сделка", "LEADS")
     await flow.deliver_and_process()
@@ -138,6 +140,7 @@ async def test_changes_reach_the_mirror_once_and_in_order(flow: Flow) -> None:
     assert len(await flow.history(first)) == 4
 
 
+@each_crm_on_one_database()
 async def test_reconcile_catches_up_missed_changes_and_deletions(flow: Flow) -> None:
     kept = flow.create("Сделка", "LEADS")
     await flow.deliver_and_process()
@@ -172,6 +175,7 @@ class _CutOffPull:
             raise Retryable("the CRM went away mid-pull")
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_incremental_cursor_moves_only_after_the_whole_pull(flow: Flow) -> None:
     flow.seed_silently(1)
     first = await reconcile(flow.p.sessions, flow.p.record.id, flow.p.sandbox.connector())
@@ -193,6 +197,7 @@ async def test_incremental_cursor_moves_only_after_the_whole_pull(flow: Flow) ->
     assert again.cursor is not None and again.cursor >= first.cursor
 
 
+@each_crm_on_one_database()
 async def test_status_and_deal_api(flow: Flow) -> None:
     deal = flow.create("Сделка для API", "LEADS")
     await flow.deliver_and_process()
@@ -230,6 +235,7 @@ async def test_status_and_deal_api(flow: Flow) -> None:
         assert events and all(e["status"] == "processed" for e in events)
 
 
+@each_crm_on_one_database(crossed=True)
 async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None:
     deal = flow.create("Двигаем вручную", "LEADS")
     await flow.deliver_and_process()
@@ -264,6 +270,7 @@ async def test_manual_move_is_pushed_to_the_crm_and_mirrored(flow: Flow) -> None
     assert [(c["kind"], c["status"]) for c in detail["commands"] if c["kind"] == "move"] == [("move", "done")]
 
 
+@each_crm_on_one_database()
 async def test_metrics_expose_events_queues_and_push_latency(flow: Flow) -> None:
     deal = flow.create("Метрики", "LEADS")
     await flow.deliver_and_process()

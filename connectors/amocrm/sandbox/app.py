@@ -22,7 +22,7 @@ from connectors.amocrm.sandbox import (
 from connectors.amocrm.sandbox.common import Sandbox
 from connectors.amocrm.sandbox.config import SandboxConfig
 from connectors.amocrm.sandbox.errors import ValidationFailed, not_found, problem
-from connectors.amocrm.sandbox.guard import Guard
+from connectors.amocrm.sandbox.guard import Guard, GuardMiddleware
 from connectors.amocrm.sandbox.hooks import WebhookDispatcher
 from connectors.amocrm.sandbox.state import SandboxState
 
@@ -49,7 +49,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.sandbox = box
-    app.middleware("http")(box.guard)
+    app.add_middleware(GuardMiddleware, guard=box.guard)
 
     @app.exception_handler(ValidationFailed)
     async def _validation(request: Request, exc: ValidationFailed) -> Response:

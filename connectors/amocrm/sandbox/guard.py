@@ -13,15 +13,16 @@ import re
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from connectors.amocrm.sandbox.errors import html_error, problem
 from connectors.amocrm.sandbox.state import ADMIN_ID, SandboxState
+from connectors.sandbox_support.asgi import pass_on
 
 _IDS = re.compile(r"/\d+")
 FAULT_KINDS = (
@@ -158,14 +159,10 @@ class Guard:
     def block_account(self) -> None:
         self.blocked = True
 
-    async def __call__(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    def record(self, request: Request, body: bytes) -> dict[str, Any]:
+        """Count and log an API call; the log entry gets its status once answered (`finish`)."""
         path = request.url.path
-        if path.startswith("/_sandbox"):
-            return await call_next(request)
         method = request.method
-        body = await request.body()
         parsed = _json(body)
         batch = len(parsed) if isinstance(parsed, list) else None
         route = f"{method} {_IDS.sub('/{id}', path)}"
@@ -189,19 +186,15 @@ class Guard:
             "arrived": time.monotonic(),
         }
         self.log.append(entry)
-        response = await self._guarded(request, method, path, batch, call_next)
-        entry["status"] = response.status_code
-        self.statuses[str(response.status_code)] += 1
-        return response
+        return entry
 
-    async def _guarded(
-        self,
-        request: Request,
-        method: str,
-        path: str,
-        batch: int | None,
-        call_next: Callable[[Request], Awaitable[Response]],
-    ) -> Response:
+    def finish(self, entry: dict[str, Any], status: int) -> None:
+        entry["status"] = status
+        self.statuses[str(status)] += 1
+
+    async def screen(self, request: Request, method: str, path: str, batch: int | None) -> Response | None:
+        """The answer the account gives before the endpoint (block, fault, 429, 401), or None to
+        let the call through, with the caller's user id on `request.state`."""
         if self.blocked:
             return html_error(403, "Forbidden")
         fault = self._take_fault(method, path, batch)
@@ -220,7 +213,7 @@ class Guard:
             if key is None:
                 return problem(401, "Unauthorized", "Unauthorized")
             request.state.user_id = (record or {}).get("user_id", ADMIN_ID)
-        return await call_next(request)
+        return None
 
     def _count_rate_limited(self) -> None:
         limit = self.state.config.block_after_rate_limited
@@ -281,3 +274,26 @@ def _json(body: bytes) -> Any:
 def token_fingerprint(token: str) -> str | None:
     """Tokens are logged by fingerprint: tests compare them without the log holding secrets."""
     return hashlib.sha256(token.encode()).hexdigest()[:16] if token else None
+
+
+class GuardMiddleware:
+    """Puts the account's `Guard` in front of every API call (pure ASGI: see sandbox_support.asgi)."""
+
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_sandbox"):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        body = await request.body()
+        entry = self.guard.record(request, body)
+        early = await self.guard.screen(request, entry["method"], entry["path"], entry["batch"])
+        if early is None:
+            status = await pass_on(self.app, scope, body, receive, send)
+        else:
+            await early(scope, receive, send)
+            status = early.status_code
+        self.guard.finish(entry, status)

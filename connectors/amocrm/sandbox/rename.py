@@ -13,13 +13,13 @@ The sandbox listens on one port; "another host" is another name for it (localhos
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from connectors.amocrm.sandbox.common import Sandbox
+from connectors.sandbox_support.asgi import EarlyAnswer
 from connectors.sandbox_support.moves import Moves
 
 _API_PATHS = ("/api/", "/oauth2/")
@@ -29,12 +29,7 @@ def install(app: FastAPI, box: Sandbox) -> Moves:
     moves = Moves()
     app.state.moves = moves
 
-    async def redirect_old_address(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        return moves.redirect(request, _API_PATHS) or await call_next(request)
-
-    app.middleware("http")(redirect_old_address)
+    app.add_middleware(EarlyAnswer, answer=lambda request: moves.redirect(request, _API_PATHS))
 
     @app.post("/_sandbox/rename")
     async def rename(request: Request) -> Response:

@@ -18,7 +18,6 @@ the Host header tells which address a client used.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from fastapi.responses import JSONResponse
 from connectors.bitrix24.sandbox.config import SandboxConfig
 from connectors.bitrix24.sandbox.engine import Portal
 from connectors.bitrix24.sandbox.querystring import parse_php_query
+from connectors.sandbox_support.asgi import EarlyAnswer
 from connectors.sandbox_support.moves import Moves
 
 
@@ -44,15 +44,13 @@ def install(app: FastAPI, portal: Portal, config: SandboxConfig) -> PortalMoves:
     moves = PortalMoves()
     app.state.moves = moves
 
-    async def redirect_old_address(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    def redirect_old_address(request: Request) -> Response | None:
         path = request.url.path
         if path.endswith("/oauth/token/"):
             moves.token_requests.append(f"{request.headers.get('host', '')}{path}")
-        return moves.redirect(request, ("/rest/",)) or await call_next(request)
+        return moves.redirect(request, ("/rest/",))
 
-    app.middleware("http")(redirect_old_address)
+    app.add_middleware(EarlyAnswer, answer=redirect_old_address)
 
     @app.post("/_sandbox/rename")
     async def rename(request: Request) -> Response:

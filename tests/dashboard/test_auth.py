@@ -1,4 +1,5 @@
-"""Dashboard login, sessions, CSRF and the throttle of failed logins, over real HTTP on both databases."""
+"""Dashboard login, sessions, CSRF and the throttle of failed logins, over real HTTP on both databases
+(what the cookie or the form decides, whatever the database, on SQLite only)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ from app.dashboard.auth import (
 )
 from tests.dashboard.support import TOKEN, Running, csrf_of, login
 from tests.support import web
+from tests.support.matrix import on_sqlite_only
 
 PAGES = ["/", "/failures", "/templates", "/templates/general.typical"]
 
 
+@on_sqlite_only()  # decided by the cookie or the form, not by the database
 @pytest.mark.parametrize("path", [*PAGES, "/funnels/1", "/funnels/1/analytics", "/deals/1"])
 def test_pages_redirect_to_login_without_a_session(dashboard: Running, path: str) -> None:
     response = web.get(f"{dashboard.url}{path}", follow_redirects=False)
@@ -35,6 +38,7 @@ def test_pages_redirect_to_login_without_a_session(dashboard: Running, path: str
     assert response.headers["location"].startswith("/login?next=")
 
 
+@on_sqlite_only()  # decided by the cookie or the form, not by the database
 def test_wrong_token_is_refused_with_a_message(dashboard: Running) -> None:
     with web.client(base_url=dashboard.url) as client:
         response = client.post("/login", data={"token": "nope", "next": "/"}, params={"lang": "en"})
@@ -58,12 +62,14 @@ def test_right_token_sets_a_safe_cookie_and_opens_every_page(dashboard: Running)
         assert client.get("/login", follow_redirects=False).headers["location"] == "/"
 
 
+@on_sqlite_only()  # decided by the cookie or the form, not by the database
 def test_login_never_redirects_off_site(dashboard: Running) -> None:
     with web.client(base_url=dashboard.url) as client:
         response = client.post("/login", data={"token": TOKEN, "next": "//evil.example/x"})
         assert response.headers["location"] == "/"
 
 
+@on_sqlite_only()  # decided by the cookie or the form, not by the database
 def test_a_forged_cookie_is_not_a_session(dashboard: Running) -> None:
     with web.client(base_url=dashboard.url) as client:
         login(client)
@@ -110,6 +116,7 @@ def _signed(key: bytes, data: dict[str, object]) -> str:
     return f"{payload}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
 
+@on_sqlite_only()  # decided by the cookie or the form, not by the database
 @pytest.mark.parametrize("key", [b"", TOKEN.encode(), b"funnelsync-dashboard-session-v1\0"])
 def test_cookies_signed_with_a_guessable_key_are_refused(dashboard: Running, key: bytes) -> None:
     # An empty key, the API token (the old signing key) or the old context string: none of them is

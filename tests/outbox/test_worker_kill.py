@@ -108,32 +108,20 @@ async def test_moves_survive_a_worker_killed_mid_drain(outbox: Outbox, tmp_path:
     assert Counter(stages[d] for d in deals) == {target: 500}
 
 
-async def _tasks_killed_and_restarted(outbox: Outbox, tmp_path: Path) -> list[str]:
+@pytest.mark.slow(seconds=9)
+async def test_tasks_survive_a_worker_killed_mid_drain_exactly_once(outbox: Outbox, tmp_path: Path) -> None:
+    """Tasks are not idempotent in the CRM: the batch in flight must not be sent again blindly. The
+    restarted worker looks the in-flight tasks up in the CRM and records what it finds."""
     deals = outbox.seed(500)
     await outbox.enqueue_tasks(deals, TITLE)
     await _kill_mid_drain(outbox, tmp_path, "tasks.task.add")
     assert sum(outbox.tasks().values()) == 50  # the CRM created the in-flight batch; nothing recorded it
     _finish(_worker(outbox, tmp_path))
-    return deals
-
-
-@pytest.mark.slow(seconds=9)
-async def test_tasks_survive_a_worker_killed_mid_drain_exactly_once(outbox: Outbox, tmp_path: Path) -> None:
-    """Tasks are not idempotent in the CRM: the batch in flight must not be sent again blindly."""
-    deals = await _tasks_killed_and_restarted(outbox, tmp_path)
 
     tasks = outbox.tasks()
     duplicated = sorted(deal for (deal, _), n in tasks.items() if n > 1)
     assert not duplicated, f"{len(duplicated)} deals got their task twice"
     assert tasks == {(d, TITLE): 1 for d in deals}
     commands = await outbox.commands()
-    assert {c.status for c in commands} == {"done"}  # nothing left open, nothing dead
-
-
-@pytest.mark.slow(seconds=9)
-async def test_tasks_left_in_flight_are_reconciled_with_the_crm(outbox: Outbox, tmp_path: Path) -> None:
-    await _tasks_killed_and_restarted(outbox, tmp_path)
-
-    commands = await outbox.commands()
-    assert {c.status for c in commands} == {"done"}, Counter(c.status for c in commands)
-    assert all(c.crm_result_id for c in commands)
+    assert {c.status for c in commands} == {"done"}, Counter(c.status for c in commands)  # none dead
+    assert all(c.crm_result_id for c in commands)  # the in-flight ones too: reconciled with the CRM

@@ -31,3 +31,9 @@ def each_crm_on_one_database(*, crossed: bool = False) -> pytest.MarkDecorator:
         for crm, db in pairs
     ]
     return pytest.mark.parametrize(("crm", "backend"), params, indirect=["backend"])
+
+
+def on_sqlite_only() -> pytest.MarkDecorator:
+    """For a test that takes a database but whose outcome no database decides (a refusal before
+    any query, an argument check): one run on SQLite instead of one per database."""
+    return pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

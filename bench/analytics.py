@@ -44,6 +44,7 @@ from app.analytics.models import DailyStageEntries
 from app.config import Settings
 from app.connections.models import Connection
 from app.db import create_engine, session_factory
+from app.deals.loss_reasons import loss_reason_of
 from app.deals.models import Deal, StageTransition
 from app.funnels.models import Funnel, FunnelStage
 from app.library.service import get_template
@@ -170,6 +171,7 @@ async def seed(engine: AsyncEngine, deals: int) -> int:
                     "crm_stage_id": last.crm_stage_id, "managed": True, "title": f"Deal {number}",
                     "amount": Decimal(rng.randrange(1000, 500000)), "currency": "RUB",
                     "responsible_id": str(rng.randrange(1, 30)), "fields": fields,
+                    "loss_reason": loss_reason_of(fields),  # as the mirror derives it
                     "crm_updated_at": entered, "crm_created_at": NOW - SPAN, "stage_entered_at": entered,
                     "deleted_at": None, "created_at": NOW, "updated_at": NOW,
                 }

@@ -320,3 +320,83 @@ async def _payloads_0004(url: str) -> dict[int, Any]:
             )
     finally:
         await engine.dispose()
+
+
+# --- 0010: a deal's loss reason as a column -------------------------------------------------------
+
+FUNNELS = table(
+    "funnels", *map(column, ("id", "connection_id", "template_key", "name", "crm_pipeline_id")),
+    column("created_pipeline", Boolean()), column("created_at", UTCDateTime()),
+)  # fmt: skip
+MAPPINGS = table("funnel_mappings", *map(column, ("id", "funnel_id", "kind", "code", "crm_id")))
+DEALS_0009 = table(
+    "deals",
+    *map(
+        column,
+        ("id", "connection_id", "crm_deal_id", "crm_pipeline_id", "crm_stage_id", "title", "funnel_id"),
+    ),
+    column("managed", Boolean()),
+    column("fields", JSON()),
+    column("crm_updated_at", UTCDateTime()),
+    column("created_at", UTCDateTime()),
+    column("updated_at", UTCDateTime()),
+)
+# deal id -> (funnel, fields at 0009, loss_reason after 0010). Funnel 1 mapped field 777 to carry the
+# reason; funnel 2 mapped none, so its deal's 777 is just a field.
+LOSS_REASON_DEALS: dict[int, tuple[int | None, dict[str, Any], str | None]] = {
+    1: (1, {"loss_reason_id": 5, "loss_reason": "price", "777": "x"}, "5"),  # amoCRM's native id first
+    2: (1, {"loss_reason": "price"}, "price"),
+    3: (1, {"loss_reason": "", "777": ["41", "42"]}, "41"),  # empty skipped; an enumeration's first value
+    4: (2, {"777": "41"}, None),
+    5: (None, {"loss_reason": "late"}, "late"),  # outside a funnel: its own code still counts
+    6: (1, {}, None),
+}
+
+
+def test_0010_derives_the_loss_reason_from_the_fields(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0009")
+
+    async def seed() -> None:
+        engine = create_engine(empty_database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(ONE_CONNECTION)
+                for funnel in (1, 2):
+                    await connection.execute(
+                        insert(FUNNELS).values(
+                            id=funnel, connection_id=1, template_key=f"k{funnel}", name="f", crm_pipeline_id=str(funnel),
+                            created_pipeline=False, created_at=T0,
+                        )
+                    )  # fmt: skip
+                await connection.execute(
+                    insert(MAPPINGS).values(id=1, funnel_id=1, kind="field", code="loss_reason", crm_id="777")
+                )
+                for deal, (funnel, fields, _) in LOSS_REASON_DEALS.items():
+                    await connection.execute(
+                        insert(DEALS_0009).values(
+                            id=deal, connection_id=1, crm_deal_id=str(deal), crm_pipeline_id="1",
+                            crm_stage_id="LOSE", title="", funnel_id=funnel, managed=True, fields=fields,
+                            crm_updated_at=T0, created_at=T0, updated_at=T0,
+                        )
+                    )  # fmt: skip
+        finally:
+            await engine.dispose()
+
+    async def reasons() -> dict[int, str | None]:
+        engine = create_engine(empty_database_url)
+        try:
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    select(column("id"), column("loss_reason")).select_from(table("deals"))
+                )
+                return {int(deal): reason for deal, reason in rows}
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    upgrade(empty_database_url, "0010")
+    assert asyncio.run(reasons()) == {deal: reason for deal, (_, _, reason) in LOSS_REASON_DEALS.items()}
+    downgrade(empty_database_url, "0009")
+    assert _inspect(empty_database_url)[1] == "0009"
+    upgrade(empty_database_url)
+    assert asyncio.run(reasons()) == {deal: reason for deal, (_, _, reason) in LOSS_REASON_DEALS.items()}

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.funnels import FunnelContext
-from app.analytics.loss_reasons import label_loss_reasons, loss_reason_field_ids
+from app.analytics.loss_reasons import label_loss_reasons
 from app.analytics.schemas import Board, BoardColumn, BoardDeal, DealCommand, StageInfo
 from app.db import utcnow
 from app.deals.models import Deal
@@ -28,8 +28,6 @@ PER_COLUMN_CAP = 25
 # Both CRMs number their users (Bitrix24 user ID, amoCRM user id).
 USER_ID_RE = re.compile(r"[0-9]{1,20}")
 MAX_PAGE = 100_000
-# Where a deal carries its loss reason: amoCRM's native id, a template code, then the enum field.
-LOSS_REASON_KEYS = ("loss_reason_id", LOSS_REASON_FIELD)
 
 
 class BadBoardQuery(ValueError):
@@ -254,20 +252,11 @@ async def _loss_reason_names(
     listed = [d.id for c in columns if c.stage.id in failure_ids for d in c.items]
     if not listed:
         return {}
-    keys = [*LOSS_REASON_KEYS, *await loss_reason_field_ids(session, ctx.ref.id)]
-    rows = await session.execute(select(Deal.id, Deal.fields).where(Deal.id.in_(listed)))
-    values = {deal_id: _first_value(fields or {}, keys) for deal_id, fields in rows}
+    rows = await session.execute(select(Deal.id, Deal.loss_reason).where(Deal.id.in_(listed)))
+    values = {key: value for key, value in rows}
     named = await label_loss_reasons(session, ctx, [(v, 1) for v in set(values.values()) if v is not None])
     labels = {r.value: (r.label_ru, r.label_en) for r in named}
     return {deal_id: labels[v] for deal_id, v in values.items() if v is not None and v in labels}
-
-
-def _first_value(fields: Mapping[str, Any], keys: list[str]) -> str | None:
-    for key in keys:
-        value = fields.get(key)
-        if value not in (None, "", []):
-            return str(value[0] if isinstance(value, list) else value)
-    return None
 
 
 # --- a deal's fields, named ------------------------------------------------------------------------

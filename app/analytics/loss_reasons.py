@@ -9,19 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.analytics.funnels import FunnelContext
 from app.analytics.schemas import LossReasonCount
 from app.funnels.models import FunnelMapping
-from funnel_templates.schema import LOSS_REASON_FIELD, LossReason
-
-
-async def loss_reason_field_ids(session: AsyncSession, funnel_id: int) -> list[str]:
-    """CRM ids of the enum field provisioned to carry the reason where the CRM has no native one."""
-    rows = await session.scalars(
-        select(FunnelMapping.crm_id).where(
-            FunnelMapping.funnel_id == funnel_id,
-            FunnelMapping.kind == "field",
-            FunnelMapping.code == LOSS_REASON_FIELD,
-        )
-    )
-    return sorted(set(rows))
+from funnel_templates.schema import LossReason
 
 
 async def label_loss_reasons(

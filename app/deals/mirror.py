@@ -19,11 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics import daily_counts
 from app.db import dialect_insert, utcnow
+from app.deals.loss_reasons import loss_reason_fields, loss_reason_of
 from app.deals.models import Deal, StageTransition
 from app.funnels.models import Funnel, FunnelStage
 from connectors.base import DealSnapshot
 
-# New deals per INSERT: 18 bound parameters a row stays far below SQLite's 32,766 per statement.
+# New deals per INSERT: 19 bound parameters a row stays far below SQLite's 32,766 per statement.
 _INSERT_CHUNK = 500
 # What _new_deal/_apply set on a new deal: the columns of its INSERT.
 _NEW_DEAL_COLUMNS = (
@@ -39,6 +40,7 @@ _NEW_DEAL_COLUMNS = (
     "currency",
     "responsible_id",
     "fields",
+    "loss_reason",
     "crm_updated_at",
     "crm_created_at",
     "stage_entered_at",
@@ -54,6 +56,8 @@ class StageIndex:
 
     funnels: dict[str, int]  # crm pipeline id -> funnel id
     stages: dict[tuple[str, str], int]  # (crm pipeline id, crm stage id) -> stage id
+    # funnel id -> CRM ids of the fields provisioned to carry the loss reason
+    loss_reason_fields: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def funnel_for(self, pipeline_id: str) -> int | None:
         return self.funnels.get(pipeline_id)
@@ -76,7 +80,7 @@ async def load_stage_index(session: AsyncSession, connection_id: int) -> StageIn
         funnels[pipeline_id] = funnel_id
         if stage_id is not None and crm_stage_id is not None:
             stages[(pipeline_id, crm_stage_id)] = stage_id
-    return StageIndex(funnels, stages)
+    return StageIndex(funnels, stages, await loss_reason_fields(session, sorted(set(funnels.values()))))
 
 
 @dataclass
@@ -247,6 +251,8 @@ def _apply(deal: Deal, snapshot: DealSnapshot, index: StageIndex) -> None:
     deal.fields = {str(k): v for k, v in snapshot.fields.items()}
     if snapshot.loss_reason_id is not None:
         deal.fields["loss_reason_id"] = snapshot.loss_reason_id
+    reason_fields = index.loss_reason_fields.get(funnel_id, ()) if funnel_id is not None else ()
+    deal.loss_reason = loss_reason_of(deal.fields, reason_fields)
     deal.crm_updated_at = snapshot.updated_at
     deal.crm_created_at = snapshot.created_at
 

@@ -24,6 +24,7 @@ class Deal(Base):
             "stage_entered_at",
             "deleted_at",
             "amount",
+            "loss_reason",
         ),
     )
 
@@ -41,6 +42,8 @@ class Deal(Base):
     currency: Mapped[str | None] = mapped_column(String(8), default=None)
     responsible_id: Mapped[str | None] = mapped_column(String(64), default=None)
     fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Derived from `fields` by the mirror (app/deals/loss_reasons.py), for analytics' GROUP BY.
+    loss_reason: Mapped[str | None] = mapped_column(String(255), default=None)
     # The CRM's modify time of the snapshot we hold: an older event never overwrites a newer one.
     crm_updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     crm_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

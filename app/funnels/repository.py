@@ -8,10 +8,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import utcnow
+from app.deals.loss_reasons import refresh_loss_reasons
 from app.funnels.models import Funnel, FunnelMapping, FunnelStage
 from app.funnels.plan import StoredMapping
 from connectors.base import Stage
-from funnel_templates.schema import FunnelTemplate
+from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate
 
 
 async def find_funnel(session: AsyncSession, connection_id: int, template_key: str) -> Funnel | None:
@@ -129,6 +130,10 @@ class DatabaseMappingStore:
                     session.add(row)
                 row.crm_id = crm_id
                 row.crm_name = name[0] if name else None
+            if kind == "field" and any(code == LOSS_REASON_FIELD for code, *_ in pairs):
+                # Deals mirrored before the field was mapped carry their reason in it, unread so far.
+                await session.flush()
+                await refresh_loss_reasons(session, funnel.id)
 
     async def fields(self, fields: Sequence[tuple[str, str, str]]) -> None:
         """(template code, CRM field id, the field's name in deal snapshots) per field."""

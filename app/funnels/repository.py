@@ -123,15 +123,18 @@ class DatabaseMappingStore:
                     )
                 )
             }
+            reason_field_moved = False
             for code, crm_id, *name in pairs:
                 row = rows.get(code)
                 if row is None:
                     row = FunnelMapping(funnel_id=funnel.id, kind=kind, code=code)
                     session.add(row)
+                if kind == "field" and code == LOSS_REASON_FIELD and row.crm_id != crm_id:
+                    reason_field_moved = True
                 row.crm_id = crm_id
                 row.crm_name = name[0] if name else None
-            if kind == "field" and any(code == LOSS_REASON_FIELD for code, *_ in pairs):
-                # Deals mirrored before the field was mapped carry their reason in it, unread so far.
+            if reason_field_moved:
+                # The funnel's deals carry their reason in another field now (or had one unread).
                 await session.flush()
                 await refresh_loss_reasons(session, funnel.id)
 

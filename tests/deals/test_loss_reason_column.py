@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.deals.loss_reasons import loss_reason_of
@@ -81,6 +81,15 @@ async def test_the_mirror_keeps_it_and_mapping_the_field_fills_it_in(database_ur
 
         # Provisioning maps field 777 to carry the reason: deals already mirrored are read again.
         store = DatabaseMappingStore(sessions, connection.id, TEMPLATE)
+        await store.fields([(LOSS_REASON_FIELD, "777", "UF_CRM_LOSS")])
+        assert await _reasons(sessions) == {"1": "price", "2": "41", "3": None}
+        # A re-run that maps the same field leaves the deals alone (it would re-read every deal).
+        async with sessions.begin() as session:
+            await session.execute(update(Deal).where(Deal.crm_deal_id == "3").values(loss_reason="kept"))
+        await store.fields([(LOSS_REASON_FIELD, "777", "UF_CRM_LOSS")])
+        assert (await _reasons(sessions))["3"] == "kept"
+        await store.fields([(LOSS_REASON_FIELD, "778", "UF_CRM_LOSS_2")])  # another field: read again
+        assert await _reasons(sessions) == {"1": "price", "2": None, "3": None}
         await store.fields([(LOSS_REASON_FIELD, "777", "UF_CRM_LOSS")])
         assert await _reasons(sessions) == {"1": "price", "2": "41", "3": None}
 

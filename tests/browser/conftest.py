@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.support.apt import PackageUnavailable, apt_install
@@ -27,6 +28,8 @@ ARTIFACTS = (
     Path(os.environ.get("FUNNELSYNC_ARTIFACTS_DIR", Path(__file__).parents[2] / "artifacts")) / "browser"
 )
 TOKEN = "test-token-1234567890"  # tests.support.crm.settings_for
+# For each browser test module: the event loop the shared browser lives on (see `browser`).
+ON_THE_BROWSERS_LOOP = pytest.mark.asyncio(loop_scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +44,11 @@ def chromium() -> str:
     return str(CHROMIUM)
 
 
-@pytest.fixture
+# One Playwright driver and one Chromium per test process, shared by its browser tests (each test
+# gets fresh browser contexts): starting the two costs about 1.5 s of CPU, more than many of the
+# tests themselves. So the browser tests and their async fixtures run on the session's event loop
+# (`pytestmark` in each module, `loop_scope` below), which the browser lives on.
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser(chromium: str) -> AsyncIterator[Browser]:
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -86,7 +93,7 @@ class UI:
 UIFactory = Callable[..., Awaitable[UI]]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def ui_factory(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[UIFactory]:
     made: list[UI] = []
     test_name = re.sub(r"[^\w.-]+", "_", request.node.name).strip("_")
@@ -112,7 +119,7 @@ def backend() -> str:
     return "sqlite"
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="session")
 async def live(database_url: str, tmp_path: Path) -> AsyncIterator[Bench]:
     """The typical funnel provisioned into a Bitrix24 sandbox, FunnelSync serving the dashboard."""
     async with live_funnel(

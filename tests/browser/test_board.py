@@ -15,10 +15,12 @@ from app.db import utcnow
 from app.deals.mirror import load_stage_index, mirror_snapshots
 from app.funnels.models import Funnel
 from connectors.base import DealSnapshot
-from tests.browser.conftest import UIFactory
+from tests.browser.conftest import ON_THE_BROWSERS_LOOP, UIFactory
 from tests.browser.test_layout import OVERFLOW
 from tests.support.browser import PHONE
 from tests.support.rules_bench import Bench
+
+pytestmark = ON_THE_BROWSERS_LOOP
 
 WIDE = {"width": 1366, "height": 900}
 LATE = 3  # deals past the 2-minute SLA of "Новая заявка"

@@ -14,12 +14,14 @@ import pytest
 from playwright.async_api import Route, expect
 
 from app.main import create_app
-from tests.browser.conftest import UIFactory
+from tests.browser.conftest import ON_THE_BROWSERS_LOOP, UIFactory
 from tests.browser.test_layout import OVERFLOW
 from tests.support.browser import DESKTOP, PHONE
 from tests.support.crm import CRMSandbox, crm_sandbox, settings_for
 from tests.support.db import open_sessions
 from tests.support.server import serve_asgi
+
+pytestmark = ON_THE_BROWSERS_LOOP
 
 WIDTHS = [pytest.param(DESKTOP, id="desktop"), pytest.param(PHONE, id="phone")]
 

@@ -10,9 +10,11 @@ from playwright.async_api import Page, expect
 from sqlalchemy import select
 
 from app.funnels.models import Funnel
-from tests.browser.conftest import UIFactory
+from tests.browser.conftest import ON_THE_BROWSERS_LOOP, UIFactory
 from tests.support.browser import DESKTOP, PHONE
 from tests.support.rules_bench import Bench
+
+pytestmark = ON_THE_BROWSERS_LOOP
 
 OVERFLOW = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
 # The innermost elements that stick out on the right: named in the failure message.

@@ -13,8 +13,10 @@ from app.deals.models import Deal
 from app.funnels.models import Funnel
 from app.outbox.delivery import RetrySettings, drain_connection
 from app.outbox.models import OutboxCommand
-from tests.browser.conftest import UIFactory
+from tests.browser.conftest import ON_THE_BROWSERS_LOOP, UIFactory
 from tests.support.rules_bench import Bench
+
+pytestmark = ON_THE_BROWSERS_LOOP
 
 ONE_ATTEMPT = RetrySettings(max_attempts=1)
 ENTRY_TASK = "Связаться с клиентом по новой заявке"  # the typical funnel's NEW_REQUEST task

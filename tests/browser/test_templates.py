@@ -16,9 +16,11 @@ from app.funnels.models import Funnel
 from app.library.cli import rekeyed
 from app.library.service import OWN_TEMPLATES
 from funnel_templates.loader import template_file
-from tests.browser.conftest import UI, UIFactory
+from tests.browser.conftest import ON_THE_BROWSERS_LOOP, UI, UIFactory
 from tests.browser.test_layout import OVERFLOW, STICKING_OUT
 from tests.support.rules_bench import Bench
+
+pytestmark = ON_THE_BROWSERS_LOOP
 
 WIDE = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}

@@ -21,12 +21,12 @@ from app.messages.models import DealContacts
 from app.outbox.items import marker
 from connectors.base import CreatedLookup
 from tests.automations.runner_bench import TEMPLATE, WINBACK_FUNNEL, AutoBench, auto
-from tests.support.matrix import each_crm_on_one_database
+from tests.support.matrix import each_crm_on_one_database, on_sqlite_only
 
 __all__ = ["auto"]
 
 BOTH_CRMS_ON_SQLITE = [
-    pytest.mark.parametrize("backend", ["sqlite"], indirect=True),
+    on_sqlite_only(),
     pytest.mark.parametrize("crm", ["bitrix24", "amocrm"]),
 ]
 
@@ -133,7 +133,7 @@ def _bind_contact(auto: AutoBench, crm_deal_id: str) -> str:
     return str(auto.sandbox.box.create_contact(int(crm_deal_id), is_main=True, name="Пётр"))
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@on_sqlite_only()
 @pytest.mark.parametrize("crm", ["bitrix24", "amocrm"])
 async def test_won_creates_a_repeat_deal_and_recurs_lost_notifies(
     auto: AutoBench, caplog: pytest.LogCaptureFixture
@@ -204,7 +204,7 @@ async def test_won_creates_a_repeat_deal_and_recurs_lost_notifies(
     assert len(warnings) == 1 and "not provisioned" in warnings[0]
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@on_sqlite_only()
 @pytest.mark.parametrize("crm", ["bitrix24", "amocrm"])
 async def test_a_date_field_fires_before_and_after_it(auto: AutoBench) -> None:
     deal_id = auto.create("Запись на приём", "NEW")

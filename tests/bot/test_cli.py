@@ -23,8 +23,9 @@ from tests.support.channels import TelegramSandbox
 from tests.support.cli import REPO, run_cli
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
+from tests.support.matrix import on_sqlite_only
 
-SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # argument checks
+SQLITE_ONLY = on_sqlite_only()  # argument checks
 
 
 async def _seed(database_url: str, tmp_path: Path, telegram: TelegramSandbox) -> dict[str, str]:

@@ -16,9 +16,9 @@ def each_crm_on_one_database(*, crossed: bool = False) -> pytest.MarkDecorator:
     the sandbox) and database-specific part (SQL, locking) do not meet: two runs instead of the
     four of the full matrix, and still each CRM once and each database once.
 
-    Bitrix24 on SQLite and amoCRM on PostgreSQL; `crossed` swaps the databases, so that modules
-    alternating the two cover every CRM x database pair between them. Tests of what a database does
-    with concurrent workers (leases, kills, two processes) keep the full matrix."""
+    Bitrix24 on SQLite and amoCRM on PostgreSQL; `crossed` swaps the databases, so that a module whose
+    tests alternate the two still runs every CRM x database pair. Tests of what a database does with
+    concurrent workers (leases, kills, two processes) keep both databases."""
     pairs = (
         [("bitrix24", "postgresql"), ("amocrm", "sqlite")]
         if crossed

@@ -258,9 +258,16 @@ class NewComment:
 
 @dataclass(frozen=True)
 class FieldUpdate:
+    """Values to write on a deal. `values` holds custom fields by the key the CRM writes them under
+    (CRMDescriptor.field_write_key); the deal's own amount and native loss reason (an id from
+    list_loss_reasons, for a CRM with `native_loss_reasons`) have their own attributes, since each CRM
+    names them differently. None leaves them as they are."""
+
     ref: str
     deal_id: str
-    values: Mapping[str, Any]  # CRM field id -> value
+    values: Mapping[str, Any]
+    amount: Decimal | None = None
+    loss_reason_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -281,8 +288,9 @@ class ContactInfo:
 @dataclass(frozen=True)
 class NewDeal:
     """A deal to create (repeat sale, win-back, a qualified lead from a bot). `fields` holds custom
-    field values by CRM field id; `marker` is the outbox's "[fs:<command id>]", written where
-    find_created("deal", ...) can find the deal again when the create's answer was lost."""
+        field values by CRM field id; `marker` is the outbox's "[fs:<command id>]", written where
+        find_created("deal", ...) can find the deal again when the create's answer was lost. `amount` is
+    the deal's own amount, in the account's default currency."""
 
     ref: str
     pipeline_id: str
@@ -292,6 +300,7 @@ class NewDeal:
     responsible_id: str | None = None
     contact_ids: tuple[str, ...] = ()
     marker: str | None = None
+    amount: Decimal | None = None
 
 
 @dataclass(frozen=True)

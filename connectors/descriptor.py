@@ -192,6 +192,16 @@ class CRMDescriptor:
     # "module:attribute" of the CRM's SandboxKit (an emulator the demo runs), or None. Imported only
     # when asked for: the sandboxes are development code, left out of the runtime package.
     sandbox: str | None = None
+    # True: a deal's custom fields are written under their names (Bitrix24's UF_CRM_*), else under
+    # their ids (amoCRM's field_id).
+    custom_fields_by_name: bool = False
+    # True: an enumeration field's value is written as the option's id (a Bitrix24 list item ID; its
+    # text would not be stored), else as the option's text (amoCRM selects take `value`).
+    enum_values_by_id: bool = False
+
+    def field_write_key(self, crm_id: str, crm_name: str | None) -> str:
+        """The key a FieldUpdate or NewDeal carries a custom field under."""
+        return crm_name if self.custom_fields_by_name and crm_name else crm_id
 
     @property
     def webhook_secret_in_url(self) -> bool:

@@ -400,3 +400,73 @@ def test_0010_derives_the_loss_reason_from_the_fields(empty_database_url: str) -
     assert _inspect(empty_database_url)[1] == "0009"
     upgrade(empty_database_url)
     assert asyncio.run(reasons()) == {deal: reason for deal, (_, _, reason) in LOSS_REASON_DEALS.items()}
+
+
+def test_0011_finds_the_loss_reason_under_the_fields_name(empty_database_url: str) -> None:
+    """Bitrix24 deals key user fields by name (UF_CRM_*): 0011 reads the reason field there too, for
+    deals that have no reason yet."""
+    upgrade(empty_database_url, "0010")
+    named = table("funnel_mappings", *map(column, ("id", "funnel_id", "kind", "code", "crm_id", "crm_name")))
+    deals = {  # deal id -> (funnel, fields, reason set before 0011, reason after)
+        1: (1, {"UF_CRM_LOSS_REASON": "40"}, None, "40"),
+        2: (1, {"UF_CRM_LOSS_REASON": ["41"]}, None, "41"),
+        3: (1, {"UF_CRM_LOSS_REASON": "40"}, "5", "5"),  # a reason found before stays
+        4: (1, {"UF_CRM_LOSS_REASON": ""}, None, None),
+        5: (2, {"UF_CRM_LOSS_REASON": "40"}, None, None),  # funnel 2 maps no reason field
+    }
+
+    async def seed() -> None:
+        engine = create_engine(empty_database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(ONE_CONNECTION)
+                for funnel in (1, 2):
+                    await connection.execute(
+                        insert(FUNNELS).values(
+                            id=funnel, connection_id=1, template_key=f"k{funnel}", name="f", crm_pipeline_id=str(funnel),
+                            created_pipeline=False, created_at=T0,
+                        )
+                    )  # fmt: skip
+                await connection.execute(
+                    insert(named).values(
+                        id=1,
+                        funnel_id=1,
+                        kind="field",
+                        code="loss_reason",
+                        crm_id="6990",
+                        crm_name="UF_CRM_LOSS_REASON",
+                    )
+                )
+                for deal, (funnel, fields, before, _) in deals.items():
+                    await connection.execute(
+                        insert(DEALS_0009).values(
+                            id=deal, connection_id=1, crm_deal_id=str(deal), crm_pipeline_id="1",
+                            crm_stage_id="LOSE", title="", funnel_id=funnel, managed=True, fields=fields,
+                            crm_updated_at=T0, created_at=T0, updated_at=T0,
+                        )
+                    )  # fmt: skip
+                    await connection.execute(
+                        table("deals", column("id"), column("loss_reason"))
+                        .update()
+                        .where(column("id") == deal)
+                        .values(loss_reason=before)
+                    )
+        finally:
+            await engine.dispose()
+
+    async def reasons() -> dict[int, str | None]:
+        engine = create_engine(empty_database_url)
+        try:
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    select(column("id"), column("loss_reason")).select_from(table("deals"))
+                )
+                return {int(deal): reason for deal, reason in rows}
+        finally:
+            await engine.dispose()
+
+    asyncio.run(seed())
+    upgrade(empty_database_url, "0011")
+    assert asyncio.run(reasons()) == {deal: after for deal, (_, _, _, after) in deals.items()}
+    downgrade(empty_database_url, "0010")
+    assert _inspect(empty_database_url)[1] == "0010"

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.funnels import FunnelContext
-from app.analytics.loss_reasons import label_loss_reasons
+from app.analytics.loss_reasons import label_loss_reasons, option_ids_of
 from app.analytics.schemas import Board, BoardColumn, BoardDeal, DealCommand, StageInfo
 from app.db import utcnow
 from app.deals.models import Deal
@@ -292,6 +292,7 @@ async def deal_field_rows(
         if crm_name:
             code_of[crm_name] = code
     specs = {f.code: f for f in ctx.template.fields}
+    options = await option_ids_of(session, ctx.ref.id)
     reasons = [v for k, v in fields.items() if code_of.get(k) == LOSS_REASON_FIELD and v not in (None, "")]
     named = await label_loss_reasons(session, ctx, [(str(v), 1) for v in reasons])
     reason_labels = {r.value: (r.label_ru, r.label_en) for r in named if r.code is not None}
@@ -305,7 +306,8 @@ async def deal_field_rows(
         if spec is None:
             rows.append(FieldRow(key, value))
             continue
-        option = next((o for o in spec.options if str(value) in (o.code, o.name.ru, o.name.en)), None)
+        code = options.get(field_code or "", {}).get(str(value), str(value))
+        option = next((o for o in spec.options if code in (o.code, o.name.ru, o.name.en)), None)
         label = (option.name.ru, option.name.en) if option else None
         rows.append(FieldRow(key, value, (spec.name.ru, spec.name.en), label))
     return rows

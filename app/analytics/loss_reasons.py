@@ -1,5 +1,5 @@
-"""Naming loss reasons: a deal carries the CRM's value (amoCRM loss_reason_id, a Bitrix24 enum value),
-the template knows the reasons by code and name; the funnel mappings link the two."""
+"""Naming loss reasons: a deal carries the CRM's value (amoCRM loss_reason_id, a Bitrix24 enumeration
+list item id), the template knows the reasons by code and name; the funnel mappings link the two."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.analytics.funnels import FunnelContext
 from app.analytics.schemas import LossReasonCount
 from app.funnels.models import FunnelMapping
-from funnel_templates.schema import LossReason
+from app.rules.service import option_ids
+from funnel_templates.schema import LOSS_REASON_FIELD, LossReason
 
 
 async def label_loss_reasons(
     session: AsyncSession, ctx: FunnelContext, counts: list[tuple[str | None, int]]
 ) -> list[LossReasonCount]:
     reasons = ctx.template.loss_reasons if ctx.template else []
-    mapped = await session.execute(
-        select(FunnelMapping.crm_id, FunnelMapping.code).where(
-            FunnelMapping.funnel_id == ctx.ref.id, FunnelMapping.kind == "loss_reason"
-        )
-    )
-    by_crm_id = {crm_id: code for crm_id, code in mapped}
+    by_crm_id = (await option_ids_of(session, ctx.ref.id)).get(LOSS_REASON_FIELD, {})
     merged: dict[str | None, LossReasonCount] = {}
     for value, deals in counts:
         reason = _match(value, reasons, by_crm_id)
@@ -51,3 +47,9 @@ def _match(value: str | None, reasons: list[LossReason], by_crm_id: dict[str, st
         if code == reason.code or value in (reason.name.ru, reason.name.en):
             return reason
     return None
+
+
+async def option_ids_of(session: AsyncSession, funnel_id: int) -> dict[str, dict[str, str]]:
+    """Field code -> {CRM option id -> option code} of one funnel (app.rules.service.option_ids)."""
+    rows = await session.scalars(select(FunnelMapping).where(FunnelMapping.funnel_id == funnel_id))
+    return option_ids(list(rows))

@@ -17,16 +17,28 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.automations.engine import AutomationEffect
+from app.automations.field_writes import Unwritable, field_write
 from app.connections.models import Connection
 from app.deals.models import Deal
-from app.funnels.models import Funnel, FunnelMapping
+from app.funnels.models import Funnel
 from app.messages.enqueue import enqueue_notify, enqueue_webhook
 from app.messages.models import DealContacts
 from app.messages.policy import policy_of
 from app.outbox.enqueue import enqueue
 from app.outbox.statuses import RuleName
-from app.rules.engine import DealState, StageEntry, field_value, parse_when, role_task, task_effect
+from app.rules.engine import (
+    DealState,
+    FunnelRules,
+    StageEntry,
+    field_value,
+    option_code,
+    option_name,
+    parse_when,
+    role_task,
+    task_effect,
+)
 from app.rules.service import FunnelCache, FunnelContext, TemplateLookup, deal_state, library_template
+from connectors.descriptor import descriptor_for
 from funnel_templates.automations import (
     CreateDealAction,
     MoveAction,
@@ -146,28 +158,19 @@ class ActionQueue:
     async def _set_field_command(
         self, at: DealAt, action: SetFieldAction, automation: str
     ) -> tuple[str, dict[str, Any]] | None:
-        spec = next((f for f in at.ctx.rules.template.fields if f.code == action.field), None)
-        row = await self.session.scalar(
-            select(FunnelMapping).where(
-                FunnelMapping.funnel_id == at.ctx.funnel_id,
-                FunnelMapping.kind == "field",
-                FunnelMapping.code == action.field,
-            )
-        )
-        if spec is None or row is None:
-            # amount and loss_reason are the CRM's own fields, named differently by each CRM: the
-            # neutral field update has no key for them yet.
+        descriptor = descriptor_for(self.connection.crm)
+        write = await field_write(self.session, descriptor, at.ctx.funnel_id, at.ctx.rules.template, action)
+        if isinstance(write, Unwritable):
             self.warn_once(
-                f"set_field:{at.ctx.funnel_id}:{action.field}",
-                "automation %r of %s sets %r, which FunnelSync cannot write (not a provisioned custom "
-                "field): nothing queued",
+                f"set_field:{at.ctx.funnel_id}:{action.field}:{action.value}",
+                "automation %r of %s cannot set %r: %s; nothing queued",
                 automation,
                 at.ctx.rules.template.key,
                 action.field,
+                write.reason,
             )
             return None
-        values = {write_key(self.connection.crm, row): crm_value(spec, action.value)}
-        return "fields", {"crm_deal_id": at.deal.crm_deal_id, "values": values}
+        return "fields", {"crm_deal_id": at.deal.crm_deal_id, **write}
 
     async def _create_deal_command(
         self, at: DealAt, action: CreateDealAction, automation: str
@@ -245,36 +248,21 @@ def move_command(at: DealAt, action: MoveAction) -> tuple[str, dict[str, Any]] |
     return "move", payload
 
 
-# Which of a field's mapped names a CRM's field update takes: Bitrix24's crm.deal.update takes the
-# UF_CRM_* name (FunnelMapping.crm_name), amoCRM the field id (crm_id). A deal snapshot leaves empty
-# fields out, so it cannot tell. This belongs in the CRM's descriptor (connectors/descriptor.py).
-WRITES_FIELDS_BY_NAME = frozenset({"bitrix24"})
-
-
-def write_key(crm: str, row: FunnelMapping) -> str:
-    """The key a field update names the custom field by."""
-    return row.crm_name if crm in WRITES_FIELDS_BY_NAME and row.crm_name else row.crm_id
-
-
-def crm_value(spec: FieldSpec, value: bool | int | float | str) -> bool | int | float | str:
-    """A template value as the field update carries it: an enum option by its (Russian) name, which
-    is what provisioning created the option as; anything else as it is."""
-    if spec.type == "enum":
-        option = next((o for o in spec.options if o.code == value), None)
-        return option.name.ru if option else value
-    return value
-
-
 def deal_values(at: DealAt) -> dict[str, object]:
     """The `deal.*` placeholder values: title, amount and every template field (dates readable)."""
     state = at.state
     values: dict[str, object] = {"deal.title": state.title, "deal.amount": state.amount}
     for spec in at.ctx.rules.template.fields:
-        values[f"deal.{spec.code}"] = _readable(spec, field_value(at.ctx.rules, state, spec.code))
+        values[f"deal.{spec.code}"] = _readable(
+            at.ctx.rules, spec, field_value(at.ctx.rules, state, spec.code)
+        )
     return values
 
 
-def _readable(spec: FieldSpec, value: Any) -> Any:
+def _readable(rules: FunnelRules, spec: FieldSpec, value: Any) -> Any:
+    """A date as people write it, an enumeration as its option's name (the CRM may hold an id)."""
+    if spec.type == "enum":
+        return option_name(rules, spec, value)
     if spec.type not in DATE_TYPES:
         return value
     when = parse_when(value)
@@ -285,7 +273,8 @@ def _readable(spec: FieldSpec, value: Any) -> Any:
 
 def deal_body(at: DealAt) -> dict[str, Any]:
     """The deal as an outgoing webhook carries it: ids, funnel and stage by template code, and the
-    template's fields by code with the CRM's values."""
+    template's fields by code with the CRM's values (an enumeration's by option code, the same
+    whichever CRM it came from)."""
     state = at.state
     rules = at.ctx.rules
     return {
@@ -295,5 +284,14 @@ def deal_body(at: DealAt) -> dict[str, Any]:
         "responsible_id": state.responsible_id,
         "funnel": rules.template.key,
         "stage": at.stage_code,
-        "fields": {spec.code: field_value(rules, state, spec.code) for spec in rules.template.fields},
+        "fields": {
+            spec.code: _webhook_value(rules, spec, field_value(rules, state, spec.code))
+            for spec in rules.template.fields
+        },
     }
+
+
+def _webhook_value(rules: FunnelRules, spec: FieldSpec, value: Any) -> Any:
+    if spec.type != "enum" or value in (None, ""):
+        return value
+    return option_code(rules, spec.code, value) or value

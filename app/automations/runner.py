@@ -25,10 +25,9 @@ from app.connections.models import Connection
 from app.db import utcnow
 from app.deals.mirror import MirrorResult
 from app.deals.models import Deal, StageTransition
-from app.funnels.models import FunnelMapping
 from app.outbox.models import OutboxCommand
 from app.outbox.statuses import RuleName
-from app.rules.engine import field_value
+from app.rules.engine import option_code
 from app.rules.service import (
     FunnelContext,
     TemplateLookup,
@@ -51,28 +50,11 @@ def outcome_of(ctx: FunnelContext, stage_code: str) -> Outcome | None:
     return OUTCOMES.get(ctx.rules.template.stage(stage_code).semantics)
 
 
-async def loss_reason_code(session: AsyncSession, at: DealAt) -> str | None:
-    """The template's code of the deal's loss reason: the CRM's value (amoCRM loss_reason_id, the
-    Bitrix24 enum field) mapped back by the funnel's loss reason mappings, or a value that already is
-    a code or a reason's name."""
-    value = field_value(at.ctx.rules, at.state, LOSS_REASON_FIELD)
-    if isinstance(value, list | tuple):
-        value = next(iter(value), None)
-    if value in (None, ""):
-        return None
-    text = str(value)
-    mapped = await session.scalar(
-        select(FunnelMapping.code).where(
-            FunnelMapping.funnel_id == at.ctx.funnel_id,
-            FunnelMapping.kind == "loss_reason",
-            FunnelMapping.crm_id == text,
-        )
-    )
-    code = mapped or text
-    for reason in at.ctx.rules.template.loss_reasons:
-        if code == reason.code or text in (reason.name.ru, reason.name.en):
-            return reason.code
-    return None
+def loss_reason_code(at: DealAt) -> str | None:
+    """The template's code of the deal's loss reason: the value the mirror keeps in
+    deals.loss_reason (amoCRM loss_reason_id, the Bitrix24 enumeration's list item), mapped back by
+    the funnel's recorded ids, or a value that already is a code or a reason's name."""
+    return option_code(at.ctx.rules, LOSS_REASON_FIELD, at.deal.loss_reason)
 
 
 async def closing_effects(
@@ -87,7 +69,7 @@ async def closing_effects(
         at.state,
         outcome,
         closed_at=entered_at,
-        loss_reason_code=await loss_reason_code(session, at) if outcome == "lost" else None,
+        loss_reason_code=loss_reason_code(at) if outcome == "lost" else None,
         stage_code=at.stage_code,
         now=now,
     )

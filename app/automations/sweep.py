@@ -178,7 +178,7 @@ async def deal_facts(session: AsyncSession, at: DealAt, entered_at: datetime) ->
         entry_id=at.entry_id,
         won_at=entered_at if outcome == "won" else None,
         lost_at=entered_at if outcome == "lost" else None,
-        loss_reason_code=await loss_reason_code(session, at) if outcome == "lost" else None,
+        loss_reason_code=loss_reason_code(at) if outcome == "lost" else None,
     )
 
 

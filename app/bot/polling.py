@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bot.service import BotTarget, process_update, telegram_account
-from app.bot.telegram import TelegramBot
 from connectors.channels.base import TemporaryChannelError
+from connectors.channels.telegram_bot import TelegramBot
 
 log = logging.getLogger("funnelsync.bot")
 

@@ -11,7 +11,7 @@ delivered again (a polling offset not yet saved, a webhook retried after a lost 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.automations import qualification
 from app.automations.qualification import LANGUAGES, Ask, Finished, Language, QualificationState
 from app.bot.models import BotConversation
-from app.bot.telegram import MAX_CALLBACK_DATA, Incoming, KeyboardButton, TelegramBot, parse_update
 from app.config import Settings
 from app.connections import service as connections
 from app.connections.models import Connection
@@ -39,6 +38,14 @@ from app.outbox.models import OutboxCommand
 from app.rules.service import load_funnel
 from connectors.channels.base import ChannelError
 from connectors.channels.telegram import API_URL
+from connectors.channels.telegram_bot import (
+    MAX_CALLBACK_DATA,
+    Incoming,
+    KeyboardButton,
+    TelegramBot,
+    parse_update,
+)
+from connectors.descriptor import descriptor_for
 from funnel_templates.automations import QualificationSpec
 from funnel_templates.loader import library
 from funnel_templates.schema import FunnelTemplate
@@ -84,6 +91,8 @@ class BotTarget:
     pipeline_id: str
     stage_ids: Mapping[str, str]  # template stage code -> CRM stage id
     field_keys: Mapping[str, str]  # template field code -> the key the CRM writes it under
+    # Enumeration field code -> option code -> the value the CRM takes (its option id or the text).
+    option_values: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -131,9 +140,8 @@ async def _provisioned(
             + (f" (stages {', '.join(missing)} have no CRM stage)" if missing else "")
             + f"; run `funnelsync provision {record.name} {template.key}` first"
         )
-    rows = await session.scalars(
-        select(FunnelMapping).where(FunnelMapping.funnel_id == funnel.id, FunnelMapping.kind == "field")
-    )
+    rows = list(await session.scalars(select(FunnelMapping).where(FunnelMapping.funnel_id == funnel.id)))
+    descriptor = descriptor_for(record.crm)
     return BotTarget(
         connection_id=record.id,
         connection_name=record.name,
@@ -143,14 +151,32 @@ async def _provisioned(
         spec=spec,
         pipeline_id=context.rules.pipeline_id,
         stage_ids=dict(context.rules.stage_ids),
-        field_keys={row.code: write_key(record.crm, row) for row in rows},
+        field_keys={
+            row.code: descriptor.field_write_key(row.crm_id, row.crm_name)
+            for row in rows
+            if row.kind == "field"
+        },
+        option_values=option_values(template, rows, by_id=descriptor.enum_values_by_id),
     )
 
 
-def write_key(crm: str, row: FunnelMapping) -> str:
-    """The key a new deal's custom field is written under: Bitrix24's crm.item.add takes user fields
-    by their UF_CRM_* names (useOriginalUfNames=Y), amoCRM's custom_fields_values by field id."""
-    return row.crm_name if crm == "bitrix24" and row.crm_name else row.crm_id
+def option_values(
+    template: FunnelTemplate, rows: Sequence[FunnelMapping], *, by_id: bool
+) -> dict[str, dict[str, str]]:
+    """What the CRM takes for each enumeration option: the id provisioning recorded (an option
+    without one is left out: its text would not be stored), or the option's Russian name."""
+    ids = {row.code: row.crm_id for row in rows if row.kind == "field_option"}
+    out: dict[str, dict[str, str]] = {}
+    for spec in template.fields:
+        if spec.type != "enum":
+            continue
+        if by_id:
+            out[spec.code] = {
+                o.code: ids[f"{spec.code}:{o.code}"] for o in spec.options if f"{spec.code}:{o.code}" in ids
+            }
+        else:
+            out[spec.code] = {o.code: o.name.ru for o in spec.options}
+    return out
 
 
 async def telegram_account(session: AsyncSession, connection_id: int) -> ChannelAccount:
@@ -355,12 +381,13 @@ def deal_payload(target: BotTarget, finished: Finished, incoming: Incoming) -> d
         "fields": deal_fields(target, finished),
         "responsible_id": responsible_id(target.template, target.settings),
         "contact_ids": [],
+        "amount": _number(finished.fields["amount"]) if "amount" in finished.fields else None,
     }
 
 
 def deal_fields(target: BotTarget, finished: Finished) -> dict[str, Any]:
-    """Answers by CRM field key. A field the funnel has no CRM field for (or "amount", which a new
-    deal does not carry) is left out, as is a typed number that is not one."""
+    """Answers by CRM field key. A field the funnel has no CRM field for is left out, as is a typed
+    number that is not one. "amount" is the deal's own amount (deal_payload), not a custom field."""
     values: dict[str, Any] = {}
     for code, answer in finished.fields.items():
         key = target.field_keys.get(code)
@@ -371,15 +398,15 @@ def deal_fields(target: BotTarget, finished: Finished) -> dict[str, Any]:
 
 
 def _field_value(target: BotTarget, code: str, answer: str) -> Any:
-    """An enum gets the option's name as provisioned (the CRM's option text: the funnel mapping keeps
-    no option ids), a boolean True/False, a string or text with options the option's name."""
+    """An enum gets the option as the CRM takes it (BotTarget.option_values), a boolean True/False,
+    a number its digits, a string or text with options the option's name."""
     spec = next((f for f in target.template.fields if f.code == code), None)
     if spec is None:
         return None
     if spec.type == "boolean":
         return answer == "yes"
     if spec.type == "enum":
-        return next((o.name.ru for o in spec.options if o.code == answer), None)
+        return target.option_values.get(code, {}).get(answer)
     if spec.type in ("number", "money"):
         return _number(answer)
     question = next(q for q in target.spec.questions if q.field == code)

@@ -6,7 +6,7 @@ GROUP BY over the covering index `ix_deals_funnel_stage_entered`.
 
 Where the reason is, first found wins: amoCRM's native loss reason (`loss_reason_id`, set by the
 mirror), the template field's own code (`loss_reason`), then each CRM field that provisioning mapped
-to carry it (a FunnelMapping of kind "field" and code LOSS_REASON_FIELD). Empty values do not count;
+to carry it (a FunnelMapping of kind "field" and code LOSS_REASON_FIELD), by its id or its name. Empty values do not count;
 of a list (an enumeration field's values) the first item does.
 """
 
@@ -38,19 +38,19 @@ def loss_reason_of(fields: Mapping[str, Any], field_ids: Iterable[str] = ()) -> 
 
 
 async def loss_reason_fields(session: AsyncSession, funnel_ids: Sequence[int]) -> dict[int, tuple[str, ...]]:
-    """Per funnel, the CRM ids of the fields provisioned to carry the loss reason, in a fixed order."""
+    """Per funnel, the keys deal snapshots carry the loss-reason field under, in a fixed order: its
+    CRM id (amoCRM keys custom fields by id) and its name (Bitrix24 keys them UF_CRM_*)."""
     found: dict[int, set[str]] = {}
     if funnel_ids:
         rows = await session.execute(
-            select(FunnelMapping.funnel_id, FunnelMapping.crm_id).where(
+            select(FunnelMapping.funnel_id, FunnelMapping.crm_id, FunnelMapping.crm_name).where(
                 FunnelMapping.funnel_id.in_(list(funnel_ids)),
                 FunnelMapping.kind == "field",
                 FunnelMapping.code == LOSS_REASON_FIELD,
-                FunnelMapping.crm_id.is_not(None),
             )
         )
-        for funnel_id, crm_id in rows:
-            found.setdefault(funnel_id, set()).add(str(crm_id))
+        for funnel_id, crm_id, crm_name in rows:
+            found.setdefault(funnel_id, set()).update(str(k) for k in (crm_id, crm_name) if k)
     return {funnel_id: tuple(sorted(ids)) for funnel_id, ids in found.items()}
 
 

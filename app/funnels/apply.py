@@ -40,7 +40,7 @@ from connectors.base import (
     Stage,
     StageChange,
 )
-from funnel_templates.schema import FunnelTemplate
+from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate
 from funnel_templates.schema import LossReason as TemplateLossReason
 
 log = logging.getLogger("funnelsync.provisioning")
@@ -56,6 +56,8 @@ class MappingStore(Protocol):
     async def fields(self, fields: Sequence[tuple[str, str, str]]) -> None: ...
 
     async def loss_reasons(self, reasons: Sequence[tuple[str, str]]) -> None: ...
+
+    async def field_options(self, options: Sequence[tuple[str, str]]) -> None: ...
 
     async def stages_deleted(self, crm_stage_ids: Sequence[str]) -> None: ...
 
@@ -139,9 +141,9 @@ async def _record_what_exists(
         # Found by name: this run planned a create because no such pipeline existed, so it is ours.
         await store.pipeline(plan.pipeline_id, created=created_pipeline)
     await store.stages([(i.code, i.payload[1]) for i in plan.of("stage", "change", "unchanged")])
-    await store.fields(
-        [(i.code, i.payload.id, i.payload.crm_name) for i in plan.of("field", "unchanged", "blocked")]
-    )
+    known = [(i.code, i.payload) for i in plan.of("field", "unchanged", "blocked")]
+    await store.fields([(code, field.id, field.crm_name) for code, field in known])
+    await store.field_options([o for code, field in known for o in option_mappings(template, code, field)])
     await store.loss_reasons([(i.code, i.payload.id) for i in plan.of("loss_reason", "unchanged")])
 
 
@@ -175,7 +177,7 @@ async def _apply(
     pipeline_id = plan.pipeline_id
 
     await _apply_stages(plan, connector, store, pipeline_id, creating)
-    await _apply_fields(plan, connector, store, creating)
+    await _apply_fields(plan, template, connector, store, creating)
     await _apply_requirements(plan, connector, store, pipeline_id)
     await _apply_loss_reasons(plan, connector, store, creating)
     await _apply_webhook(plan, connector, ctx)
@@ -233,18 +235,32 @@ async def _apply_stages(
 
 
 async def _apply_fields(
-    plan: Plan, connector: CRMConnector, store: MappingStore, creating: _Creating
+    plan: Plan, template: FunnelTemplate, connector: CRMConnector, store: MappingStore, creating: _Creating
 ) -> None:
-    known: list[tuple[str, str, str]] = []
-    for item in plan.of("field", "unchanged", "blocked"):
-        field: CustomField = item.payload
-        known.append((item.code, field.id, field.crm_name))
-    await store.fields(known)
+    known: list[tuple[str, CustomField]] = [
+        (i.code, i.payload) for i in plan.of("field", "unchanged", "blocked")
+    ]
     to_create: list[NewField] = [i.payload for i in plan.of("field", "create")]
+    await store.fields([(code, field.id, field.crm_name) for code, field in known])
     if to_create:
         with creating():
             created = await connector.create_fields(to_create)
+        known += [(n.code, c) for n, c in zip(to_create, created, strict=True)]
         await store.fields([(n.code, c.id, c.crm_name) for n, c in zip(to_create, created, strict=True)])
+    await store.field_options([o for code, field in known for o in option_mappings(template, code, field)])
+
+
+def option_mappings(template: FunnelTemplate, code: str, field: CustomField) -> list[tuple[str, str]]:
+    """The field's enumeration options the template names, by the CRM's option id: a deal carries
+    the id (a Bitrix24 list item; an amoCRM enum_id), and Bitrix24 takes nothing else in a write.
+    The loss-reason field's options are the template's loss reasons."""
+    if code == LOSS_REASON_FIELD:
+        wanted = [(r.code, r.name.ru) for r in template.loss_reasons]
+    else:
+        spec = next((f for f in template.fields if f.code == code), None)
+        wanted = [(o.code, o.name.ru) for o in spec.options] if spec else []
+    ids = {option.value: option.id for option in field.options}
+    return [(f"{code}:{option}", ids[name]) for option, name in wanted if name in ids]
 
 
 async def _apply_requirements(

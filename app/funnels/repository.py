@@ -129,10 +129,15 @@ class DatabaseMappingStore:
                 if row is None:
                     row = FunnelMapping(funnel_id=funnel.id, kind=kind, code=code)
                     session.add(row)
-                if kind == "field" and code == LOSS_REASON_FIELD and row.crm_id != crm_id:
+                crm_name = name[0] if name else None
+                if (
+                    kind == "field"
+                    and code == LOSS_REASON_FIELD
+                    and (row.crm_id, row.crm_name) != (crm_id, crm_name)
+                ):
                     reason_field_moved = True
                 row.crm_id = crm_id
-                row.crm_name = name[0] if name else None
+                row.crm_name = crm_name
             if reason_field_moved:
                 # The funnel's deals carry their reason in another field now (or had one unread).
                 await session.flush()
@@ -144,6 +149,10 @@ class DatabaseMappingStore:
 
     async def loss_reasons(self, reasons: Sequence[tuple[str, str]]) -> None:
         await self._mappings("loss_reason", reasons)
+
+    async def field_options(self, options: Sequence[tuple[str, str]]) -> None:
+        """("<field code>:<option code>", the CRM's option id) per enumeration option."""
+        await self._mappings("field_option", options)
 
     async def finished(self) -> None:
         async with self._sessions.begin() as session:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.deals.models import Deal
 from app.messages.policy import MessagingPolicy
-from app.rules.engine import field_value, parse_when
+from app.rules.engine import field_value, option_name, parse_when
 from app.rules.service import FunnelCache, deal_state
 from connectors.base import ContactInfo
 from funnel_templates.placeholders import render
@@ -81,6 +81,8 @@ async def placeholder_values(
             value = field_value(context.rules, state, spec.code)
             if spec.type in ("date", "datetime"):
                 value = readable_when(parse_when(value), policy, with_time=spec.type == "datetime")
+            elif spec.type == "enum":
+                value = option_name(context.rules, spec, value, policy.language)
             values[f"deal.{spec.code}"] = None if value in (None, "") else str(value)
     return values
 

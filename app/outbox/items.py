@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from app.outbox.models import OutboxCommand
@@ -52,7 +53,18 @@ def to_item(command: OutboxCommand) -> Any:
         return TaskDeadline(ref, str(p["task_id"]), datetime.fromisoformat(p["due_at"]))
     if command.kind == "comment":
         return NewComment(ref, crm_deal_id, _with_marker(p["text"], command.id))
-    return FieldUpdate(ref, crm_deal_id, p["values"])
+    return FieldUpdate(
+        ref,
+        crm_deal_id,
+        p["values"],
+        amount=_decimal(p.get("amount")),
+        loss_reason_id=str(p["loss_reason_id"]) if p.get("loss_reason_id") else None,
+    )
+
+
+def _decimal(value: Any) -> Decimal | None:
+    """Amounts travel in payloads as strings: JSON numbers would round them through a float."""
+    return None if value is None else Decimal(str(value))
 
 
 def _new_deal(command: OutboxCommand) -> NewDeal:
@@ -66,6 +78,7 @@ def _new_deal(command: OutboxCommand) -> NewDeal:
         p.get("responsible_id"),
         tuple(str(c) for c in p.get("contact_ids") or ()),
         marker=marker(command.id),
+        amount=_decimal(p.get("amount")),
     )
 
 

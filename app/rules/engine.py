@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from app.outbox.statuses import CommandStatus, RuleName
-from funnel_templates.schema import LOSS_REASON_FIELD, FunnelTemplate, StageSpec
+from funnel_templates.schema import LOSS_REASON_FIELD, FieldSpec, FunnelTemplate, StageSpec
 
 # "redate" is not sent to the CRM: it changes the due date of a follow-up task still in the outbox.
 EffectKind = Literal["move", "task", "comment", "task_due", "redate"]
@@ -46,6 +46,9 @@ class FunnelRules:
     # id; for Bitrix24 also UF_CRM_<CODE>, since its snapshots are keyed by field name, not id).
     field_keys: Mapping[str, Sequence[str]]
     settings: Mapping[str, Any] = field(default_factory=dict)  # the connection's settings
+    # Template field code -> {the CRM's option id -> option code} for enumerations (the loss reason
+    # included): a Bitrix24 deal carries a list item's id, not its text.
+    option_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,35 @@ def field_value(rules: FunnelRules, deal: DealState, code: str) -> Any:
         if key in deal.fields:
             return deal.fields[key]
     return None  # amoCRM leaves empty fields out of the lead altogether
+
+
+def option_code(rules: FunnelRules, code: str, value: Any) -> str | None:
+    """The template's code of an enumeration value as a deal carries it: the CRM's option id, or
+    the option's code or name (amoCRM keeps a select's text; values written before option ids were
+    recorded). A list counts by its first item. None when empty or not an option of the field."""
+    if isinstance(value, list | tuple):
+        value = next(iter(value), None)
+    if value in (None, ""):
+        return None
+    text = str(value)
+    known = rules.option_ids.get(code, {})
+    if text in known:
+        return known[text]
+    if code == LOSS_REASON_FIELD:
+        options = [(r.code, r.name) for r in rules.template.loss_reasons]
+    else:
+        spec = next((f for f in rules.template.fields if f.code == code), None)
+        options = [(o.code, o.name) for o in spec.options] if spec else []
+    return next((c for c, name in options if text in (c, name.ru, name.en)), None)
+
+
+def option_name(rules: FunnelRules, spec: FieldSpec, value: Any, language: str = "ru") -> Any:
+    """An enumeration value as people read it: its option's name; a value that is no option as it is."""
+    code = option_code(rules, spec.code, value)
+    option = next((o for o in spec.options if o.code == code), None)
+    if option is None:
+        return value
+    return option.name.en if language == "en" else option.name.ru
 
 
 def is_filled(rules: FunnelRules, deal: DealState, code: str) -> bool | None:

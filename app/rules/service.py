@@ -83,12 +83,8 @@ async def load_funnel(
         for s in await session.scalars(select(FunnelStage).where(FunnelStage.funnel_id == funnel_id))
         if s.code in known and s.crm_stage_id
     ]
-    mapped = {
-        m.code: m
-        for m in await session.scalars(
-            select(FunnelMapping).where(FunnelMapping.funnel_id == funnel_id, FunnelMapping.kind == "field")
-        )
-    }
+    rows = list(await session.scalars(select(FunnelMapping).where(FunnelMapping.funnel_id == funnel_id)))
+    mapped = {m.code: m for m in rows if m.kind == "field"}
     field_keys: dict[str, list[str]] = {}
     for code in [f.code for f in template.fields] + [LOSS_REASON_FIELD]:
         row = mapped.get(code)
@@ -101,8 +97,22 @@ async def load_funnel(
         stage_ids={s.code: str(s.crm_stage_id) for s in stages},
         field_keys=field_keys,
         settings=dict(connection.settings or {}),
+        option_ids=option_ids(rows),
     )
     return FunnelContext(funnel_id, rules, {s.id: s.code for s in stages})
+
+
+def option_ids(rows: Sequence[FunnelMapping]) -> dict[str, dict[str, str]]:
+    """Field code -> {CRM option id -> option code}, from the enumeration options provisioning
+    recorded and, for the loss reason, the CRM's own reasons (amoCRM loss_reason_id)."""
+    out: dict[str, dict[str, str]] = {}
+    for row in rows:
+        if row.kind == "field_option":
+            field_code, _, option = row.code.partition(":")
+            out.setdefault(field_code, {})[row.crm_id] = option
+        elif row.kind == "loss_reason":
+            out.setdefault(LOSS_REASON_FIELD, {})[row.crm_id] = row.code
+    return out
 
 
 class FunnelCache:

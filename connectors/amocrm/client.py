@@ -38,6 +38,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -541,9 +542,11 @@ class AmoCRMConnector:
         )
 
     async def update_deal_fields(self, updates: Sequence[FieldUpdate]) -> list[ItemResult]:
-        """`values`: custom field id -> value (None clears); the lead's own price, name,
-        responsible_user_id and loss_reason_id may be set by those names."""
-        items = [(update.ref, update.deal_id, mapping.lead_values(update.values)) for update in updates]
+        """PATCH /api/v4/leads: custom fields by id (None clears), the amount as the lead's `price`
+        (whole units: amoCRM keeps it as an integer) and the native loss reason as `loss_reason_id`."""
+        items = [
+            (update.ref, update.deal_id, mapping.lead_values(_lead_values(update))) for update in updates
+        ]
         return await self._lead_writes(items)
 
     async def create_tasks(self, tasks: Sequence[NewTask]) -> list[ItemResult]:
@@ -687,7 +690,7 @@ class AmoCRMConnector:
         payloads: list[Item] = []
         for item in items:
             payload: dict[str, Any] = {
-                **mapping.lead_values(item.fields),
+                **mapping.lead_values({**item.fields, **_amount_values(item.amount)}),
                 "name": item.title,
                 "pipeline_id": int(item.pipeline_id),
                 "status_id": int(item.stage_id),
@@ -799,3 +802,15 @@ async def exchange_authorization_code(
         return await exchange_code(Transport(http, None, policy).token_request, app, code)
     finally:
         await http.aclose()
+
+
+def _amount_values(amount: Decimal | None) -> dict[str, Any]:
+    """The lead's `price` is an integer (DOC leads-api): an amount rounds to whole units."""
+    return {} if amount is None else {"price": int(amount.quantize(Decimal(1), ROUND_HALF_UP))}
+
+
+def _lead_values(update: FieldUpdate) -> dict[str, Any]:
+    values = {**update.values, **_amount_values(update.amount)}
+    if update.loss_reason_id is not None:
+        values["loss_reason_id"] = update.loss_reason_id
+    return values

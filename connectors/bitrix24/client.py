@@ -586,11 +586,21 @@ class Bitrix24Connector:
         return self._items(outcomes, [None if o.error else str(o.result) for o in outcomes])
 
     async def update_deal_fields(self, updates: Sequence[FieldUpdate]) -> list[ItemResult]:
+        """crm.deal.update: user fields by UF_CRM_* name, the amount as OPPORTUNITY. Bitrix24 has no
+        loss-reason API (its reasons are a user field), so an update naming a native reason id is
+        refused on its own and the others still go."""
+        refused = {
+            u.ref: ItemResult(u.ref, error=NotSupported("Bitrix24 has no loss-reason API", item_ref=u.ref))
+            for u in updates
+            if u.loss_reason_id is not None
+        }
+        sent = [u for u in updates if u.ref not in refused]
         commands = [
-            (u.ref, "crm.deal.update", {"id": int(u.deal_id), "fields": dict(u.values)}) for u in updates
+            (u.ref, "crm.deal.update", {"id": int(u.deal_id), "fields": _deal_values(u)}) for u in sent
         ]
-        outcomes = await self.transport.batch(commands, idempotent=True)
-        return self._items(outcomes, [u.deal_id for u in updates])
+        outcomes = await self.transport.batch(commands, idempotent=True) if commands else []
+        done = {r.ref: r for r in self._items(outcomes, [u.deal_id for u in sent])}
+        return [refused.get(u.ref) or done[u.ref] for u in updates]
 
     # --- contacts and new deals --------------------------------------------------------------------
 
@@ -661,6 +671,8 @@ class Bitrix24Connector:
             "stageId": item.stage_id,
             "assignedById": int(item.responsible_id or self.default_responsible_id),
         }
+        if item.amount is not None:
+            fields["opportunity"] = float(item.amount)
         if item.contact_ids:
             fields["contactIds"] = [int(c) for c in item.contact_ids]
         if item.marker:
@@ -785,3 +797,10 @@ def _already_bound(error: PermanentError) -> bool:
 def _iso(at: datetime) -> str:
     """Bitrix24 takes ISO 8601 with an offset; a naive datetime is taken as UTC."""
     return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat(timespec="seconds")
+
+
+def _deal_values(update: FieldUpdate) -> dict[str, Any]:
+    values = dict(update.values)
+    if update.amount is not None:
+        values["OPPORTUNITY"] = float(update.amount)
+    return values

@@ -165,4 +165,8 @@ BITRIX24 = CRMDescriptor(
     refresh_keepalive=timedelta(days=30),
     credentials_advice="create a new inbound webhook (or reinstall the app) and update the connection",
     sandbox="connectors.bitrix24.sandbox.kit:KIT",
+    # crm.deal.update and crm.item.add (useOriginalUfNames=Y) take user fields by UF_CRM_* name.
+    custom_fields_by_name=True,
+    # A deal's enumeration user field holds the list item's ID (crm.deal.userfield.list LIST[].ID).
+    enum_values_by_id=True,
 )

@@ -102,7 +102,7 @@ class TelegramChannel:
 
     async def send(self, message: OutgoingMessage) -> Receipt:
         """sendMessage to the chat id in `message.recipient` (a number, or @channelusername)."""
-        payload = {"chat_id": _chat_id(message.recipient), "text": message.text}
+        payload = {"chat_id": chat_id_value(message.recipient), "text": message.text}
         result = await self._call("sendMessage", payload, idempotent=False)
         return Receipt(provider_id=str(result["message_id"]))
 
@@ -233,7 +233,7 @@ class TelegramChannel:
         return PermanentChannelError(text, code=code)
 
 
-def _chat_id(recipient: str) -> int | str:
+def chat_id_value(recipient: str) -> int | str:
     """A numeric chat id goes as a number, an @channelusername as it is."""
     stripped = recipient.strip()
     try:

@@ -66,7 +66,7 @@ def test_conversion_times_losses_and_temperature(dashboard: Running) -> None:
     assert body["lost_deals"] == 4
     reasons = [(r["code"], r["label_en"], r["label_ru"], r["deals"]) for r in body["loss_reasons"]]
     assert reasons == [
-        ("spam", "Spam", "Спам", 2),  # a template code and a Russian enum value
+        ("spam", "Spam", "Спам", 2),  # a template code and a Bitrix24 list item id
         ("bought_elsewhere", "Bought from a competitor", "Купил у конкурента", 1),  # CRM id 777
         (None, "Not set", "Не указана", 1),
     ]

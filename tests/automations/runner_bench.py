@@ -115,6 +115,21 @@ def _automations(data: TemplateData) -> None:
             ],
         },
         {
+            "code": "park",
+            "name": _text("Отложена", "Parked"),
+            "trigger": {"kind": "stage_entry", "stage": "WAIT"},
+            "actions": [
+                {"kind": "set_field", "field": "amount", "value": 1500.5},
+                {"kind": "set_field", "field": "source", "value": "referral"},
+            ],
+        },
+        {
+            "code": "no_reason",
+            "name": _text("Без причины", "No reason"),
+            "trigger": {"kind": "stalled", "stage": "LOST", "after": "60d"},
+            "actions": [{"kind": "set_field", "field": "loss_reason", "value": "spam"}],
+        },
+        {
             "code": "sorry",
             "name": _text("Жаль", "Sorry"),
             "trigger": {"kind": "lost", "reasons": ["price"]},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select
@@ -17,9 +18,12 @@ from app.automations.sweep import sweep_stages
 from app.connections.models import Connection
 from app.deals.mirror import MirrorResult
 from app.deals.models import Deal, StageTransition
+from app.funnels.models import FunnelMapping
 from app.messages.models import DealContacts
 from app.outbox.items import marker
-from connectors.base import CreatedLookup
+from app.rules.engine import field_value, option_code
+from app.rules.service import FunnelContext, deal_state, load_funnel
+from connectors.base import CreatedLookup, DealSnapshot
 from tests.automations.runner_bench import TEMPLATE, WINBACK_FUNNEL, AutoBench, auto
 from tests.support.matrix import each_crm_on_one_database, on_sqlite_only
 
@@ -187,15 +191,16 @@ async def test_won_creates_a_repeat_deal_and_recurs_lost_notifies(
     await auto.mirror(lost_id)
     auto.move(lost_id, "LOST")
     await auto.edit(lost_id, "loss_reason", "price")  # the reason given as the deal is lost
-    if auto.crm == "bitrix24":
-        # The deal holds the reason field's option id, and provisioning keeps no option ids, so the
-        # reason is unknown and a trigger naming reasons does not fire (README: Automations).
-        assert (await auto.mirror(lost_id)).automations.enqueued == 0
-    else:
-        assert (await auto.mirror(lost_id)).automations.enqueued == 1
-        [sorry] = await auto.messages(lost_id)
-        assert sorry.automation == "sorry" and sorry.payload is not None
-        assert sorry.payload["channels"] == ["telegram"]
+    # The deal holds the CRM's id of the reason (amoCRM loss_reason_id, the Bitrix24 list item of
+    # the reason field), which provisioning recorded for the reason's code.
+    assert (await auto.mirror(lost_id)).automations.enqueued == 1
+    async with auto.p.sessions() as session:
+        recorded = {(m.kind, m.code): m.crm_id for m in await session.scalars(select(FunnelMapping))}
+    kind, code = ("loss_reason", "price") if auto.crm == "amocrm" else ("field_option", "loss_reason:price")
+    assert (await auto.deal(lost_id)).loss_reason == recorded[(kind, code)]
+    [sorry] = await auto.messages(lost_id)
+    assert sorry.automation == "sorry" and sorry.payload is not None
+    assert sorry.payload["channels"] == ["telegram"]
     rows = await auto.rows()
     with caplog.at_level(logging.WARNING, logger="funnelsync.automations"):
         outcome = await auto.sweep(await auto.entered_at(lost_id) + timedelta(days=30, hours=1))
@@ -227,3 +232,64 @@ async def test_a_date_field_fires_before_and_after_it(auto: AutoBench) -> None:
     assert survey.payload["event"] == "visit.survey"
     assert survey.payload["data"]["fields"]["visit_at"] is not None
     assert await auto.commands(deal_id) == []
+
+
+@each_crm_on_one_database()
+async def test_set_field_writes_the_amount_an_enumeration_and_the_loss_reason(auto: AutoBench) -> None:
+    """Each as the CRM takes it: the amount as the deal's own (Bitrix24 OPPORTUNITY, amoCRM price),
+    an enumeration and the loss reason by the ids provisioning recorded (a Bitrix24 list item's ID:
+    its sandbox, like a portal, stores nothing else; amoCRM's loss_reason_id, a select's text)."""
+    deal_id = auto.create("Отложенная заявка", "NEW")
+    await auto.mirror(deal_id)
+    auto.move(deal_id, "WAIT")
+    assert (await auto.mirror(deal_id)).automations.enqueued == 2
+    amount, source = await auto.commands(deal_id)
+    assert (amount.payload["amount"], amount.payload["values"]) == ("1500.5", {})
+    async with auto.p.sessions() as session:
+        recorded = {(m.kind, m.code): m for m in await session.scalars(select(FunnelMapping))}
+    [value] = source.payload["values"].values()
+    if auto.crm == "bitrix24":
+        assert value == recorded[("field_option", "source:referral")].crm_id
+    else:
+        assert value == "Рекомендация"
+    await auto.drain()
+    [snapshot] = await _read(auto, deal_id)
+    # amoCRM keeps a lead's price in whole units.
+    assert snapshot.amount == (Decimal("1500.5") if auto.crm == "bitrix24" else Decimal("1501"))
+
+    # Lost without a reason for 60 days: "no_reason" gives it one (amoCRM keeps a reason only on a lost lead).
+    auto.move(deal_id, "LOST")
+    await auto.mirror(deal_id)
+    assert (await auto.sweep(await auto.entered_at(deal_id) + timedelta(days=60, minutes=1))).enqueued == 1
+    reason = (await auto.commands(deal_id))[-1]
+    if auto.crm == "bitrix24":
+        assert reason.payload["values"] == {
+            recorded[("field", "loss_reason")].crm_name: recorded[("field_option", "loss_reason:spam")].crm_id
+        }
+    else:
+        assert reason.payload["loss_reason_id"] == recorded[("loss_reason", "spam")].crm_id
+    await auto.drain()
+
+    # Mirrored back, the service reads each value as the template's code.
+    await auto.mirror(deal_id)
+    deal = await auto.deal(deal_id)
+    rules = (await load_funnel_rules(auto, deal)).rules
+    assert option_code(rules, "source", field_value(rules, deal_state(deal), "source")) == "referral"
+    assert option_code(rules, "loss_reason", deal.loss_reason) == "spam"
+
+
+async def _read(auto: AutoBench, *crm_deal_ids: str) -> list[DealSnapshot]:
+    connector = auto.sandbox.connector()
+    try:
+        return await connector.get_deals(list(crm_deal_ids))
+    finally:
+        await connector.aclose()
+
+
+async def load_funnel_rules(auto: AutoBench, deal: Deal) -> FunnelContext:
+    async with auto.p.sessions() as session:
+        record = await session.get(Connection, auto.p.record.id)
+        assert record is not None and deal.funnel_id is not None
+        context = await load_funnel(session, record, deal.funnel_id, templates=lambda key: TEMPLATE)
+    assert context is not None
+    return context

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.bot.models import BotConversation
 from app.bot.service import BotTarget, load_target, open_bot
-from app.bot.telegram import TelegramBot
 from app.config import Settings
 from app.connections.models import Connection
 from app.funnels.models import FunnelMapping
@@ -25,6 +24,7 @@ from app.messages.models import ChannelAccount
 from app.outbox.delivery import drain_connection
 from app.outbox.models import OutboxCommand
 from connectors.amocrm.sandbox.state import MANAGER_ID
+from connectors.channels.telegram_bot import TelegramBot
 from funnel_templates.loader import library
 from tests.funnels.conftest import Provisioner
 from tests.support.channels import TelegramSandbox, running_telegram_sandbox
@@ -98,12 +98,22 @@ class BotBench:
             rows = list(await session.scalars(select(FunnelMapping).where(FunnelMapping.kind == "field")))
         if self.crm.crm == "bitrix24":
             names = {r.crm_name: r.code for r in rows}
-            deal = next(d for d in self.crm.box.state()["deals"] if str(d["ID"]) == crm_deal_id)
+            state = self.crm.box.state()
+            deal = next(d for d in state["deals"] if str(d["ID"]) == crm_deal_id)
+            # An enumeration holds a list item's ID: shown here as the item's text, as the portal shows it.
+            items = {
+                uf["FIELD_NAME"]: {str(i["ID"]): i["VALUE"] for i in uf.get("LIST") or []}
+                for uf in state["userfields"]
+            }
             return {
                 "stage": str(deal["STAGE_ID"]),
                 "title": deal["TITLE"],
                 "responsible": str(deal["ASSIGNED_BY_ID"]),
-                "fields": {names[k]: v for k, v in deal.items() if k in names and v not in (None, "")},
+                "fields": {
+                    names[k]: items[k].get(str(v), v) if items.get(k) else v
+                    for k, v in deal.items()
+                    if k in names and v not in (None, "")
+                },
             }
         ids = {r.crm_id: r.code for r in rows}
         lead = self.crm.box.lead(crm_deal_id)

@@ -8,8 +8,16 @@ from typing import Any
 import pytest
 
 from app.automations.qualification import Finished
-from app.bot.service import BotTarget, _command, _language, callback_data, deal_fields, responsible_id
-from app.bot.telegram import Incoming, parse_update
+from app.bot.service import (
+    BotTarget,
+    _command,
+    _language,
+    callback_data,
+    deal_fields,
+    deal_payload,
+    responsible_id,
+)
+from connectors.channels.telegram_bot import Incoming, parse_update
 from funnel_templates.loader import library
 
 TEMPLATE = library()["by_goal.qualification"]
@@ -75,7 +83,10 @@ def _target(**settings: Any) -> BotTarget:
     spec = TEMPLATE.qualification
     assert spec is not None
     keys = {f.code: f"UF_CRM_{f.code.upper()}" for f in TEMPLATE.fields}
-    return BotTarget(1, "acme", "bitrix24", settings, TEMPLATE, spec, "5", {}, keys)
+    # Bitrix24 list item ids, as provisioning records them (app.funnels.apply.option_mappings).
+    options = {"budget_range": {"none": "40", "under_100k": "41"}}
+    stages = {s.code: f"C5:{s.code}" for s in TEMPLATE.stages}
+    return BotTarget(1, "acme", "bitrix24", settings, TEMPLATE, spec, "5", stages, keys, options)
 
 
 @pytest.mark.parametrize(
@@ -113,11 +124,22 @@ def test_answers_become_crm_values_by_field_type() -> None:
         qualified=False,
     )
     assert deal_fields(_target(), finished) == {
-        "UF_CRM_BUDGET_RANGE": "До 100 000 ₽",  # enum: the option as provisioned
+        "UF_CRM_BUDGET_RANGE": "41",  # enum: the option's id the CRM gave it
         "UF_CRM_AUTHORITY": False,  # boolean
         "UF_CRM_NEED": "CRM",  # typed text
         "UF_CRM_TIMING": "Позже",  # a string field takes the option's name
     }
+
+
+def test_an_amount_answer_is_the_new_deals_own_amount() -> None:
+    finished = Finished(
+        score=4, fields={"amount": "150 000,50", "need": "CRM"}, labels={}, stage="LOST", qualified=False
+    )
+    payload = deal_payload(_target(), finished, Incoming(1, "42", "x", first_name="Иван"))
+    assert payload["amount"] == "150000.50"
+    assert payload["fields"] == {"UF_CRM_NEED": "CRM"}
+    typed = Finished(score=0, fields={"amount": "много"}, labels={}, stage="LOST", qualified=False)
+    assert deal_payload(_target(), typed, Incoming(1, "42", "x"))["amount"] is None  # not a number
 
 
 def test_callback_data_fits_telegrams_64_bytes() -> None:

@@ -122,9 +122,9 @@ def _snapshots(now: datetime) -> list[DealSnapshot]:
         # 7: entered before the analysed period
         snap("7", "NEW_REQUEST", -10 * 1440, "700"),
         snap("7", "QUALIFIED", -10 * 1440 + 5, "700"),
-        # 8: lost with the reason's Russian name (a Bitrix24 enum value)
+        # 8: lost with the Bitrix24 reason field's list item for `spam` (its ID, keyed by the field's name)
         snap("8", "NEW_REQUEST", 0, "50"),
-        snap("8", "LOST", 15, "50", fields={"UF_CRM_LOSS": "Спам"}),
+        snap("8", "LOST", 15, "50", fields={"UF_CRM_LOSS": "45"}),
         # 9: in a stage the funnel does not map
         snap("9", "UC_HAND", 0),
         # 10: deleted later; counted nowhere
@@ -182,7 +182,16 @@ async def _seed(url: str) -> Seeded:
                 FunnelMapping(funnel_id=funnel.id, kind="loss_reason", code="bought_elsewhere", crm_id="777")
             )
             session.add(
-                FunnelMapping(funnel_id=funnel.id, kind="field", code="loss_reason", crm_id="UF_CRM_LOSS")
+                FunnelMapping(
+                    funnel_id=funnel.id,
+                    kind="field",
+                    code="loss_reason",
+                    crm_id="6990",
+                    crm_name="UF_CRM_LOSS",
+                )
+            )
+            session.add(
+                FunnelMapping(funnel_id=funnel.id, kind="field_option", code="loss_reason:spam", crm_id="45")
             )
         async with sessions.begin() as session:
             index = await load_stage_index(session, b24.id)

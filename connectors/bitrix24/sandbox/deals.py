@@ -246,7 +246,7 @@ def create_deal(ctx: Context, fields: dict[str, Any], *, by_user: int, emit: boo
     }
     for key, value in fields.items():
         if key.startswith("UF_CRM_") and _known_uf(state, key):
-            deal[key] = _clean_value(value)
+            deal[key] = _uf_value(state, key, value)
     _sync_closed(deal)
     state.deals[deal_id] = deal
     ctx.touch()
@@ -257,6 +257,20 @@ def create_deal(ctx: Context, fields: dict[str, Any], *, by_user: int, emit: boo
 
 def _known_uf(state: PortalState, name: str) -> bool:
     return any(uf["FIELD_NAME"] == name for uf in state.userfields.values())
+
+
+def _uf_value(state: PortalState, name: str, value: Any) -> Any:
+    """A user field's value as stored. An enumeration stores the ID of one of its list items
+    (crm.deal.userfield.list LIST[].ID; DOCS crm user-fields examples carry `items` [{ID, VALUE}]):
+    the core keeps the value as an integer id, so anything else, such as the item's text, is
+    stored as no value, silently, as the portal does."""
+    field = next((uf for uf in state.userfields.values() if uf["FIELD_NAME"] == name), None)
+    if field is None or field["USER_TYPE_ID"] != "enumeration":
+        return _clean_value(value)
+    ids = {str(item["ID"]) for item in field.get("LIST") or []}
+    if isinstance(value, list):
+        return [str(v) for v in value if str(v) in ids]
+    return str(value) if value is not None and str(value) in ids else ""
 
 
 def _sync_closed(deal: dict[str, Any]) -> None:
@@ -345,7 +359,7 @@ def _apply_fields(state: PortalState, deal: dict[str, Any], fields: dict[str, An
         if key == "OPPORTUNITY":
             value = f"{Decimal(str(value or 0)):.2f}"
         if key in deal or key.startswith("UF_CRM_") or key in ITEM_NAMES:
-            new = _clean_value(value)
+            new = _uf_value(state, key, value) if key.startswith("UF_CRM_") else _clean_value(value)
             if deal.get(key) != new:
                 deal[key] = new
                 changed = True

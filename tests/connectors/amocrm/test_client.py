@@ -180,6 +180,18 @@ async def test_loss_reasons(sandbox: Sandbox, connector: AmoCRMConnector) -> Non
     assert {r.id for r in await connector.list_loss_reasons()} == {r.id for r in created}
 
 
+async def test_a_lost_lead_takes_a_native_loss_reason(sandbox: Sandbox, connector: AmoCRMConnector) -> None:
+    main = sandbox.main_pipeline()
+    lost = sandbox.create_lead(name="Потерянная", pipeline_id=main["id"], status_id=143)
+    [reason] = await connector.create_loss_reasons(["Дорого"])
+    [updated] = await connector.update_deal_fields(
+        [FieldUpdate("u", str(lost["id"]), {}, loss_reason_id=reason.id)]
+    )
+    assert updated.ok
+    [deal] = await connector.get_deals([str(lost["id"])])
+    assert deal.loss_reason_id == reason.id
+
+
 async def test_deals_read_and_write(sandbox: Sandbox, connector: AmoCRMConnector) -> None:
     main = sandbox.main_pipeline()
     statuses = [s for s in main["_embedded"]["statuses"] if s["type"] == 0 and s["id"] not in (142, 143)]
@@ -201,10 +213,13 @@ async def test_deals_read_and_write(sandbox: Sandbox, connector: AmoCRMConnector
     assert sent["batch"] == 2
 
     updated = await connector.update_deal_fields(
-        [FieldUpdate("u1", str(lead["id"]), {field.id: "7701234567", "price": 2000})]
+        [
+            FieldUpdate("u1", str(lead["id"]), {field.id: "7701234567"}, amount=Decimal("1999.5")),
+        ]
     )
     assert updated[0].ok
     [deal] = await connector.get_deals([str(lead["id"])])
+    # price is an integer in amoCRM: the amount rounds half up to whole units.
     assert deal.fields[field.id] == "7701234567" and deal.amount == Decimal(2000)
     assert deal.stage_id == str(statuses[1]["id"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from connectors.amocrm import AmoCRMConnector
@@ -77,7 +79,9 @@ async def test_create_leads_in_batches_with_item_errors_and_linked_contacts(
     client = sandbox.create_contact(
         name="Client", custom_fields_values=[_multitext("PHONE", ("+79001112233", "MOB"))]
     )
-    good = NewDeal("ok", pipeline.id, stage.id, "Win-back offer", contact_ids=(str(client),))
+    good = NewDeal(
+        "ok", pipeline.id, stage.id, "Win-back offer", contact_ids=(str(client),), amount=Decimal("4500")
+    )
     bad_stage = NewDeal("bad-stage", pipeline.id, "999", "Wrong stage")
     bad_contact = NewDeal("bad-contact", pipeline.id, stage.id, "Ghost client", contact_ids=("987654",))
     filler = [NewDeal(f"n{i}", pipeline.id, stage.id, f"Repeat sale {i}") for i in range(48)]
@@ -96,6 +100,7 @@ async def test_create_leads_in_batches_with_item_errors_and_linked_contacts(
     assert deal_id is not None
     [deal] = await connector.get_deals([deal_id])
     assert (deal.pipeline_id, deal.stage_id, deal.title) == (pipeline.id, stage.id, "Win-back offer")
+    assert deal.amount == Decimal("4500")
     contacts = await connector.get_deal_contacts([deal_id])
     assert [(c.id, c.is_primary, c.phones) for c in contacts[deal_id]] == [
         (str(client), True, ("+79001112233",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -244,10 +245,16 @@ async def test_tasks_comments_and_field_updates(sandbox: Sandbox, connector: Bit
     assert await connector.find_created("task", [CreatedLookup("t", str(deal), "d")]) == {"t": task.crm_id}
     assert comments[1].error is not None and comments[1].error.crm_code == "OWNER_NOT_FOUND"
     assert comments[1].error.item_ref == "c2"
-    [update] = await connector.update_deal_fields([FieldUpdate("u1", str(deal), {field.crm_name: "big"})])
+    update, native_reason = await connector.update_deal_fields(
+        [
+            FieldUpdate("u1", str(deal), {field.crm_name: "big"}, amount=Decimal("1234.5")),
+            FieldUpdate("u2", str(deal), {}, loss_reason_id="7"),  # Bitrix24 has no such list
+        ]
+    )
     assert update.ok
+    assert isinstance(native_reason.error, NotSupported) and native_reason.error.item_ref == "u2"
     [snapshot] = await connector.get_deals([str(deal)])
-    assert snapshot.fields[field.crm_name] == "big"
+    assert snapshot.fields[field.crm_name] == "big" and snapshot.amount == Decimal("1234.5")
 
 
 async def test_webhook_registration_needs_oauth(connector: Bitrix24Connector) -> None:

@@ -3,6 +3,8 @@ the sandbox's contact shapes read with an independent client (fast_bitrix24)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from fast_bitrix24 import Bitrix
 
 from connectors.base import ContactInfo, CreatedLookup, NewDeal, PermanentError
@@ -79,7 +81,15 @@ async def test_create_deals_in_batches_with_item_errors_and_bound_contacts(
     pipeline = await connector.create_pipeline("Win-back", 200, [])
     stage = pipeline.stages[1]
     client = sandbox.create_contact(NAME="Client", PHONE=_phone("+79001112233"))
-    good = NewDeal("ok", pipeline.id, stage.id, "Win-back offer", contact_ids=(str(client),), marker="[fs:7]")
+    good = NewDeal(
+        "ok",
+        pipeline.id,
+        stage.id,
+        "Win-back offer",
+        contact_ids=(str(client),),
+        amount=Decimal("4500"),
+        marker="[fs:7]",
+    )
     bad_stage = NewDeal("bad-stage", pipeline.id, "C999:NOPE", "Wrong stage")
     bad_contact = NewDeal("bad-contact", pipeline.id, stage.id, "Ghost client", contact_ids=("987654",))
     filler = [NewDeal(f"n{i}", pipeline.id, stage.id, f"Repeat sale {i}") for i in range(48)]
@@ -98,6 +108,7 @@ async def test_create_deals_in_batches_with_item_errors_and_bound_contacts(
     assert deal_id is not None
     [deal] = await connector.get_deals([deal_id])
     assert (deal.pipeline_id, deal.stage_id, deal.title) == (pipeline.id, stage.id, "Win-back offer")
+    assert deal.amount == Decimal("4500")
     contacts = await connector.get_deal_contacts([deal_id])
     assert [(c.id, c.is_primary, c.phones) for c in contacts[deal_id]] == [
         (str(client), True, ("+79001112233",))

@@ -116,6 +116,33 @@ def test_item_update_validates_stage_in_pipeline_and_deal_update_ignores_it(sand
     assert web.post(f"{base}crm.deal.get", json={"id": deal}).json()["result"]["STAGE_ID"] == "NEW"
 
 
+def test_an_enumeration_field_stores_a_list_item_id_and_nothing_else(sandbox: Sandbox) -> None:
+    """A portal keeps an enumeration's value as the list item's ID; a text (even an item's own
+    VALUE) is not one, and the field is left empty."""
+    base = sandbox.webhook_url
+    spec = {
+        "FIELD_NAME": "REASON",
+        "USER_TYPE_ID": "enumeration",
+        "LIST": [{"VALUE": "Дорого"}, {"VALUE": "Спам"}],
+    }
+    field_id = web.post(f"{base}crm.deal.userfield.add", json={"fields": spec}).json()["result"]
+    field = web.post(f"{base}crm.deal.userfield.get", json={"id": field_id}).json()["result"]
+    dear, spam = (item["ID"] for item in field["LIST"])
+    deal = sandbox.create_deal(TITLE="x")
+    stored = lambda: web.post(f"{base}crm.deal.get", json={"id": deal}).json()["result"]["UF_CRM_REASON"]  # noqa: E731
+    assert web.post(f"{base}crm.deal.update", json={"id": deal, "fields": {"UF_CRM_REASON": spam}}).json()[
+        "result"
+    ]
+    assert stored() == spam
+    web.post(f"{base}crm.deal.update", json={"id": deal, "fields": {"UF_CRM_REASON": "Дорого"}})
+    assert stored() == ""
+    added = web.post(
+        f"{base}crm.item.add",
+        json={"entityTypeId": 2, "useOriginalUfNames": "Y", "fields": {"title": "y", "UF_CRM_REASON": dear}},
+    ).json()["result"]["item"]
+    assert added["UF_CRM_REASON"] == dear
+
+
 def test_event_bind_is_refused_for_webhook_auth(sandbox: Sandbox) -> None:
     response = web.post(
         f"{sandbox.webhook_url}event.bind", json={"event": "ONCRMDEALADD", "handler": "https://x/"}

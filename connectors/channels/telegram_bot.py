@@ -2,8 +2,7 @@
 message, answering a button press, and reading an Update (core.telegram.org/bots/api: sendMessage
 `reply_markup` InlineKeyboardMarkup, answerCallbackQuery, Update/Message/CallbackQuery).
 
-Wire format, so it belongs in connectors/channels/telegram.py; it lives here until the channel module
-takes it (the class and the parser can move there as they are).
+app/bot holds the conversation; everything here is the Bot API's wire format.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from connectors.channels.base import Receipt
-from connectors.channels.telegram import TelegramChannel
+from connectors.channels.telegram import TelegramChannel, chat_id_value
 
 MAX_CALLBACK_DATA = 64  # bytes of an InlineKeyboardButton's callback_data
 
@@ -52,7 +51,7 @@ class TelegramBot(TelegramChannel):
 
     async def send_buttons(self, chat_id: str, text: str, buttons: Sequence[KeyboardButton]) -> Receipt:
         """sendMessage with one button per row (option names are sentences, not single words)."""
-        payload: dict[str, Any] = {"chat_id": _chat_id(chat_id), "text": text}
+        payload: dict[str, Any] = {"chat_id": chat_id_value(chat_id), "text": text}
         if buttons:
             rows = [[{"text": b.label, "callback_data": b.data}] for b in buttons]
             payload["reply_markup"] = {"inline_keyboard": rows}
@@ -99,10 +98,3 @@ def _incoming(
         language_code=str(user["language_code"]) if user.get("language_code") else None,
         callback_id=callback_id,
     )
-
-
-def _chat_id(chat_id: str) -> int | str:
-    try:
-        return int(chat_id)
-    except ValueError:
-        return chat_id

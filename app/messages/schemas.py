@@ -15,6 +15,9 @@ class MessageOut(BaseModel):
     connection: str
     deal_id: int | None
     automation: str | None
+    # The automation's name from the deal's template {"ru": ..., "en": ...}; None when the template
+    # no longer declares it (the code is then all there is to show).
+    automation_name: dict[str, str] | None = None
     channel: str | None
     recipient: str | None
     subject: str | None

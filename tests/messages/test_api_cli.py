@@ -13,11 +13,14 @@ from sqlalchemy import select
 
 from app.dashboard.i18n import translator
 from app.dashboard.render import ENV
+from app.deals.models import Deal
+from app.funnels.models import Funnel
 from app.main import create_app
+from app.messages.enqueue import enqueue_webhook
 from app.messages.models import ChannelAccount, OptOut
 from app.messages.service import deal_messages
 from app.messages.statuses import MessageStatus, OptOutSource
-from tests.messages.conftest import Outbox
+from tests.messages.conftest import NOON, Outbox
 from tests.support import web
 from tests.support.channels import TelegramSandbox
 from tests.support.cli import run_cli
@@ -26,6 +29,7 @@ from tests.support.server import serve_asgi
 AUTH = {"Authorization": "Bearer test-token-1234567890"}
 WEBHOOK_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 SECRET_KEY = "7sGqz8pM5Y2Jw8m3b7yS0gR5tW1vN9cX4eK6hL2dQ0A="  # tests.support.crm.settings_for's
+TEMPLATE_KEY = "auto_service.regular_clients"  # declares the automation "visit_reminder"
 
 
 @pytest.fixture
@@ -194,6 +198,33 @@ async def test_the_messages_page_counts_by_channel_and_status_and_filters(
     assert (await api.get("/messages", params={"status": "lost"})).status_code == 400
     assert (await api.get("/messages", params={"connection": "nope"})).status_code == 404
     assert (await api.get("/messages", params={"deal_id": "x"})).status_code == 400
+
+
+async def test_the_messages_page_names_the_automation_from_the_deals_template(
+    outbox: Outbox, api: httpx.AsyncClient
+) -> None:
+    async with outbox.sessions.begin() as session:
+        funnel = Funnel(
+            connection_id=outbox.connection.id, template_key=TEMPLATE_KEY, name="f", crm_pipeline_id="5"
+        )
+        session.add(funnel)
+        await session.flush()
+        deal = await session.get(Deal, outbox.deal_id)
+        assert deal is not None
+        deal.funnel_id = funnel.id
+        await enqueue_webhook(
+            session, connection_id=outbox.connection.id, deal_id=outbox.deal_id, automation="visit_reminder",
+            key="auto:named", event="visit.reminder", data={}, now=NOON,
+        )  # fmt: skip
+    await outbox.webhook()  # automation "test": no template declares it
+    assert (await api.post("/login", data={"token": "test-token-1234567890", "next": "/"})).status_code == 303
+
+    russian = (await api.get("/messages", params={"lang": "ru"})).text
+    english = (await api.get("/messages", params={"lang": "en"})).text
+
+    assert '<span data-automation="visit_reminder">Напоминание о визите за день</span>' in russian
+    assert '<span data-automation="visit_reminder">Visit reminder the day before</span>' in english
+    assert "<td>test</td>" in english  # an undeclared automation shows its code
 
 
 async def test_the_deal_partial_lists_the_deals_messages(outbox: Outbox) -> None:

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     connection_concurrency: int = Field(default=16, ge=1)
     connection_turn_budget_seconds: float = Field(default=2, gt=0)
     outbox_chunks_per_turn: int = Field(default=1, ge=1)
+    # At shutdown (SIGTERM, Ctrl-C) no job starts any more and those running get this long to end;
+    # one still running after it is cancelled, and what it had claimed is taken up after the restart.
+    shutdown_grace_seconds: float = Field(default=25, ge=0)
     # Template automations' time-driven triggers (stalled, dates, delayed won/lost, recurrences) are
     # looked for this often; stage entries fire at ingest.
     automations_interval_seconds: float = Field(default=60, gt=0)

@@ -32,7 +32,7 @@ from app.db import create_engine, session_factory
 from app.errors import NotFound
 from app.messages.endpoints import public_router as opt_out_router
 from app.messages.endpoints import router as messages_api_router
-from app.scheduler import Runtime, SchedulerWaker, build_scheduler
+from app.scheduler import Runtime, SchedulerWaker, build_scheduler, stop_scheduler
 from app.security import api_token
 from app.waker import NoWaker, Waker
 from app.webhooks.receivers import router as webhooks_router
@@ -95,7 +95,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
             yield
         finally:
             if app.state.scheduler is not None:
-                app.state.scheduler.shutdown(wait=False)
+                await stop_scheduler(app.state.scheduler, runtime)
             await runtime.close()
             await app.state.connectors.aclose()
             await engine.dispose()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -45,6 +47,23 @@ class Runtime:
     # One pool per job (app.concurrency), kept for the process's life: a slow turn set aside by one
     # run keeps its connection out of the next run of the same job until it ends.
     pools: dict[str, ConnectionPool[int]] = field(default_factory=dict)
+    # The scheduler's job runs in progress, for a shutdown to wait for (stop_scheduler).
+    running: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def tracked(self, job: Callable[[Runtime], Awaitable[Any]]) -> Callable[[Runtime], Awaitable[Any]]:
+        """`job` with its run recorded in `running` while it lasts."""
+
+        @functools.wraps(job)
+        async def run(runtime: Runtime) -> Any:
+            task = asyncio.current_task()
+            assert task is not None, "APScheduler runs coroutine jobs as tasks"
+            self.running.add(task)
+            try:
+                return await job(runtime)
+            finally:
+                self.running.discard(task)
+
+        return run
 
     def pool(self, job: str) -> ConnectionPool[int]:
         if job not in self.pools:
@@ -187,8 +206,29 @@ def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
         (run_webhook_check, "webhooks", 10 * 60),
     ]
     for job, job_id, seconds in jobs:
-        scheduler.add_job(job, "interval", args=[runtime], seconds=seconds, id=job_id, **common)
+        scheduler.add_job(
+            runtime.tracked(job), "interval", args=[runtime], seconds=seconds, id=job_id, **common
+        )
     return scheduler
+
+
+async def stop_scheduler(scheduler: AsyncIOScheduler, runtime: Runtime) -> None:
+    """Shut down without cutting work short: no job starts any more, those running get
+    `shutdown_grace_seconds` to end. APScheduler's own shutdown cannot wait for coroutine jobs (its
+    asyncio executor cancels them at once), hence the wait here. A job still running after the grace
+    is cancelled, as a killed worker's would be: its leases expire and what it claimed is taken up
+    again by the next run (app.outbox.recovery)."""
+    scheduler.pause()
+    if runtime.running:
+        _, late = await asyncio.wait(set(runtime.running), timeout=runtime.settings.shutdown_grace_seconds)
+        if late:
+            log.warning(
+                "shutdown: %s job run(s) still going after %s s are cancelled; their work is taken up "
+                "after the restart",
+                len(late),
+                runtime.settings.shutdown_grace_seconds,
+            )
+    scheduler.shutdown(wait=False)
 
 
 class SchedulerWaker:

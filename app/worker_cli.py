@@ -14,7 +14,7 @@ from app.connections.registry import ConnectorRegistry
 from app.console import out, print_json
 from app.db import create_engine, session_factory
 from app.logging_filters import install_log_redaction
-from app.scheduler import Runtime, build_scheduler, run_until_idle
+from app.scheduler import Runtime, build_scheduler, run_until_idle, stop_scheduler
 
 
 def worker_command(
@@ -54,7 +54,8 @@ def worker_command(
             scheduler.start()
             out.print("worker running; Ctrl+C stops it")
             await stop.wait()
-            scheduler.shutdown(wait=False)
+            out.print("stopping: waiting for running jobs to finish")
+            await stop_scheduler(scheduler, runtime)
         finally:
             await runtime.connectors.aclose()
             await engine.dispose()

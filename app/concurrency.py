@@ -8,8 +8,9 @@ bounded piece of work: a few outbox requests, one inbox batch), at most `slots` 
   back of the queue, so a backlog of 10,000 commands delays another connection by one turn at most;
 - one turn per connection at a time (in this process): its CRM account's rate limiter and its
   lease stay as exact as with one loop;
-- isolating: a turn that outlasts `turn_budget` seconds (an account timing out, retrying a 503
-  outage in place) gives its slot back to the queue. It is not cancelled (a request in flight must
+- isolating: a turn whose CRM call starts waiting to try again (a 5xx, a timeout, a rate limit:
+  connectors.http.retry_wait_notice) gives its slot back to the queue at that moment, and so does a
+  turn that outlasts `turn_budget` seconds (an account answering slowly). It is not cancelled (a request in flight must
   record its answer); it finishes in the background, the run no longer waits for it, and until it
   ends its connection gets no new turn, in this run or the next one. A connection already known to
   be failing (its health says its last CRM calls failed) starts that way: one turn per run at
@@ -27,6 +28,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from app.connections import health
+from connectors.http import retry_wait_notice
 
 K = TypeVar("K", bound=Hashable)
 # One turn of work for a key: True when the key has more work right now (it queues again).
@@ -73,24 +75,24 @@ class ConnectionPool(Generic[K]):
             else:
                 queue.append(key)
         running: dict[asyncio.Task[bool], tuple[K, float]] = {}
+        waits = _RetryWaits()
         while queue or running:
             while queue and len(running) < self.slots:
                 key = queue.popleft()
                 if key in self._busy:
                     continue  # another run of this pool (a woken job) has a turn of it going
-                task = asyncio.create_task(turn(key))
+                task = waits.start(turn, key)
                 self._busy[key] = task
                 running[task] = (key, time.monotonic())
             if not running:
                 break  # every key left in the queue has a turn going in another run
-            done, _ = await asyncio.wait(
-                running, timeout=self._wait_for(running), return_when="FIRST_COMPLETED"
-            )
+            done = await waits.wait(running, self._wait_for(running))
             for task in [t for t in running if t in done]:  # in the order they started
                 key, _ = running.pop(task)
                 self._busy.pop(key, None)
                 if self._more(key, task):
                     queue.append(key)  # round robin: back of the queue
+            self._set_aside_waiting(running, waits)
             self._set_aside_slow(running)
 
     def _start_aside(self, key: K, turn: Turn[K]) -> None:
@@ -126,6 +128,18 @@ class ConnectionPool(Generic[K]):
         now = time.monotonic()
         return max(0.0, min(started + self.turn_budget - now for _, started in running.values()))
 
+    def _set_aside_waiting(
+        self, running: dict[asyncio.Task[bool], tuple[K, float]], waits: _RetryWaits
+    ) -> None:
+        """Turns whose CRM calls began waiting to try again (an outage, a rate limit) give their
+        slot back at once, not at the end of the budget: the run does not wait for them."""
+        if self.turn_budget is None:
+            return
+        for task in [t for t in running if t in waits.tasks]:
+            key, _ = running.pop(task)
+            self._put_aside(key, task)
+            log.info("%s: its CRM is retrying; the turn goes on without holding a slot", key)
+
     def _set_aside_slow(self, running: dict[asyncio.Task[bool], tuple[K, float]]) -> None:
         if self.turn_budget is None:
             return
@@ -160,3 +174,38 @@ class ConnectionPool(Generic[K]):
             log.error("%s: a turn failed", key, exc_info=error)
             return False
         return task.result()
+
+
+class _RetryWaits:
+    """The turns of one run whose CRM calls started waiting before trying again: each turn runs with
+    connectors.http.retry_wait_notice set to note its task here and wake the run's wait."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._noticed = asyncio.Event()
+
+    def start(self, turn: Turn[K], key: K) -> asyncio.Task[bool]:
+        return asyncio.create_task(self._run(turn, key))
+
+    async def _run(self, turn: Turn[K], key: K) -> bool:
+        task = asyncio.current_task()
+
+        def notice() -> None:
+            if task is not None:
+                self.tasks.add(task)
+            self._noticed.set()
+
+        retry_wait_notice.set(notice)  # in this task's own context: its turn's calls only
+        return await turn(key)
+
+    async def wait(
+        self, running: Iterable[asyncio.Task[bool]], at_most: float | None
+    ) -> set[asyncio.Task[bool]]:
+        """Until a turn ends, one starts waiting to retry, or `at_most` seconds; the turns that ended."""
+        noticed = asyncio.ensure_future(self._noticed.wait())
+        try:
+            done, _ = await asyncio.wait([*running, noticed], timeout=at_most, return_when="FIRST_COMPLETED")
+        finally:
+            noticed.cancel()
+        self._noticed.clear()
+        return {task for task in done if task is not noticed}

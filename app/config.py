@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     connection_concurrency: int = Field(default=16, ge=1)
     connection_turn_budget_seconds: float = Field(default=2, gt=0)
     outbox_chunks_per_turn: int = Field(default=1, ge=1)
+    # PostgreSQL connections each process keeps open (app.db.create_engine); None: enough for the jobs'
+    # turns, 2 x connection_concurrency + 8.
+    database_pool_size: int | None = Field(default=None, ge=1)
     # At shutdown (SIGTERM, Ctrl-C) no job starts any more and those running get this long to end;
     # one still running after it is cancelled, and what it had claimed is taken up after the restart.
     shutdown_grace_seconds: float = Field(default=25, ge=0)
@@ -122,6 +125,10 @@ class Settings(BaseSettings):
             base_delay=self.crm_retry_base_delay_seconds,
             max_delay=self.crm_retry_max_delay_seconds,
         )
+
+    @property
+    def resolved_pool_size(self) -> int:
+        return self.database_pool_size or 2 * self.connection_concurrency + 8
 
     @property
     def resolved_database_url(self) -> str:

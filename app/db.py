@@ -104,7 +104,11 @@ def private_sqlite_file(path: Path) -> None:
         pass
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    """The engine for `url`. On PostgreSQL the pool keeps up to `pool_size` connections open: a
+    process whose jobs work on many connections at once needs about two per concurrent turn, and a
+    pool smaller than that opens and closes overflow connections all the time (a new backend, a TLS
+    probe, the driver's setup queries and its statement cache lost each time)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:" and not path.startswith("file:"):
@@ -112,7 +116,7 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_async_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=5)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

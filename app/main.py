@@ -32,7 +32,7 @@ from app.db import create_engine, session_factory
 from app.errors import NotFound
 from app.messages.endpoints import public_router as opt_out_router
 from app.messages.endpoints import router as messages_api_router
-from app.scheduler import Runtime, SchedulerWaker, build_scheduler, stop_scheduler
+from app.scheduler import Runtime, build_scheduler, stop_scheduler
 from app.security import api_token
 from app.waker import NoWaker, Waker
 from app.webhooks.receivers import router as webhooks_router
@@ -79,7 +79,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         if settings.should_auto_migrate:
             # Alembic runs its own event loop for the async engine: keep it off ours.
             await asyncio.to_thread(migrate.upgrade, settings.resolved_database_url)
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url, settings.resolved_pool_size)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.connectors = ConnectorRegistry(app.state.sessions, settings)
@@ -89,7 +89,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         if settings.scheduler_enabled:
             app.state.scheduler = build_scheduler(runtime)
             app.state.scheduler.start()
-            waker = SchedulerWaker(app.state.scheduler)
+            waker = runtime.waker
         app.state.waker = waker
         try:
             yield

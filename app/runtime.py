@@ -25,7 +25,7 @@ def run_with_database(work: Callable[[Settings, Sessions], Awaitable[T]]) -> T:
         migrate.upgrade(settings.resolved_database_url)
 
     async def main() -> T:
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url, settings.resolved_pool_size)
         try:
             return await work(settings, session_factory(engine))
         finally:

@@ -28,7 +28,7 @@ from app.funnels.webhook_upkeep import check_webhooks
 from app.messages.delivery import run_message_delivery
 from app.outbox.delivery import DrainResult, RetrySettings, connections_with_work, drain_connection
 from app.rules.timers import run_timers
-from app.waker import INBOX_JOB, OUTBOX_JOB
+from app.waker import INBOX_JOB, OUTBOX_JOB, NoWaker, Waker
 from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.base import CRMError
 from connectors.events import parse_deal_events
@@ -47,23 +47,36 @@ class Runtime:
     # One pool per job (app.concurrency), kept for the process's life: a slow turn set aside by one
     # run keeps its connection out of the next run of the same job until it ends.
     pools: dict[str, ConnectionPool[int]] = field(default_factory=dict)
-    # The scheduler's job runs in progress, for a shutdown to wait for (stop_scheduler).
-    running: set[asyncio.Task[Any]] = field(default_factory=set)
+    # The scheduler's job runs in progress by job id, for a shutdown to wait for (stop_scheduler)
+    # and a wake-up to know the job is busy (SchedulerWaker).
+    running: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    # Jobs woken while they ran: they run again as soon as the current run ends.
+    woken: set[str] = field(default_factory=set)
+    waker: Waker = field(default_factory=NoWaker)
 
-    def tracked(self, job: Callable[[Runtime], Awaitable[Any]]) -> Callable[[Runtime], Awaitable[Any]]:
-        """`job` with its run recorded in `running` while it lasts."""
+    def tracked(
+        self, job: Callable[[Runtime], Awaitable[Any]], job_id: str
+    ) -> Callable[[Runtime], Awaitable[Any]]:
+        """`job` with its run recorded in `running` while it lasts; a wake-up that came meanwhile
+        runs it again right after (the scheduler itself would drop it: one instance at a time)."""
 
         @functools.wraps(job)
         async def run(runtime: Runtime) -> Any:
             task = asyncio.current_task()
             assert task is not None, "APScheduler runs coroutine jobs as tasks"
-            self.running.add(task)
-            try:
-                return await job(runtime)
-            finally:
-                self.running.discard(task)
+            self.running[job_id] = task
+            # After the task is done, behind APScheduler's own callback (added when it made the
+            # task), which counts the run as ended: a run woken earlier would be dropped again.
+            task.add_done_callback(lambda _: self._ended(job_id))
+            return await job(runtime)
 
         return run
+
+    def _ended(self, job_id: str) -> None:
+        del self.running[job_id]
+        if job_id in self.woken:
+            self.woken.discard(job_id)
+            self.waker.wake(job_id)
 
     def pool(self, job: str) -> ConnectionPool[int]:
         if job not in self.pools:
@@ -85,6 +98,8 @@ async def run_inbox(runtime: Runtime) -> None:
     )
     if result.processed or result.failed:
         log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)
+    if result.processed:
+        runtime.waker.wake(OUTBOX_JOB)  # what the rules queued goes out now, not at the next tick
 
 
 async def run_outbox(runtime: Runtime) -> DrainResult:
@@ -207,8 +222,9 @@ def build_scheduler(runtime: Runtime) -> AsyncIOScheduler:
     ]
     for job, job_id, seconds in jobs:
         scheduler.add_job(
-            runtime.tracked(job), "interval", args=[runtime], seconds=seconds, id=job_id, **common
+            runtime.tracked(job, job_id), "interval", args=[runtime], seconds=seconds, id=job_id, **common
         )
+    runtime.waker = SchedulerWaker(scheduler, runtime)
     return scheduler
 
 
@@ -219,8 +235,11 @@ async def stop_scheduler(scheduler: AsyncIOScheduler, runtime: Runtime) -> None:
     is cancelled, as a killed worker's would be: its leases expire and what it claimed is taken up
     again by the next run (app.outbox.recovery)."""
     scheduler.pause()
+    runtime.waker = NoWaker()  # a run ending now must not schedule another
     if runtime.running:
-        _, late = await asyncio.wait(set(runtime.running), timeout=runtime.settings.shutdown_grace_seconds)
+        _, late = await asyncio.wait(
+            set(runtime.running.values()), timeout=runtime.settings.shutdown_grace_seconds
+        )
         if late:
             log.warning(
                 "shutdown: %s job run(s) still going after %s s are cancelled; their work is taken up "
@@ -234,12 +253,17 @@ async def stop_scheduler(scheduler: AsyncIOScheduler, runtime: Runtime) -> None:
 class SchedulerWaker:
     """The app's Waker (app.waker) when this process runs the scheduler."""
 
-    def __init__(self, scheduler: AsyncIOScheduler) -> None:
+    def __init__(self, scheduler: AsyncIOScheduler, runtime: Runtime | None = None) -> None:
         self.scheduler = scheduler
+        self.runtime = runtime
 
     def wake(self, job_id: str) -> None:
-        """Run a job now instead of at its next tick (a webhook just arrived)."""
+        """Run a job now instead of at its next tick (a webhook just arrived); a job that is running
+        runs again when this run ends (it may have read its work before what woke it was written)."""
         if not self.scheduler.running:
+            return
+        if self.runtime is not None and job_id in self.runtime.running:
+            self.runtime.woken.add(job_id)
             return
         job = self.scheduler.get_job(job_id)
         if job is not None:

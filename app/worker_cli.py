@@ -30,7 +30,7 @@ def worker_command(
         migrate.upgrade(settings.resolved_database_url)
 
     async def main() -> None:
-        engine = create_engine(settings.resolved_database_url)
+        engine = create_engine(settings.resolved_database_url, settings.resolved_pool_size)
         sessions = session_factory(engine)
         runtime = Runtime(sessions, settings, ConnectorRegistry(sessions, settings))
         try:

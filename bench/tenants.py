@@ -78,6 +78,7 @@ class Outcome:
     load_seconds: float = 0.0
     cpu: list[float] = field(default_factory=list)  # per worker, share of one core over the load
     rss_mb: list[float] = field(default_factory=list)  # per worker, at the end
+    stages: dict[str, list[float]] = field(default_factory=dict)  # see stage_times
 
     @property
     def healthy(self) -> int:
@@ -323,6 +324,41 @@ async def _measure(
     outcome.created = len(wanted)
     outcome.latencies = [done[k] - created[k] for k in wanted if k in done]
     outcome.missing = len(wanted) - len(outcome.latencies)
+    outcome.stages = await stage_times(env["FUNNELSYNC_DATABASE_URL"])
+
+
+async def stage_times(database_url: str) -> dict[str, list[float]]:
+    """Where a healthy deal's time went inside FunnelSync, from its own tables: a webhook waiting in
+    the inbox (received -> processed, which includes fetching the deal) and the task command in the
+    outbox (queued -> done). What is left of the latency is the portal's side (sending the webhook,
+    creating the task) and the bench's."""
+    from sqlalchemy import select
+
+    from app.connections.models import Connection
+    from app.db import create_engine
+    from app.outbox.models import OutboxCommand
+    from app.webhooks.models import InboxEvent
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            healthy = select(Connection.id).where(Connection.consecutive_failures == 0)
+            events = await connection.execute(
+                select(InboxEvent.received_at, InboxEvent.processed_at).where(
+                    InboxEvent.connection_id.in_(healthy), InboxEvent.processed_at.is_not(None)
+                )
+            )
+            commands = await connection.execute(
+                select(OutboxCommand.created_at, OutboxCommand.done_at).where(
+                    OutboxCommand.connection_id.in_(healthy), OutboxCommand.done_at.is_not(None)
+                )
+            )
+            return {
+                "inbox": [(done - got).total_seconds() for got, done in events],
+                "outbox": [(done - queued).total_seconds() for queued, done in commands],
+            }
+    finally:
+        await engine.dispose()
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -369,6 +405,16 @@ def main() -> int:
     print()
     print(f"10% of the portals: {args.faulty}; latency and throughput are the healthy portals'.")
     print(report(outcomes))
+    print()
+    print("Inside FunnelSync, healthy portals (p50 / p95 s): inbox = webhook received -> processed,")
+    print("outbox = task command queued -> done.")
+    for o in outcomes:
+        parts = [
+            f"{name} {percentile(sorted(v), 0.5):.2f} / {percentile(sorted(v), 0.95):.2f} (n={len(v)})"
+            for name, v in o.stages.items()
+            if v
+        ]
+        print(f"  N={o.scenario.tenants} x{o.scenario.workers}: " + "; ".join(parts))
     return 0
 
 

@@ -18,6 +18,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -325,6 +326,18 @@ def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
     return wait
 
 
+# Set by whoever runs CRM work and wants to know it turned slow: called each time a call is about to
+# wait before trying again (a 5xx, a timeout, a rate limit). app.concurrency sets a connection's turn
+# aside at that moment, so an account in an outage never keeps a slot the healthy ones need.
+retry_wait_notice: ContextVar[Callable[[], None] | None] = ContextVar("retry_wait_notice", default=None)
+
+
+def _notify_retry_wait(_: RetryCallState) -> None:
+    notice = retry_wait_notice.get()
+    if notice is not None:
+        notice()
+
+
 async def with_retries(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
@@ -338,6 +351,7 @@ async def with_retries(
         stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_elapsed),
         wait=_wait(policy),
         sleep=sleep,
+        before_sleep=_notify_retry_wait,
         reraise=True,
     )
     async for attempt in retrying:

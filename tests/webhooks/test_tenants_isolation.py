@@ -17,6 +17,8 @@ from app.scheduler import Runtime, run_inbox, run_outbox
 from app.waker import INBOX_JOB, OUTBOX_JOB
 from app.webhooks.models import InboxEvent
 from app.webhooks.service import store_event
+from connectors.base import Retryable
+from connectors.http import RetryPolicy, with_retries
 from tests.outbox.conftest import Outbox
 from tests.outbox.test_tenants_fairness import runtime_for, two_tenants
 
@@ -120,3 +122,34 @@ async def test_a_failing_connections_turn_holds_no_slot_and_is_not_waited_for() 
     answered.set()
     await pool.wait_idle()
     assert finished == ["a", "b", "a", "down"] and not pool.busy("down")
+
+
+async def test_a_turn_whose_crm_call_starts_retrying_gives_its_slot_back_at_once() -> None:
+    """The moment a turn's CRM call waits to try again (a 503, a timeout, a rate limit), the run
+    stops waiting for it, whatever the turn budget: here an hour, so only that can set it aside."""
+    backoff_over = asyncio.Event()
+    finished: list[str] = []
+    answers = iter([Retryable("503 Service Unavailable"), None])
+
+    async def crm_call() -> str:
+        error = next(answers)
+        if error is not None:
+            raise error
+        return "ok"
+
+    async def backoff(_: float) -> None:
+        await backoff_over.wait()
+
+    async def turn(key: str) -> bool:
+        if key == "down":
+            await with_retries(crm_call, RetryPolicy(attempts=3, max_elapsed=3600), sleep=backoff)
+        finished.append(key)
+        return False
+
+    pool = ConnectionPool[str](slots=1, turn_budget=3600)
+    await asyncio.wait_for(pool.run(["down", "a"], turn), timeout=30)  # a guard: fails if it waits
+    assert finished == ["a"] and pool.busy("down") and pool.set_aside == ["down"]
+
+    backoff_over.set()
+    await pool.wait_idle()
+    assert finished == ["a", "down"]

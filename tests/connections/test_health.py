@@ -28,7 +28,7 @@ from app.connections.models import Connection
 from app.connections.registry import ConnectorRegistry
 from app.main import create_app
 from app.outbox.delivery import drain_connection
-from app.scheduler import Runtime, run_reconcile
+from app.scheduler import RECONCILE_JOB, Runtime, run_reconcile
 from app.webhooks.processor import process_inbox
 from app.webhooks.service import store_event
 from connectors.base import (
@@ -272,12 +272,15 @@ async def test_reconcile_records_the_outage_and_the_recovery(outbox: Outbox) -> 
     )
     outbox.box.fault(OUTAGE_FAULT[outbox.crm], count=10_000)
     await run_reconcile(runtime)
+    # Retrying the 503, the turn gave its slot back and goes on in the background until it gives up.
+    await runtime.pool(RECONCILE_JOB).wait_idle()
     record = await outbox.record()
     assert record.consecutive_failures == 1 and record.failing_since is not None
     assert record.last_success_at is None and record.last_failure and "HTTP 503" in record.last_failure
 
     outbox.sandbox.clear_faults()
     await run_reconcile(runtime)
+    await runtime.pool(RECONCILE_JOB).wait_idle()
     record = await outbox.record()
     assert record.failing_since is None and record.consecutive_failures == 0
     assert record.last_success_at is not None and record.last_push_at is None  # a read, not a push

@@ -353,6 +353,40 @@ LOSS_REASON_DEALS: dict[int, tuple[int | None, dict[str, Any], str | None]] = {
 }
 
 
+async def _two_funnels(connection: Any) -> None:
+    """Connection 1 with funnels 1 and 2 (no mappings)."""
+    await connection.execute(ONE_CONNECTION)
+    for funnel in (1, 2):
+        await connection.execute(
+            insert(FUNNELS).values(
+                id=funnel, connection_id=1, template_key=f"k{funnel}", name="f", crm_pipeline_id=str(funnel),
+                created_pipeline=False, created_at=T0,
+            )
+        )  # fmt: skip
+
+
+async def _lost_deal(connection: Any, deal: int, funnel: int | None, fields: dict[str, Any]) -> None:
+    await connection.execute(
+        insert(DEALS_0009).values(
+            id=deal, connection_id=1, crm_deal_id=str(deal), crm_pipeline_id="1", crm_stage_id="LOSE",
+            title="", funnel_id=funnel, managed=True, fields=fields, crm_updated_at=T0, created_at=T0,
+            updated_at=T0,
+        )
+    )  # fmt: skip
+
+
+async def _loss_reasons(url: str) -> dict[int, str | None]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                select(column("id"), column("loss_reason")).select_from(table("deals"))
+            )
+            return {int(deal): reason for deal, reason in rows}
+    finally:
+        await engine.dispose()
+
+
 def test_0010_derives_the_loss_reason_from_the_fields(empty_database_url: str) -> None:
     upgrade(empty_database_url, "0009")
 
@@ -360,46 +394,26 @@ def test_0010_derives_the_loss_reason_from_the_fields(empty_database_url: str) -
         engine = create_engine(empty_database_url)
         try:
             async with engine.begin() as connection:
-                await connection.execute(ONE_CONNECTION)
-                for funnel in (1, 2):
-                    await connection.execute(
-                        insert(FUNNELS).values(
-                            id=funnel, connection_id=1, template_key=f"k{funnel}", name="f", crm_pipeline_id=str(funnel),
-                            created_pipeline=False, created_at=T0,
-                        )
-                    )  # fmt: skip
+                await _two_funnels(connection)
                 await connection.execute(
                     insert(MAPPINGS).values(id=1, funnel_id=1, kind="field", code="loss_reason", crm_id="777")
                 )
                 for deal, (funnel, fields, _) in LOSS_REASON_DEALS.items():
-                    await connection.execute(
-                        insert(DEALS_0009).values(
-                            id=deal, connection_id=1, crm_deal_id=str(deal), crm_pipeline_id="1",
-                            crm_stage_id="LOSE", title="", funnel_id=funnel, managed=True, fields=fields,
-                            crm_updated_at=T0, created_at=T0, updated_at=T0,
-                        )
-                    )  # fmt: skip
-        finally:
-            await engine.dispose()
-
-    async def reasons() -> dict[int, str | None]:
-        engine = create_engine(empty_database_url)
-        try:
-            async with engine.connect() as connection:
-                rows = await connection.execute(
-                    select(column("id"), column("loss_reason")).select_from(table("deals"))
-                )
-                return {int(deal): reason for deal, reason in rows}
+                    await _lost_deal(connection, deal, funnel, fields)
         finally:
             await engine.dispose()
 
     asyncio.run(seed())
     upgrade(empty_database_url, "0010")
-    assert asyncio.run(reasons()) == {deal: reason for deal, (_, _, reason) in LOSS_REASON_DEALS.items()}
+    assert asyncio.run(_loss_reasons(empty_database_url)) == {
+        deal: reason for deal, (_, _, reason) in LOSS_REASON_DEALS.items()
+    }
     downgrade(empty_database_url, "0009")
     assert _inspect(empty_database_url)[1] == "0009"
     upgrade(empty_database_url)
-    assert asyncio.run(reasons()) == {deal: reason for deal, (_, _, reason) in LOSS_REASON_DEALS.items()}
+    assert asyncio.run(_loss_reasons(empty_database_url)) == {
+        deal: reason for deal, (_, _, reason) in LOSS_REASON_DEALS.items()
+    }
 
 
 def test_0011_finds_the_loss_reason_under_the_fields_name(empty_database_url: str) -> None:
@@ -419,14 +433,7 @@ def test_0011_finds_the_loss_reason_under_the_fields_name(empty_database_url: st
         engine = create_engine(empty_database_url)
         try:
             async with engine.begin() as connection:
-                await connection.execute(ONE_CONNECTION)
-                for funnel in (1, 2):
-                    await connection.execute(
-                        insert(FUNNELS).values(
-                            id=funnel, connection_id=1, template_key=f"k{funnel}", name="f", crm_pipeline_id=str(funnel),
-                            created_pipeline=False, created_at=T0,
-                        )
-                    )  # fmt: skip
+                await _two_funnels(connection)
                 await connection.execute(
                     insert(named).values(
                         id=1,
@@ -438,13 +445,7 @@ def test_0011_finds_the_loss_reason_under_the_fields_name(empty_database_url: st
                     )
                 )
                 for deal, (funnel, fields, before, _) in deals.items():
-                    await connection.execute(
-                        insert(DEALS_0009).values(
-                            id=deal, connection_id=1, crm_deal_id=str(deal), crm_pipeline_id="1",
-                            crm_stage_id="LOSE", title="", funnel_id=funnel, managed=True, fields=fields,
-                            crm_updated_at=T0, created_at=T0, updated_at=T0,
-                        )
-                    )  # fmt: skip
+                    await _lost_deal(connection, deal, funnel, fields)
                     await connection.execute(
                         table("deals", column("id"), column("loss_reason"))
                         .update()
@@ -454,19 +455,10 @@ def test_0011_finds_the_loss_reason_under_the_fields_name(empty_database_url: st
         finally:
             await engine.dispose()
 
-    async def reasons() -> dict[int, str | None]:
-        engine = create_engine(empty_database_url)
-        try:
-            async with engine.connect() as connection:
-                rows = await connection.execute(
-                    select(column("id"), column("loss_reason")).select_from(table("deals"))
-                )
-                return {int(deal): reason for deal, reason in rows}
-        finally:
-            await engine.dispose()
-
     asyncio.run(seed())
     upgrade(empty_database_url, "0011")
-    assert asyncio.run(reasons()) == {deal: after for deal, (_, _, _, after) in deals.items()}
+    assert asyncio.run(_loss_reasons(empty_database_url)) == {
+        deal: after for deal, (_, _, _, after) in deals.items()
+    }
     downgrade(empty_database_url, "0010")
     assert _inspect(empty_database_url)[1] == "0010"

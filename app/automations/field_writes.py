@@ -10,6 +10,7 @@ The choice follows the stored mappings and the descriptor, so no CRM is named he
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -54,7 +55,7 @@ async def field_write(
     if spec.type != "enum":
         return {"values": {key: action.value}}
     names = {o.code: o.name.ru for o in spec.options}
-    option = _option(descriptor, rows, action.field, str(action.value), names)
+    option = enum_value(descriptor, rows, action.field, str(action.value), names)
     return option if isinstance(option, Unwritable) else {"values": {key: option}}
 
 
@@ -71,15 +72,15 @@ def _loss_reason_write(
     if row is None:
         return Unwritable(f"loss reason {reason_code!r} is not provisioned on this funnel")
     reasons = {r.code: r.name.ru for r in template.loss_reasons}
-    option = _option(descriptor, rows, LOSS_REASON_FIELD, reason_code, reasons)
+    option = enum_value(descriptor, rows, LOSS_REASON_FIELD, reason_code, reasons)
     if isinstance(option, Unwritable):
         return option
     return {"values": {descriptor.field_write_key(row.crm_id, row.crm_name): option}}
 
 
-def _option(
+def enum_value(
     descriptor: CRMDescriptor,
-    rows: dict[tuple[str, str], FunnelMapping],
+    rows: Mapping[tuple[str, str], FunnelMapping],
     field_code: str,
     option_code: str,
     names: dict[str, str],
@@ -98,5 +99,10 @@ def _option(
 
 
 async def _mappings(session: AsyncSession, funnel_id: int) -> dict[tuple[str, str], FunnelMapping]:
-    rows = await session.scalars(select(FunnelMapping).where(FunnelMapping.funnel_id == funnel_id))
+    return by_kind_and_code(
+        await session.scalars(select(FunnelMapping).where(FunnelMapping.funnel_id == funnel_id))
+    )
+
+
+def by_kind_and_code(rows: Iterable[FunnelMapping]) -> dict[tuple[str, str], FunnelMapping]:
     return {(row.kind, row.code): row for row in rows}

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.automations import qualification
+from app.automations.field_writes import by_kind_and_code, enum_value
 from app.automations.qualification import LANGUAGES, Ask, Finished, Language, QualificationState
 from app.bot.models import BotConversation
 from app.config import Settings
@@ -45,7 +46,7 @@ from connectors.channels.telegram_bot import (
     TelegramBot,
     parse_update,
 )
-from connectors.descriptor import descriptor_for
+from connectors.descriptor import CRMDescriptor, descriptor_for
 from funnel_templates.automations import QualificationSpec
 from funnel_templates.loader import library
 from funnel_templates.schema import FunnelTemplate
@@ -156,26 +157,23 @@ async def _provisioned(
             for row in rows
             if row.kind == "field"
         },
-        option_values=option_values(template, rows, by_id=descriptor.enum_values_by_id),
+        option_values=option_values(template, rows, descriptor),
     )
 
 
 def option_values(
-    template: FunnelTemplate, rows: Sequence[FunnelMapping], *, by_id: bool
+    template: FunnelTemplate, rows: Sequence[FunnelMapping], descriptor: CRMDescriptor
 ) -> dict[str, dict[str, str]]:
-    """What the CRM takes for each enumeration option: the id provisioning recorded (an option
-    without one is left out: its text would not be stored), or the option's Russian name."""
-    ids = {row.code: row.crm_id for row in rows if row.kind == "field_option"}
+    """What the CRM takes for each enumeration option (app.automations.field_writes.enum_value); an
+    option whose id provisioning did not record is left out: its text would not be stored."""
+    mapped = by_kind_and_code(rows)
     out: dict[str, dict[str, str]] = {}
     for spec in template.fields:
         if spec.type != "enum":
             continue
-        if by_id:
-            out[spec.code] = {
-                o.code: ids[f"{spec.code}:{o.code}"] for o in spec.options if f"{spec.code}:{o.code}" in ids
-            }
-        else:
-            out[spec.code] = {o.code: o.name.ru for o in spec.options}
+        names = {o.code: o.name.ru for o in spec.options}
+        values = {code: enum_value(descriptor, mapped, spec.code, code, names) for code in names}
+        out[spec.code] = {code: value for code, value in values.items() if isinstance(value, str)}
     return out
 
 

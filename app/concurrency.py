@@ -10,11 +10,12 @@ bounded piece of work: a few outbox requests, one inbox batch), at most `slots` 
   lease stay as exact as with one loop;
 - isolating: a turn whose CRM call starts waiting to try again (a 5xx, a timeout, a rate limit:
   connectors.http.retry_wait_notice) gives its slot back to the queue at that moment, and so does a
-  turn that outlasts `turn_budget` seconds (an account answering slowly). It is not cancelled (a request in flight must
-  record its answer); it finishes in the background, the run no longer waits for it, and until it
-  ends its connection gets no new turn, in this run or the next one. A connection already known to
-  be failing (its health says its last CRM calls failed) starts that way: one turn per run at
-  most, in the background, never in a slot; its CRM's in-place retries pace it.
+  turn that outlasts `turn_budget` seconds (an account answering slowly). It is not cancelled (a
+  request in flight must record its answer); it finishes in the background, the run no longer
+  waits for it, and until it ends its connection gets no new turn, in this run or the next one. A
+  connection already known to be failing (its health says its last CRM calls failed) starts that
+  way: one turn per run at most, in the background, never in a slot; its CRM's in-place retries
+  pace it.
 """
 
 from __future__ import annotations

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 from pathlib import Path
 
 from playwright.async_api import Page, async_playwright
 from pydantic import SecretStr
+
+# Run as a script, only docs/ is on the path; the browser settings live in tests/support.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings
 from app.demo import DemoPorts, run_demo

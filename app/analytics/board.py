@@ -294,7 +294,7 @@ async def deal_field_rows(
     specs = {f.code: f for f in ctx.template.fields}
     options = await option_ids_of(session, ctx.ref.id)
     reasons = [v for k, v in fields.items() if code_of.get(k) == LOSS_REASON_FIELD and v not in (None, "")]
-    named = await label_loss_reasons(session, ctx, [(str(v), 1) for v in reasons])
+    named = await label_loss_reasons(session, ctx, [(str(v), 1) for v in reasons], options)
     reason_labels = {r.value: (r.label_ru, r.label_en) for r in named if r.code is not None}
     rows = []
     for key, value in sorted(fields.items()):

@@ -14,10 +14,16 @@ from funnel_templates.schema import LOSS_REASON_FIELD, LossReason
 
 
 async def label_loss_reasons(
-    session: AsyncSession, ctx: FunnelContext, counts: list[tuple[str | None, int]]
+    session: AsyncSession,
+    ctx: FunnelContext,
+    counts: list[tuple[str | None, int]],
+    options: dict[str, dict[str, str]] | None = None,
 ) -> list[LossReasonCount]:
+    """`options`: the funnel's option_ids_of, when the caller read them already."""
     reasons = ctx.template.loss_reasons if ctx.template else []
-    by_crm_id = (await option_ids_of(session, ctx.ref.id)).get(LOSS_REASON_FIELD, {})
+    if options is None:
+        options = await option_ids_of(session, ctx.ref.id)
+    by_crm_id = options.get(LOSS_REASON_FIELD, {})
     merged: dict[str | None, LossReasonCount] = {}
     for value, deals in counts:
         reason = _match(value, reasons, by_crm_id)

@@ -6,8 +6,8 @@ GROUP BY over the covering index `ix_deals_funnel_stage_entered`.
 
 Where the reason is, first found wins: amoCRM's native loss reason (`loss_reason_id`, set by the
 mirror), the template field's own code (`loss_reason`), then each CRM field that provisioning mapped
-to carry it (a FunnelMapping of kind "field" and code LOSS_REASON_FIELD), by its id or its name. Empty values do not count;
-of a list (an enumeration field's values) the first item does.
+to carry it (a FunnelMapping of kind "field" and code LOSS_REASON_FIELD), by its id or its name.
+Empty values do not count; of a list (an enumeration field's values) the first item does.
 """
 
 from __future__ import annotations

@@ -141,9 +141,9 @@ async def _record_what_exists(
         # Found by name: this run planned a create because no such pipeline existed, so it is ours.
         await store.pipeline(plan.pipeline_id, created=created_pipeline)
     await store.stages([(i.code, i.payload[1]) for i in plan.of("stage", "change", "unchanged")])
-    known = [(i.code, i.payload) for i in plan.of("field", "unchanged", "blocked")]
-    await store.fields([(code, field.id, field.crm_name) for code, field in known])
-    await store.field_options([o for code, field in known for o in option_mappings(template, code, field)])
+    await _record_fields(
+        store, template, [(i.code, i.payload) for i in plan.of("field", "unchanged", "blocked")]
+    )
     await store.loss_reasons([(i.code, i.payload.id) for i in plan.of("loss_reason", "unchanged")])
 
 
@@ -240,14 +240,20 @@ async def _apply_fields(
     known: list[tuple[str, CustomField]] = [
         (i.code, i.payload) for i in plan.of("field", "unchanged", "blocked")
     ]
+    await _record_fields(store, template, known)
     to_create: list[NewField] = [i.payload for i in plan.of("field", "create")]
-    await store.fields([(code, field.id, field.crm_name) for code, field in known])
     if to_create:
         with creating():
             created = await connector.create_fields(to_create)
-        known += [(n.code, c) for n, c in zip(to_create, created, strict=True)]
-        await store.fields([(n.code, c.id, c.crm_name) for n, c in zip(to_create, created, strict=True)])
-    await store.field_options([o for code, field in known for o in option_mappings(template, code, field)])
+        await _record_fields(store, template, [(n.code, c) for n, c in zip(to_create, created, strict=True)])
+
+
+async def _record_fields(
+    store: MappingStore, template: FunnelTemplate, fields: Sequence[tuple[str, CustomField]]
+) -> None:
+    """The fields by template code, and their enumeration options' ids."""
+    await store.fields([(code, field.id, field.crm_name) for code, field in fields])
+    await store.field_options([o for code, field in fields for o in option_mappings(template, code, field)])
 
 
 def option_mappings(template: FunnelTemplate, code: str, field: CustomField) -> list[tuple[str, str]]:

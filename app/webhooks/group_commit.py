@@ -11,6 +11,10 @@ Each delivery awaits the commit of its own group before it answers. If anything 
 (a statement or the COMMIT), the whole transaction is rolled back and every delivery of the group
 gets the error (the receiver answers 5xx and the CRM delivers again): nothing is acknowledged that is
 not committed, and nothing of a failed group is committed.
+
+A delivery checked against a kept connection row carries that row's stamp; the group's transaction
+reads the current stamps first, and a delivery whose connection changed since is not stored but
+handed back (StaleConnection) to be checked again: see app.webhooks.known_connections.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.webhooks.known_connections import ConnectionStamp, StaleConnection, current_stamps
 from app.webhooks.service import store_event
 
 # Deliveries per transaction at most: bounds how long the first of a group waits for the others'
@@ -37,6 +42,8 @@ class Delivery:
     body: bytes
     content_type: str
     error: str | None = None
+    # The connection row the delivery was checked against; None: no check at commit (tests, tools).
+    stamp: ConnectionStamp | None = None
     stored: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -52,7 +59,8 @@ class GroupCommitter:
 
     async def store(self, delivery: Delivery) -> bool:
         """Commit the delivery's row (in a group); True when it was new, False for a duplicate of
-        a pending one. Raises what failed its group."""
+        a pending one. Raises what failed its group, or StaleConnection (nothing stored) when its
+        connection changed since it was checked."""
         self._waiting.append(delivery)
         if self._running is None or self._running.done():
             self._running = asyncio.get_running_loop().create_task(self._drain())
@@ -68,7 +76,11 @@ class GroupCommitter:
         self.groups += 1
         try:
             async with self._sessions.begin() as session:
-                outcomes = [await _store(session, delivery) for delivery in group]
+                current = await current_stamps(session, (d.connection_id for d in group if d.stamp))
+                outcomes = [
+                    await _store(session, delivery) if _still_valid(delivery, current) else None
+                    for delivery in group
+                ]
         except Exception as exc:  # every waiter learns why: nothing half-acknowledged
             for delivery in group:
                 if not delivery.stored.done():
@@ -79,8 +91,16 @@ class GroupCommitter:
                 delivery.stored.cancel()
             raise
         for delivery, new in zip(group, outcomes, strict=True):
-            if not delivery.stored.done():
+            if delivery.stored.done():
+                continue
+            if new is None:
+                delivery.stored.set_exception(StaleConnection())
+            else:
                 delivery.stored.set_result(new)
+
+
+def _still_valid(delivery: Delivery, current: dict[int, ConnectionStamp]) -> bool:
+    return delivery.stamp is None or current.get(delivery.connection_id) == delivery.stamp
 
 
 async def _store(session: AsyncSession, delivery: Delivery) -> bool:

@@ -21,13 +21,13 @@ from fastapi import APIRouter, HTTPException, Request, status
 from app import metrics
 from app.api.deps import get_sessions, get_settings_from_app
 from app.config import Settings
-from app.connections import service as connections
 from app.connections.connector import record_domain
 from app.connections.models import Connection
 from app.funnels.webhook_upkeep import note_webhook_seen
 from app.security import tokens_match
 from app.waker import INBOX_JOB, get_waker
 from app.webhooks.group_commit import Delivery, committer
+from app.webhooks.known_connections import KnownConnection, StaleConnection, known_connections
 from app.webhooks.service import dedupe_key, strip_token
 from connectors.descriptor import BodyToken, CRMDescriptor, UnknownCRM, UrlSecret, descriptor_for
 from connectors.events import WebhookIdentity, WebhookParseError, parse_deal_events, read_identity
@@ -48,31 +48,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def _connection(sessions: Any, name: str, crm: str) -> Connection | None:
-    """The named connection of this CRM, or None (no such name, or one of another CRM)."""
-    async with sessions() as session:
-        try:
-            record: Connection = await connections.get_connection(session, name)
-        except connections.ConnectionNotFound:
-            return None
-    return record if record.crm == crm else None
-
-
-def _stored_credentials(
-    settings: Settings, descriptor: CRMDescriptor, record: Connection | None
-) -> dict[str, Any]:
+def _stored_credentials(descriptor: CRMDescriptor, known: KnownConnection | None) -> dict[str, Any]:
     """The connection's credentials; for a name that does not exist, a random credential no
     delivery can match, so it is refused by the same steps and words as a wrong one."""
-    if record is None:
+    if known is None:
         return {descriptor.webhook_auth.credential: secrets.token_urlsafe(32)}
-    return connections.credentials(settings, record)
+    return known.credentials
 
 
-def _refuse(reason: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, f"webhook refused: {reason}")
+class Refused(HTTPException):
+    """401: the delivery does not prove it comes from the connection's account."""
 
 
-async def _accept(request: Request, sessions: Any, record: Connection, body: bytes) -> dict[str, str]:
+def _refuse(reason: str) -> Refused:
+    return Refused(status.HTTP_401_UNAUTHORIZED, f"webhook refused: {reason}")
+
+
+async def _accept(request: Request, sessions: Any, known: KnownConnection, body: bytes) -> dict[str, str]:
+    record = known.record
     content_type = request.headers.get("content-type", "")
     error = None
     keys: list[str] = []
@@ -84,7 +77,7 @@ async def _accept(request: Request, sessions: Any, record: Connection, body: byt
     # the body stored without its token (verified by now, never needed again).
     key = dedupe_key(keys, body)
     # Committed (with the deliveries arriving alongside) before the answer: see group_commit.
-    delivery = Delivery(record.id, key, strip_token(body), content_type, error)
+    delivery = Delivery(record.id, key, strip_token(body), content_type, error, known.stamp)
     new = await committer(sessions).store(delivery)
     if new and error is None:
         get_waker(request).wake(INBOX_JOB)
@@ -166,6 +159,12 @@ async def webhook_with_secret(crm: str, name: str, secret: str, request: Request
     )
 
 
+# A delivery is checked at most this many times: once against the kept row, then against rows read
+# for it when the kept one refused it or changed before its commit (a row changing twice in that
+# moment is the only way to use the third).
+_CHECKS = 3
+
+
 async def _receive(
     descriptor: CRMDescriptor,
     name: str,
@@ -174,26 +173,65 @@ async def _receive(
     sessions: Any,
     settings: Settings,
 ) -> dict[str, str]:
-    record = await _connection(sessions, name, descriptor.name)
-    stored = _stored_credentials(settings, descriptor, record)
+    """Check the delivery against the connection (kept between deliveries, see
+    app.webhooks.known_connections) and store it. A refusal is made only on a row read for this
+    delivery; a delivery whose row changed before its commit is checked again."""
+    rows = known_connections(sessions)
+    body: bytes | None = None
+    for attempt in range(_CHECKS):
+        known = await rows.get(settings, name, fresh=attempt > 0)
+        if known is not None and known.record.crm != descriptor.name:
+            known = None  # a connection of the other CRM: answered like a name that does not exist
+        try:
+            if isinstance(descriptor.webhook_auth, UrlSecret):  # before reading the body
+                _check_url_secret(descriptor.webhook_auth, secret, known, descriptor)
+            if body is None:
+                body = await _read_body(request, settings.max_webhook_body)
+            return await _check_and_accept(descriptor, known, request, sessions, settings, body)
+        except Refused:
+            if known is None or known.fresh:
+                raise
+        except StaleConnection:
+            continue
+    raise HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the connection changed while the delivery was stored; deliver again",
+    )
+
+
+def _check_url_secret(
+    auth: UrlSecret, secret: str | None, known: KnownConnection | None, descriptor: CRMDescriptor
+) -> None:
+    """The secret in our URL, checked before the body is read."""
+    stored = _stored_credentials(descriptor, known)
+    if not tokens_match(secret, str(stored.get(auth.credential, ""))):
+        raise _refuse("wrong secret in the URL")
+
+
+async def _check_and_accept(
+    descriptor: CRMDescriptor,
+    known: KnownConnection | None,
+    request: Request,
+    sessions: Any,
+    settings: Settings,
+    body: bytes,
+) -> dict[str, str]:
+    """The body's claims against the connection (its URL secret is checked already), then store."""
     auth = descriptor.webhook_auth
     if isinstance(auth, UrlSecret):
-        if not tokens_match(secret, str(stored.get(auth.credential, ""))):
-            raise _refuse("wrong secret in the URL")
-        body = await _read_body(request, settings.max_webhook_body)
         identity = _identity_if_readable(descriptor, request, body)
     else:
-        body = await _read_body(request, settings.max_webhook_body)
+        stored = _stored_credentials(descriptor, known)
         identity = _identity_with_token(descriptor, auth, request, body, stored.get(auth.credential))
-    if record is None:  # unreachable: nothing matches the random credential
+    if known is None:  # unreachable: nothing matches the random credential
         raise _refuse("wrong credential")
     if identity is not None:
-        moved = _check_identity(descriptor, record, identity)
+        moved = _check_identity(descriptor, known.record, identity)
         if moved:
-            await _record_move(sessions, record, moved)
+            await _record_move(sessions, known.record, moved)
     if isinstance(auth, BodyToken):  # the token matched: a hook registered by hand is in place
-        await note_webhook_seen(sessions, settings, record)
-    return await _accept(request, sessions, record, body)
+        await note_webhook_seen(sessions, settings, known.record)
+    return await _accept(request, sessions, known, body)
 
 
 def _identity_if_readable(descriptor: CRMDescriptor, request: Request, body: bytes) -> WebhookIdentity | None:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.analytics.models import UNMAPPED_STAGE, DailyStageEntries, DailyStageExits
+from app.analytics.models import UNMAPPED_STAGE, DailyStageDurations, DailyStageEntries, DailyStageExits
 from app.db import dialect_insert
 from app.deals.models import StageTransition
 
@@ -37,12 +37,25 @@ def microseconds(start: datetime, end: datetime) -> int:
     return (end - start) // timedelta(microseconds=1)
 
 
+def duration_bucket(us: int) -> int:
+    """The bucket of a duration (microseconds): half an octave wide (2**k and 1.5 * 2**k start one),
+    so buckets sort as their durations do (negatives, from clocks out of step, mirror the positives
+    below zero). Integer arithmetic: the same on every machine and in every migration."""
+    if us < 0:
+        return -duration_bucket(-us) - 1
+    bits = us.bit_length()
+    half = (us >> (bits - 2)) & 1 if bits >= 2 else 0
+    return 2 * bits + half
+
+
 @dataclass
 class Tally:
-    """Entries per (stage, day) and exits with their durations per (stage, day, stage moved to)."""
+    """Entries per (stage, day), exits per (stage, day, stage moved to), and the exits' durations per
+    (stage, day, duration bucket)."""
 
     entries: Counter[tuple[int, date]] = field(default_factory=Counter)
-    exits: dict[tuple[int, date, int], list[int]] = field(default_factory=dict)
+    exits: Counter[tuple[int, date, int]] = field(default_factory=Counter)
+    durations: dict[tuple[int, int, date], list[int]] = field(default_factory=dict)  # stage, bucket, day
 
     def add(
         self,
@@ -55,8 +68,10 @@ class Tally:
             self.entries[(to_stage_id, utc_day(at))] += 1
         if from_stage_id is not None and from_stage_entered_at is not None:
             target = UNMAPPED_STAGE if to_stage_id is None else to_stage_id
-            key = (from_stage_id, utc_day(from_stage_entered_at), target)
-            self.exits.setdefault(key, []).append(microseconds(from_stage_entered_at, at))
+            day = utc_day(from_stage_entered_at)
+            self.exits[(from_stage_id, day, target)] += 1
+            us = microseconds(from_stage_entered_at, at)
+            self.durations.setdefault((from_stage_id, duration_bucket(us), day), []).append(us)
 
 
 async def record(session: AsyncSession, transitions: Iterable[StageTransition]) -> None:
@@ -75,60 +90,72 @@ async def _upsert(session: AsyncSession, tally: Tally) -> None:
         await session.execute(
             insert.on_conflict_do_update(index_elements=["stage_id", "day"], set_={"entries": added})
         )
-    keys = sorted(tally.exits)
+    exits = [
+        {"from_stage_id": s, "day": d, "to_stage_id": t, "exits": n}
+        for (s, d, t), n in sorted(tally.exits.items())
+    ]
+    for start in range(0, len(exits), _UPSERT_CHUNK):
+        insert = dialect_insert(session, DailyStageExits).values(exits[start : start + _UPSERT_CHUNK])
+        added = DailyStageExits.exits + insert.excluded.exits
+        await session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["from_stage_id", "day", "to_stage_id"], set_={"exits": added}
+            )
+        )
+    keys = sorted(tally.durations)
     for start in range(0, len(keys), _UPSERT_CHUNK):
         chunk = keys[start : start + _UPSERT_CHUNK]
-        await _upsert_exits(session, {key: tally.exits[key] for key in chunk})
+        await _upsert_durations(session, {key: tally.durations[key] for key in chunk})
 
 
-async def _upsert_exits(session: AsyncSession, exits: dict[tuple[int, date, int], list[int]]) -> None:
-    """Add the exits, then sort the durations of every row that had some already: the page finds
-    medians by bisecting each row's sorted durations (app.analytics.daily_flow). The upsert appends
-    atomically and holds the row until commit, so reading it back and rewriting it sorted cannot
-    lose a concurrent writer's values."""
+async def _upsert_durations(session: AsyncSession, durations: dict[tuple[int, int, date], list[int]]) -> None:
+    """Add the durations, then sort those of every row that had some already: rows stay sorted, as a
+    fresh count writes them, so the page's merge of a bucket's rows is a merge of sorted runs (which
+    Python's sort does in about linear time). The upsert appends atomically and holds the row until
+    commit, so reading it back and rewriting it sorted cannot lose a concurrent writer's values."""
     rows = [
         {
             "from_stage_id": s,
+            "bucket": b,
             "day": d,
-            "to_stage_id": t,
             "exits": len(us),
             "durations": encode_durations(sorted(us)),
         }
-        for (s, d, t), us in exits.items()
+        for (s, b, d), us in durations.items()
     ]
-    insert = dialect_insert(session, DailyStageExits).values(rows)
+    insert = dialect_insert(session, DailyStageDurations).values(rows)
     columns: dict[str, Any] = {
-        "exits": DailyStageExits.exits + insert.excluded.exits,
-        "durations": DailyStageExits.durations + insert.excluded.durations,
+        "exits": DailyStageDurations.exits + insert.excluded.exits,
+        "durations": DailyStageDurations.durations + insert.excluded.durations,
     }
     await session.execute(
-        insert.on_conflict_do_update(index_elements=["from_stage_id", "day", "to_stage_id"], set_=columns)
+        insert.on_conflict_do_update(index_elements=["from_stage_id", "bucket", "day"], set_=columns)
     )
-    table = DailyStageExits.__table__
+    table = DailyStageDurations.__table__
     assert isinstance(table, Table)
     x = table.c
     rows_now = await session.execute(
-        select(x.from_stage_id, x.day, x.to_stage_id, x.exits, x.durations).where(
-            tuple_(x.from_stage_id, x.day, x.to_stage_id).in_(list(exits))
+        select(x.from_stage_id, x.bucket, x.day, x.exits, x.durations).where(
+            tuple_(x.from_stage_id, x.bucket, x.day).in_(list(durations))
         )
     )
     merged = [
         {
             "key_stage": s,
+            "key_bucket": b,
             "key_day": d,
-            "key_target": t,
             "merged": encode_durations(sorted(decode_durations(text))),
         }
-        for s, d, t, n, text in rows_now
-        if n > len(exits[(s, d, t)])  # the row had exits before this transaction's
+        for s, b, d, n, text in rows_now
+        if n > len(durations[(s, b, d)])  # the row had exits before this transaction's
     ]
     if merged:
         await session.execute(
             update(table)
             .where(
                 x.from_stage_id == bindparam("key_stage"),
+                x.bucket == bindparam("key_bucket"),
                 x.day == bindparam("key_day"),
-                x.to_stage_id == bindparam("key_target"),
             )
             .values(durations=bindparam("merged")),
             merged,
@@ -155,6 +182,7 @@ def decode_durations(text: str) -> array[float]:
 async def rebuild(session: AsyncSession) -> None:
     """Count every transition afresh (what migration 0008 did once): for data loaded around the
     mirror, such as the benchmark's seed."""
+    await session.execute(delete(DailyStageDurations))
     await session.execute(delete(DailyStageExits))
     await session.execute(delete(DailyStageEntries))
     t = StageTransition

@@ -5,59 +5,56 @@ kept as the reference the tests compare with), at a fraction of the work on long
 UTC days inside the period come from the daily rows (a few per stage and day), and only the partial
 days at its edges from the transitions themselves (two index range scans each). Soft-deleted deals'
 transitions are read by deal id and taken out, as the reference does.
+
+Medians: the exits' counts per duration bucket (app.analytics.models.DailyStageDurations) place each
+stage's middle rank(s) in one bucket (or two adjacent ones); only those buckets' durations are read
+and sorted, and the middle is picked from them by its rank among all the stage's exits. Exact, with
+no sampling and no fallback.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import chain
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.analytics.daily_counts import decode_durations, microseconds
+from app.analytics.daily_counts import decode_durations, duration_bucket, microseconds
 from app.analytics.funnels import FunnelContext
-from app.analytics.models import DailyStageEntries, DailyStageExits
+from app.analytics.models import DailyStageDurations, DailyStageEntries, DailyStageExits
 from app.analytics.schemas import Period
-from app.analytics.transitions import SAMPLE_EVERY, Deleted, DeletedDeals, Exits, Medians, _window
+from app.analytics.transitions import Deleted, DeletedDeals, Exits, Medians
 from app.deals.models import StageTransition
 
-# Deleted exits are taken out of a stage's sorted durations one by one (a C memmove each) while they
+# Deleted exits are taken out of a bucket's sorted durations one by one (a C memmove each) while they
 # are fewer than this share of it; beyond, the list is filtered once.
 _REMOVE_ONE_BY_ONE = 64
 
 
 @dataclass
 class _Flow:
-    """What the period adds up to: entries per stage, exits per (stage, stage moved to) and the
-    durations of each stage's exits (microseconds)."""
+    """What the period adds up to: entries per stage, exits per (stage, stage moved to), and per
+    stage the exits per duration bucket with the durations (microseconds) of those not in the daily
+    rows: the edges' exits, and the deleted deals' (subtracted)."""
 
     entries: Counter[int] = field(default_factory=Counter)
     exits: Counter[tuple[int, int | None]] = field(default_factory=Counter)
-    runs: dict[int, list[Sequence[float]]] = field(default_factory=dict)  # sorted durations
-    loose: dict[int, list[float]] = field(default_factory=dict)  # edge exits' durations
-    removed: dict[int, list[float]] = field(default_factory=dict)  # deleted deals' durations
+    buckets: dict[int, Counter[int]] = field(default_factory=dict)
+    loose: dict[int, list[int]] = field(default_factory=dict)  # edge exits' durations
+    removed: dict[int, list[int]] = field(default_factory=dict)  # deleted deals' durations
 
     def exit(
         self, stage_id: int, to_stage_id: int | None, entered: datetime, at: datetime, sign: int
     ) -> None:
         self.exits[(stage_id, to_stage_id)] += sign
-        us = float(microseconds(entered, at))
+        us = microseconds(entered, at)
+        self.buckets.setdefault(stage_id, Counter())[duration_bucket(us)] += sign
         (self.loose if sign > 0 else self.removed).setdefault(stage_id, []).append(us)
-
-    def medians(self) -> Medians:
-        for stage_id, values in self.loose.items():
-            self.runs.setdefault(stage_id, []).append(sorted(values))
-        medians: Medians = {}
-        for stage_id, runs in self.runs.items():
-            found = median(runs, sorted(self.removed.get(stage_id, [])))
-            if found is not None:
-                medians[stage_id] = found
-        return medians
 
 
 def _midnight(day: date) -> datetime:
@@ -93,7 +90,7 @@ async def stage_flow(
     gone = Deleted(ctx, deleted)
     if gone:
         await _subtract_deleted(session, ids, period, gone, flow)
-    return _entries(flow), _exits(ctx, flow), flow.medians()
+    return _entries(flow), _exits(ctx, flow), await _medians(session, days, flow)
 
 
 async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date, date], flow: _Flow) -> None:
@@ -106,13 +103,19 @@ async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date
     ):
         flow.entries[stage_id] += int(n)
     x = DailyStageExits
-    for stage_id, to_stage_id, n, durations in await session.execute(
-        select(x.from_stage_id, x.to_stage_id, x.exits, x.durations).where(
-            x.from_stage_id.in_(ids), x.day >= first, x.day < last
-        )
+    for stage_id, to_stage_id, n in await session.execute(
+        select(x.from_stage_id, x.to_stage_id, func.sum(x.exits))
+        .where(x.from_stage_id.in_(ids), x.day >= first, x.day < last)
+        .group_by(x.from_stage_id, x.to_stage_id)
     ):
-        flow.exits[(stage_id, to_stage_id)] += n
-        flow.runs.setdefault(stage_id, []).append(decode_durations(durations))
+        flow.exits[(stage_id, to_stage_id)] += int(n)
+    d = DailyStageDurations
+    for stage_id, bucket, n in await session.execute(
+        select(d.from_stage_id, d.bucket, func.sum(d.exits))
+        .where(d.from_stage_id.in_(ids), d.day >= first, d.day < last)
+        .group_by(d.from_stage_id, d.bucket)
+    ):
+        flow.buckets.setdefault(stage_id, Counter())[bucket] += int(n)
 
 
 async def _read_edge(session: AsyncSession, ids: Sequence[int], edge: Period, flow: _Flow) -> None:
@@ -168,52 +171,66 @@ def _exits(ctx: FunnelContext, flow: _Flow) -> Exits:
     return {stage_id: rows for stage_id, rows in exits.items() if rows}
 
 
-def median(runs: Sequence[Sequence[float]], removed: Sequence[float]) -> tuple[float, int] | None:
-    """The exact median (seconds) of the sorted runs' values less `removed` (sorted, each one of
-    them), with how many values that is; None when none is left.
+async def _medians(session: AsyncSession, days: tuple[date, date] | None, flow: _Flow) -> Medians:
+    """Each stage's exact median (seconds) and number of exits: only the durations of the bucket(s)
+    holding its middle rank(s) are read from the daily rows, in one statement for all stages."""
+    middles = {
+        stage_id: found for stage_id, counts in flow.buckets.items() if (found := middle_buckets(counts))
+    }
+    wanted = [(stage_id, bucket) for stage_id, (_, _, buckets) in middles.items() for bucket in buckets]
+    read = await _bucket_durations(session, days, wanted) if days is not None and wanted else {}
+    medians: Medians = {}
+    for stage_id, (n, below, buckets) in middles.items():
+        inside = chain(
+            chain.from_iterable(read.get((stage_id, bucket), ()) for bucket in buckets),
+            (float(us) for us in flow.loose.get(stage_id, ()) if duration_bucket(us) in buckets),
+        )
+        removed = [float(us) for us in flow.removed.get(stage_id, ()) if duration_bucket(us) in buckets]
+        medians[stage_id] = (middle_value(sorted(inside), sorted(removed), n, below) / 1_000_000, n)
+    return medians
 
-    The way app.analytics.transitions finds it on SQLite, without sorting everything (300,000
-    durations in 180 days of 100,000 deals): a sample of every SAMPLE_EVERY-th value of each run
-    places a window around the middle; bisecting each run counts the values below the window and
-    slices those inside it, whose sorted middle is the median. A window the sample misplaced (the
-    middle ranks fall outside it, rare by construction) falls back to sorting everything."""
-    n = sum(map(len, runs)) - len(removed)
+
+async def _bucket_durations(
+    session: AsyncSession, days: tuple[date, date], wanted: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], list[float]]:
+    """The whole days' durations of the (stage, bucket) pairs: a range of the primary key each."""
+    first, last = days
+    d = DailyStageDurations
+    read: dict[tuple[int, int], list[float]] = {}
+    for stage_id, bucket, durations in await session.execute(
+        select(d.from_stage_id, d.bucket, d.durations).where(
+            or_(*(and_(d.from_stage_id == s, d.bucket == b) for s, b in wanted)), d.day >= first, d.day < last
+        )
+    ):
+        read.setdefault((stage_id, bucket), []).extend(decode_durations(durations))
+    return read
+
+
+def middle_buckets(counts: Counter[int]) -> tuple[int, int, list[int]] | None:
+    """From a stage's exits per bucket: how many exits there are, how many lie in the buckets below
+    the middle, and the bucket(s) holding the middle rank(s) (two when the middle pair straddles a
+    bucket's end); None when there is no exit."""
+    n = sum(counts.values())
     if n <= 0:
         return None
-    window = _window(_sample(runs))
-    if window is not None:
-        low, high = window
-        below = sum(bisect_left(run, low) for run in runs) - bisect_left(removed, low)
-        inside = sorted(
-            chain.from_iterable(run[bisect_left(run, low) : bisect_right(run, high)] for run in runs)
-        )
-        middle = _middle(
-            _less(inside, removed[bisect_left(removed, low) : bisect_right(removed, high)]), n, below
-        )
-        if middle is not None:
-            return middle / 1_000_000, n
-    values = _less(sorted(chain.from_iterable(runs)), removed)
-    middle = _middle(values, n, 0)
-    assert middle is not None  # every value is there
-    return middle / 1_000_000, n
+    low, high = (n - 1) // 2, n // 2  # the middle ranks, counted from 0
+    below, seen = 0, 0
+    picked: list[int] = []
+    for bucket in sorted(counts):
+        # Ranks seen .. seen + count - 1 are in this bucket.
+        if seen <= high and seen + counts[bucket] > low and counts[bucket] > 0:
+            below = below if picked else seen
+            picked.append(bucket)
+        seen += counts[bucket]
+    return n, below, picked
 
 
-def _sample(runs: Sequence[Sequence[float]]) -> list[float]:
-    """Every SAMPLE_EVERY-th value of the runs taken as one sequence (the stride carries over from
-    run to run: starting each run afresh would over-sample the short runs' smallest values)."""
-    sample: list[float] = []
-    seen = 0
-    for run in runs:
-        sample.extend(run[(-seen) % SAMPLE_EVERY :: SAMPLE_EVERY])
-        seen += len(run)
-    return sorted(sample)
-
-
-def _middle(values: Sequence[float], n: int, below: int) -> float | None:
-    """The median of n values of which `values` are the sorted ones from rank `below` on, if they
-    hold the middle rank(s)."""
+def middle_value(inside: list[float], removed: Sequence[float], n: int, below: int) -> float:
+    """The median of n values of which `below` are smaller than `inside` (sorted, still holding the
+    deleted deals' `removed`, sorted) and the rest larger: the middle of what is left."""
+    values = _less(inside, removed)
     low, high = (n - 1) // 2 - below, n // 2 - below
-    return (values[low] + values[high]) / 2 if low >= 0 and high < len(values) else None
+    return (values[low] + values[high]) / 2
 
 
 def _less(values: list[float], removed: Sequence[float]) -> list[float]:

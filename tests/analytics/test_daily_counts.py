@@ -18,10 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.analytics import daily_counts, transitions
-from app.analytics.daily_flow import median, split_period, stage_flow
+from app.analytics.daily_counts import duration_bucket
+from app.analytics.daily_flow import middle_buckets, middle_value, split_period, stage_flow
 from app.analytics.flow import build_flow, flow_buckets, won_entries
 from app.analytics.funnels import FunnelContext, load_funnel
-from app.analytics.models import DailyStageEntries, DailyStageExits
+from app.analytics.models import DailyStageDurations, DailyStageEntries, DailyStageExits
 from app.analytics.schemas import Period
 from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
 from connectors.base import DealSnapshot
@@ -137,7 +138,7 @@ async def _assert_kept_counts_equal_a_fresh_count(sessions: async_sessionmaker[A
 
 async def _table(
     sessions: async_sessionmaker[AsyncSession],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[tuple[Any, ...]], ...]:
     async with sessions() as session:
         entries = (
             await session.execute(select(DailyStageEntries.__table__).order_by("stage_id", "day"))
@@ -147,10 +148,22 @@ async def _table(
                 select(DailyStageExits.__table__).order_by("from_stage_id", "day", "to_stage_id")
             )
         ).all()
-    for row in exits:
+        durations = (
+            await session.execute(
+                select(DailyStageDurations.__table__).order_by("from_stage_id", "bucket", "day")
+            )
+        ).all()
+    per_day: Counter[tuple[int, Any]] = Counter()
+    for row in durations:
         values = list(daily_counts.decode_durations(row.durations))
         assert values == sorted(values) and len(values) == row.exits
-    return [tuple(r) for r in entries], [tuple(r) for r in exits]
+        assert {duration_bucket(int(v)) for v in values} == {row.bucket}
+        per_day[(row.from_stage_id, row.day)] += row.exits
+    exited: Counter[tuple[int, Any]] = Counter()
+    for row in exits:
+        exited[(row.from_stage_id, row.day)] += row.exits
+    assert per_day == exited  # every exit has its duration, once
+    return [tuple(r) for r in entries], [tuple(r) for r in exits], [tuple(r) for r in durations]
 
 
 # --- pure parts ------------------------------------------------------------------------------------
@@ -177,18 +190,30 @@ def test_split_period(
     assert [(p.start, p.end) for p in parts] == [(at(a), at(b)) for a, b in edges]
 
 
-@pytest.mark.parametrize("size", [1, 2, 63, 2000, 2001, 30_000])
-@pytest.mark.parametrize("skewed", [False, True], ids=["even", "skewed"])
-def test_median_of_sorted_runs(size: int, skewed: bool) -> None:
-    """Exact against statistics.median, with deleted values taken out, whether the sampled window
-    holds the middle or (skewed: the values the sample picks are far off) it must sort all."""
-    rng = random.Random(size)
-    values = [float(rng.randrange(0, 10**9)) for _ in range(size)]
-    # Skewed: runs of 16, whose first (smallest) values are all the sample takes, so the window
-    # sits far below the middle.
-    cut = list(range(16, size, 16)) if skewed else sorted(rng.sample(range(size + 1), min(size, 40)))
-    runs = [sorted(values[a:b]) for a, b in zip([0, *cut], [*cut, size], strict=True)]
+def test_duration_buckets_sort_as_their_durations() -> None:
+    """The median's bucket search counts ranks bucket by bucket: buckets must never go down as
+    durations go up (negative durations included), and split each octave in two."""
+    values = sorted(
+        {*range(-70, 70), *(s * 2**k + d for k in range(60) for s in (1, -1) for d in (-1, 0, 1))}
+    )
+    buckets = [duration_bucket(v) for v in values]
+    assert buckets == sorted(buckets)
+    assert duration_bucket(0) == 0 and duration_bucket(-1) < 0 < duration_bucket(1)
+    assert duration_bucket(2**20) < duration_bucket(3 * 2**19) < duration_bucket(2**21)
+    assert duration_bucket(3 * 2**19 - 1) == duration_bucket(2**20) == duration_bucket(2**20 + 1)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 64, 2000, 2001, 30_000])
+@pytest.mark.parametrize("spread", [10**3, 10**9], ids=["few-buckets", "many-buckets"])
+def test_median_from_the_middle_buckets(size: int, spread: int) -> None:
+    """Exact against statistics.median, with deleted values taken out, reading only the values of
+    the bucket(s) middle_buckets picks: as the page does, from the counts per bucket net of the
+    deleted values. Even sizes whose middle pair straddles two buckets are among them."""
+    rng = random.Random(size * spread)
+    values = [float(rng.randrange(-spread // 100, spread)) for _ in range(size)]
     removed = sorted(rng.sample(values, size // 3))
+    counts: Counter[int] = Counter(duration_bucket(int(v)) for v in values)
+    counts.subtract(duration_bucket(int(v)) for v in removed)
     left_out = Counter(removed)  # the values taken out, as a multiset: each once per time taken
     kept = []
     for value in values:
@@ -196,5 +221,21 @@ def test_median_of_sorted_runs(size: int, skewed: bool) -> None:
             left_out[value] -= 1
         else:
             kept.append(value)
-    expected = (statistics.median(kept) / 1_000_000, len(kept)) if kept else None
-    assert median(runs, removed) == expected
+    found = middle_buckets(counts)
+    if not kept:
+        assert found is None
+        return
+    assert found is not None
+    n, below, buckets = found
+    assert n == len(kept) and below == sum(1 for v in kept if duration_bucket(int(v)) < buckets[0])
+    inside = sorted(v for v in values if duration_bucket(int(v)) in buckets)
+    gone = [v for v in removed if duration_bucket(int(v)) in buckets]
+    assert middle_value(inside, gone, n, below) == statistics.median(kept)
+    assert len(inside) < size or size < 64  # not vacuous: only part of the values is read
+
+
+def test_the_middle_pair_can_straddle_two_buckets() -> None:
+    low, high = 2**20 - 5, 2**20 + 5  # the two middle values, in adjacent buckets
+    counts = Counter({duration_bucket(100): 1, duration_bucket(low): 1, duration_bucket(high): 1, 99: 1})
+    assert middle_buckets(counts) == (4, 1, [duration_bucket(low), duration_bucket(high)])
+    assert middle_value([low, high], [], 4, 1) == (low + high) / 2

@@ -26,7 +26,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.webhooks.known_connections import ConnectionStamp, StaleConnection, current_stamps
-from app.webhooks.service import store_event
+from app.webhooks.service import IncomingEvent, store_events
 
 # Deliveries per transaction at most: bounds how long the first of a group waits for the others'
 # statements (each is one INSERT).
@@ -34,14 +34,9 @@ MAX_GROUP = 128
 
 
 @dataclass
-class Delivery:
-    """One delivery's inbox row, as store_event takes it."""
+class Delivery(IncomingEvent):
+    """One delivery's inbox row, the connection row it was checked against, and its answer."""
 
-    connection_id: int
-    key: str
-    body: bytes
-    content_type: str
-    error: str | None = None
     # The connection row the delivery was checked against; None: no check at commit (tests, tools).
     stamp: ConnectionStamp | None = None
     stored: asyncio.Future[bool] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -77,10 +72,8 @@ class GroupCommitter:
         try:
             async with self._sessions.begin() as session:
                 current = await current_stamps(session, (d.connection_id for d in group if d.stamp))
-                outcomes = [
-                    await _store(session, delivery) if _still_valid(delivery, current) else None
-                    for delivery in group
-                ]
+                valid = [delivery for delivery in group if _still_valid(delivery, current)]
+                outcomes = dict(zip(map(id, valid), await store_events(session, valid), strict=True))
         except Exception as exc:  # every waiter learns why: nothing half-acknowledged
             for delivery in group:
                 if not delivery.stored.done():
@@ -90,7 +83,8 @@ class GroupCommitter:
             for delivery in [*group, *self._waiting]:
                 delivery.stored.cancel()
             raise
-        for delivery, new in zip(group, outcomes, strict=True):
+        for delivery in group:
+            new = outcomes.get(id(delivery))  # None: not stored, its connection changed
             if delivery.stored.done():
                 continue
             if new is None:
@@ -101,17 +95,6 @@ class GroupCommitter:
 
 def _still_valid(delivery: Delivery, current: dict[int, ConnectionStamp]) -> bool:
     return delivery.stamp is None or current.get(delivery.connection_id) == delivery.stamp
-
-
-async def _store(session: AsyncSession, delivery: Delivery) -> bool:
-    return await store_event(
-        session,
-        delivery.connection_id,
-        delivery.key,
-        delivery.body,
-        delivery.content_type,
-        error=delivery.error,
-    )
 
 
 _committers: WeakKeyDictionary[async_sessionmaker[AsyncSession], GroupCommitter] = WeakKeyDictionary()

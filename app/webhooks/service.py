@@ -7,7 +7,9 @@ import hashlib
 import re
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -45,6 +47,31 @@ def dedupe_key(event_keys: Sequence[str], body: bytes) -> str:
     return hashlib.sha256(material).hexdigest()
 
 
+@dataclass
+class IncomingEvent:
+    """One delivery's inbox row before it is stored."""
+
+    connection_id: int
+    key: str
+    body: bytes
+    content_type: str
+    error: str | None = None
+
+
+def _row(event: IncomingEvent, received_at: datetime) -> dict[str, Any]:
+    return {
+        "connection_id": event.connection_id,
+        "dedupe_key": event.key,
+        "body": event.body,
+        "content_type": event.content_type[:128],
+        "status": EventStatus.FAILED if event.error else EventStatus.PENDING,
+        "error": event.error,
+        "attempts": 0,
+        "deals": 0,
+        "received_at": received_at,
+    }
+
+
 async def store_event(
     session: AsyncSession,
     connection_id: int,
@@ -62,17 +89,7 @@ async def store_event(
     the same second share a key, and dropping the second would lose a change. Processing an event
     twice is harmless (the mirror ignores what it already has); losing one is not.
     """
-    values = {
-        "connection_id": connection_id,
-        "dedupe_key": key,
-        "body": body,
-        "content_type": content_type[:128],
-        "status": EventStatus.FAILED if error else EventStatus.PENDING,
-        "error": error,
-        "attempts": 0,
-        "deals": 0,
-        "received_at": utcnow(),
-    }
+    values = _row(IncomingEvent(connection_id, key, body, content_type, error), utcnow())
     statement = (
         dialect_insert(session, InboxEvent)
         .values(**values)
@@ -90,6 +107,35 @@ async def store_event(
     values["dedupe_key"] = f"{key[:200]}#{secrets.token_hex(8)}"
     await session.execute(dialect_insert(session, InboxEvent).values(**values))
     return True
+
+
+async def store_events(session: AsyncSession, events: Sequence[IncomingEvent]) -> list[bool]:
+    """`store_event` for each, in order, with one INSERT for all that are new: an INSERT per
+    delivery was the larger part of a group commit (bench/README.md, issue #14). A row the INSERT
+    skipped (its key is stored already, or came earlier in the list) then goes through
+    `store_event`, which finds the earlier one and decides as it always has."""
+    if not events:
+        return []
+    received_at = utcnow()
+    statement = (
+        dialect_insert(session, InboxEvent)
+        .values([_row(event, received_at) for event in events])
+        .on_conflict_do_nothing(index_elements=["connection_id", "dedupe_key"])
+        .returning(InboxEvent.connection_id, InboxEvent.dedupe_key)
+    )
+    inserted = {(row.connection_id, row.dedupe_key) for row in await session.execute(statement)}
+    outcomes: list[bool] = []
+    for event in events:
+        if (event.connection_id, event.key) in inserted:
+            inserted.discard((event.connection_id, event.key))  # a second one with the key is not new
+            outcomes.append(True)
+        else:
+            outcomes.append(
+                await store_event(
+                    session, event.connection_id, event.key, event.body, event.content_type, error=event.error
+                )
+            )
+    return outcomes
 
 
 async def counts_by_status(session: AsyncSession, connection_id: int | None = None) -> dict[str, int]:

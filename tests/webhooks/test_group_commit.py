@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from app.connections.models import Connection
 from app.webhooks.group_commit import Delivery, GroupCommitter
-from app.webhooks.models import InboxEvent
+from app.webhooks.models import EventStatus, InboxEvent
 from tests.support.db import open_sessions
 
 
@@ -102,3 +102,26 @@ async def test_a_cancelled_waiter_does_not_cancel_its_group(database_url: str) -
         hung_up.cancel()
         assert await kept is True
         assert await _stored(sessions) == ["p", "q"]
+
+
+async def test_a_group_decides_each_key_as_one_delivery_at_a_time_would(database_url: str) -> None:
+    """One INSERT stores a group's new rows; a key already processed is stored again under a
+    suffixed key (a new change in the same second), one pending is a duplicate, and a key twice in
+    the group is new once: the answers store_event gives one delivery at a time."""
+    async with open_sessions(database_url) as sessions:
+        connection_id = await _connection_id(sessions)
+        committer = GroupCommitter(sessions)
+        assert await asyncio.gather(
+            *(committer.store(d) for d in _deliveries(connection_id, ["done", "waiting"]))
+        ) == [True, True]
+        async with sessions.begin() as session:
+            await session.execute(
+                update(InboxEvent).where(InboxEvent.dedupe_key == "done").values(status=EventStatus.PROCESSED)
+            )
+        keys = ["done", "waiting", "new", "new", "done"]
+        outcomes = await asyncio.gather(*(committer.store(d) for d in _deliveries(connection_id, keys)))
+        assert outcomes == [True, False, True, False, True]
+        stored = await _stored(sessions)
+        assert stored[:3] == ["done", "waiting", "new"]
+        # Both later "done" deliveries were stored under suffixed keys, each its own row.
+        assert len(stored) == 5 and all(key.startswith("done#") for key in stored[3:])

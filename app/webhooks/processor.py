@@ -325,13 +325,15 @@ async def _write(
             )
             result.deals = ingested.mirrored.created + ingested.mirrored.updated
             result.transitions = len(ingested.mirrored.transitions)
+            # One UPDATE per number of deals an event carried (nearly always one), not one per event.
+            by_deals: dict[int, list[int]] = {}
             for event_id, deal_events in parsed.deal_events.items():
-                await _mark(
-                    session, event_id, now, status=EventStatus.PROCESSED, error=None, deals=len(deal_events)
-                )
+                by_deals.setdefault(len(deal_events), []).append(event_id)
+            for deals, event_ids in by_deals.items():
+                await _mark(session, event_ids, now, status=EventStatus.PROCESSED, error=None, deals=deals)
             result.processed = len(parsed.deal_events)
         for event_id, error in parsed.failures.items():
-            await _mark(session, event_id, now, status=EventStatus.FAILED, error=error)
+            await _mark(session, [event_id], now, status=EventStatus.FAILED, error=error)
         result.failed = len(parsed.failures)
     metrics.EVENTS_PROCESSED.labels(outcome=EventStatus.PROCESSED).inc(result.processed)
     metrics.EVENTS_PROCESSED.labels(outcome=EventStatus.FAILED).inc(result.failed)
@@ -340,7 +342,7 @@ async def _write(
 
 async def _mark(
     session: AsyncSession,
-    event_id: int,
+    event_ids: list[int],
     now: datetime,
     *,
     status: EventStatus,
@@ -353,7 +355,7 @@ async def _mark(
         error = error.replace("\x00", "\\x00")
     await session.execute(
         update(InboxEvent)
-        .where(InboxEvent.id == event_id)
+        .where(InboxEvent.id.in_(event_ids))
         .values(status=status, processed_at=now, error=error, attempts=InboxEvent.attempts + 1, **extra)
     )
 

@@ -36,6 +36,7 @@ MOVES: list[tuple[int, list[tuple[int | None, float]]]] = [
     (3, [(1, 30), (None, 5000), (2, 5200)]),
     (4, [(1, 2000), (2, 1999.5), (4, 2100)]),  # moved "before" it entered: CRM clocks disagree
     (5, [(1, 2000), (2, 2000 + 1440 * 3), (3, 2000 + 1440 * 3 + 7)]),
+    (40, [(2, 100), (3, 1500), (None, 1600)]),  # ends in an unmapped stage: no outcome
     *((deal, [(1, deal * 37.0), (2, deal * 37.0 + deal**2), (3, deal * 50.0 + deal**3 / 7)]) for deal in range(6, 40)),
 ]  # fmt: skip
 
@@ -97,7 +98,14 @@ async def _rows(url: str, name: str, *columns: str) -> list[tuple[Any, ...]]:
         await engine.dispose()
 
 
-async def _rebuilt_durations(url: str) -> list[tuple[Any, ...]]:
+async def _kept(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    return (
+        await _rows(url, "daily_stage_durations", "from_stage_id", "bucket", "day", "exits", "durations"),
+        await _rows(url, "daily_outcome_entries", "outcome_stage_id", "day", "stage_id", "entries"),
+    )
+
+
+async def _rebuilt(url: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """What the application's own count (app.analytics.daily_counts.rebuild) writes."""
     engine = create_engine(url)
     try:
@@ -105,7 +113,7 @@ async def _rebuilt_durations(url: str) -> list[tuple[Any, ...]]:
             await daily_counts.rebuild(session)
     finally:
         await engine.dispose()
-    return await _rows(url, "daily_stage_durations", "from_stage_id", "bucket", "day", "exits", "durations")
+    return await _kept(url)
 
 
 def _indexes(url: str) -> set[str]:
@@ -150,8 +158,12 @@ def test_0012_moves_the_durations_into_buckets_and_back(empty_database_url: str)
     assert split == per_day
     assert any(bucket < 0 for _, bucket, *_ in moved)  # the negative duration is there
     assert len({bucket for _, bucket, *_ in moved}) > 8  # not vacuous: many buckets
+    outcomes = asyncio.run(_kept(url))[1]
+    # Deal 2 went back to stage 1: its four entries count under outcome 1; deal 40 has no outcome.
+    assert sum((Counter({s: n}) for o, _, s, n in outcomes if o == 1), Counter()) == {1: 2, 2: 1, 3: 1}
+    assert sum(n for *_, n in outcomes) == sum(len(m) for deal, m in MOVES if deal != 40) - 1
     # And exactly what the application writes for the same transitions.
-    assert asyncio.run(_rebuilt_durations(url)) == moved
+    assert asyncio.run(_rebuilt(url)) == (moved, outcomes)
 
     downgrade(url, "0011")
     assert "ix_deals_funnel_deleted" not in _indexes(url)

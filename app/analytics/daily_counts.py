@@ -5,6 +5,14 @@ the transitions it has just added, in the same transaction: counts and transitio
 or not at all. Rows are upserted (INSERT ... ON CONFLICT DO UPDATE adding to what is there), so
 concurrent writers of the same stage and day add up instead of overwriting each other; keys are
 written in sorted order so two such transactions on PostgreSQL lock them in the same order.
+
+The outcome counts (entries per stage the deal's latest transition went to: the page's won entries)
+depend on each deal's whole history, so `record` also reads the histories of the deals it was given
+and moves their entries from the old outcome to the new one. They equal the reference query
+(app.analytics.flow.won_entries, which asks for deals whose current stage is the success stage) as
+long as a deal's current stage is the one its latest transition went to, which the mirror keeps
+together (app.deals.mirror); a stage mapping changed under a deal that has not moved since would
+make the two differ until the deal moves again.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -20,7 +28,13 @@ from typing import Any
 from sqlalchemy import Table, bindparam, delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.analytics.models import UNMAPPED_STAGE, DailyStageDurations, DailyStageEntries, DailyStageExits
+from app.analytics.models import (
+    UNMAPPED_STAGE,
+    DailyOutcomeEntries,
+    DailyStageDurations,
+    DailyStageEntries,
+    DailyStageExits,
+)
 from app.db import dialect_insert
 from app.deals.models import StageTransition
 
@@ -76,10 +90,12 @@ class Tally:
 
 async def record(session: AsyncSession, transitions: Iterable[StageTransition]) -> None:
     """Count transitions the session is about to commit (they need not be flushed yet)."""
+    added = list(transitions)
     tally = Tally()
-    for t in transitions:
+    for t in added:
         tally.add(t.from_stage_id, t.to_stage_id, t.at, t.from_stage_entered_at)
     await _upsert(session, tally)
+    await _record_outcomes(session, added)
 
 
 async def _upsert(session: AsyncSession, tally: Tally) -> None:
@@ -162,6 +178,76 @@ async def _upsert_durations(session: AsyncSession, durations: dict[tuple[int, in
         )
 
 
+# A deal's transitions as the outcome counts need them: (id, to_stage_id, at).
+Move = tuple[int, int | None, datetime]
+
+
+def outcome_tally(moves: Sequence[Move], sign: int, tally: Counter[tuple[int, date, int]]) -> None:
+    """Add (sign 1) or take out (-1) one deal's entries under its outcome: the stage its latest
+    transition (highest id: the mirror appends them in time order) went to. A deal whose latest
+    transition went to an unmapped stage has no outcome a page can ask for, so none is kept."""
+    if not moves:
+        return
+    outcome = max(moves)[1]
+    if outcome is None:
+        return
+    for _, to_stage_id, at in moves:
+        if to_stage_id is not None:
+            tally[(outcome, utc_day(at), to_stage_id)] += sign
+
+
+async def _record_outcomes(session: AsyncSession, added: Sequence[StageTransition]) -> None:
+    """Move the entries of every deal that has new transitions from its old outcome to its new one.
+
+    The flush first writes this transaction's deals and transitions: the deal rows stay locked until
+    commit, so on PostgreSQL a concurrent mirror of the same deal waits here and then reads (READ
+    COMMITTED: a fresh snapshot per statement) the history this one committed."""
+    if not added:
+        return
+    await session.flush()
+    new = {t.id for t in added}
+    deals = sorted({t.deal_id for t in added})
+    histories: dict[int, list[Move]] = {}
+    t = StageTransition
+    for start in range(0, len(deals), _UPSERT_CHUNK):
+        for deal_id, id_, to_stage_id, at in await session.execute(
+            select(t.deal_id, t.id, t.to_stage_id, t.at).where(
+                t.deal_id.in_(deals[start : start + _UPSERT_CHUNK])
+            )
+        ):
+            histories.setdefault(deal_id, []).append((id_, to_stage_id, at))
+    tally: Counter[tuple[int, date, int]] = Counter()
+    for moves in histories.values():
+        outcome_tally([m for m in moves if m[0] not in new], -1, tally)
+        outcome_tally(moves, 1, tally)
+    await _upsert_outcomes(session, tally)
+
+
+async def _upsert_outcomes(session: AsyncSession, tally: Counter[tuple[int, date, int]]) -> None:
+    """Add the changes (most cancel out: a deal's earlier entries leave one outcome for the next),
+    then drop the rows left at zero, so the rows are what a fresh count writes."""
+    rows: list[dict[str, Any]] = [
+        {"outcome_stage_id": o, "day": d, "stage_id": s, "entries": n}
+        for (o, d, s), n in sorted(tally.items())
+        if n
+    ]
+    x = DailyOutcomeEntries
+    for start in range(0, len(rows), _UPSERT_CHUNK):
+        chunk = rows[start : start + _UPSERT_CHUNK]
+        insert = dialect_insert(session, x).values(chunk)
+        await session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["outcome_stage_id", "day", "stage_id"],
+                set_={"entries": x.entries + insert.excluded.entries},
+            )
+        )
+        emptied = [(r["outcome_stage_id"], r["day"], r["stage_id"]) for r in chunk if r["entries"] < 0]
+        if emptied:
+            await session.execute(
+                delete(x).where(tuple_(x.outcome_stage_id, x.day, x.stage_id).in_(emptied), x.entries == 0)
+            )
+
+
 def encode_durations(values: Iterable[float]) -> str:
     """Durations as text that concatenates (SQL ||) into the list of both: 16 hex digits each, the
     big-endian IEEE 754 double of the microseconds (exact below 2**53 us, 285 years). Decoding is
@@ -182,14 +268,23 @@ def decode_durations(text: str) -> array[float]:
 async def rebuild(session: AsyncSession) -> None:
     """Count every transition afresh (what migration 0008 did once): for data loaded around the
     mirror, such as the benchmark's seed."""
+    await session.execute(delete(DailyOutcomeEntries))
     await session.execute(delete(DailyStageDurations))
     await session.execute(delete(DailyStageExits))
     await session.execute(delete(DailyStageEntries))
     t = StageTransition
-    query = select(t.id, t.from_stage_id, t.to_stage_id, t.at, t.from_stage_entered_at).order_by(t.id)
+    query = select(t.id, t.from_stage_id, t.to_stage_id, t.at, t.from_stage_entered_at, t.deal_id).order_by(
+        t.id
+    )
     tally, last_id = Tally(), 0
+    histories: dict[int, list[Move]] = {}
     while rows := (await session.execute(query.where(t.id > last_id).limit(_REBUILD_BATCH))).all():
-        for _, from_stage_id, to_stage_id, at, entered in rows:
+        for id_, from_stage_id, to_stage_id, at, entered, deal_id in rows:
             tally.add(from_stage_id, to_stage_id, at, entered)
+            histories.setdefault(deal_id, []).append((id_, to_stage_id, at))
         last_id = rows[-1][0]
     await _upsert(session, tally)
+    outcomes: Counter[tuple[int, date, int]] = Counter()
+    for moves in histories.values():
+        outcome_tally(moves, 1, outcomes)
+    await _upsert_outcomes(session, outcomes)

@@ -80,3 +80,22 @@ Index(
     sqlite_where=Deal.deleted_at.is_not(None),
     postgresql_where=Deal.deleted_at.is_not(None),
 )
+
+
+class DailyOutcomeEntries(Base):
+    """Transitions into a stage whose `at` falls on the day, per the stage the deal's latest
+    transition went to (its outcome so far: what the deal's current stage is, as the mirror keeps
+    both together). The page's "entries whose deal is now won" are the rows whose outcome is the
+    success stage; the mirror moves a deal's entries from one outcome to the next whenever it records
+    a transition of the deal (app.analytics.daily_counts). Kept for every stage, not only success
+    stages, so the rows do not depend on the stages' semantics. Deleted deals are included, and
+    subtracted by the page as elsewhere."""
+
+    __tablename__ = "daily_outcome_entries"
+
+    outcome_stage_id: Mapped[int] = mapped_column(
+        ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True)
+    entries: Mapped[int] = mapped_column(Integer)

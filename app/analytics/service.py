@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.analytics.daily_flow import stage_flow
-from app.analytics.flow import Buckets, build_flow, flow_buckets, won_entries
+from app.analytics.daily_won import won_entries
+from app.analytics.flow import Buckets, build_flow, flow_buckets
 from app.analytics.funnels import FunnelContext
 from app.analytics.loss_reasons import label_loss_reasons
 from app.analytics.schemas import (
@@ -81,10 +82,13 @@ async def _loss_reasons(
 async def funnel_analytics(
     sessions: async_sessionmaker[AsyncSession], ctx: FunnelContext, period: Period
 ) -> FunnelAnalytics:
-    """Three connections at once, so the page waits for the slowest part rather than the sum: the
-    entries, exits and medians (from the daily stage counts), the won entries, and the loss reasons
-    and stage totals (aiosqlite and asyncpg both execute off the event loop, and SQLite releases the
-    GIL while it reads). Each part is a consistent read; together they may straddle a write, which a
+    """Up to four connections at once, so the page waits for the slowest part rather than the sum:
+    the entries, exits and medians (from the daily stage counts), the won entries (from the outcome
+    counts; both after the short read of the deleted deals they subtract), the loss reasons, and the
+    stage totals (aiosqlite and asyncpg both execute off the event loop, and SQLite releases the GIL
+    while it reads). The totals read every live deal of the funnel (on PostgreSQL the longest part
+    once the rest reads daily rows), so they no longer wait behind the loss reasons on one
+    connection. Each part is a consistent read; together they may straddle a write, which a
     dashboard can live with."""
 
     async def read(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -95,16 +99,15 @@ async def funnel_analytics(
         deleted = await read(lambda s: deleted_deals(s, ctx))
         (entries, exits, medians), won = await asyncio.gather(
             read(partial(stage_flow, ctx=ctx, period=period, deleted=deleted)),
-            read(partial(won_entries, ctx=ctx, period=period)),
+            read(partial(won_entries, ctx=ctx, period=period, deleted=deleted)),
         )
         return flow_buckets(ctx, entries, exits), medians, won
 
-    async def rest() -> tuple[list[LossReasonCount], int, dict[int | None, tuple[int, Decimal]]]:
-        async with sessions() as session:
-            losses, lost = await _loss_reasons(session, ctx, period)
-            return losses, lost, await stage_totals(session, ctx.ref.id)
-
-    (buckets, medians, won), (losses, lost, totals) = await asyncio.gather(flow(), rest())
+    (buckets, medians, won), (losses, lost), totals = await asyncio.gather(
+        flow(),
+        read(lambda s: _loss_reasons(s, ctx, period)),
+        read(lambda s: stage_totals(s, ctx.ref.id)),
+    )
     conversion, times = build_flow(ctx, buckets, medians, won)
     return FunnelAnalytics(
         funnel=ctx.ref,

@@ -83,6 +83,10 @@ class Deleted:
         # Literals, not parameters: a statement may name the list several times.
         return bindparam("deleted_deal_ids", self.ids, expanding=True, literal_execute=True)
 
+    def ids_or_query(self) -> Any:
+        """What `deal_id IN (...)` takes: the listed ids, or the statement reading them."""
+        return self._ids()
+
     def excluded(self) -> list[ColumnElement[bool]]:
         """The condition "the transition's deal is not deleted" (none when no deal is)."""
         return [StageTransition.deal_id.not_in(self._ids())] if self else []

@@ -1,9 +1,12 @@
-"""daily stage durations per duration bucket, and an index of each funnel's deleted deals (issue #14)
+"""daily stage durations per duration bucket, entries per deal outcome, and an index of each
+funnel's deleted deals (issue #14)
 
 The exits' durations move out of daily_stage_exits into daily_stage_durations, keyed by stage, half
 an octave of duration and day: the analytics page then reads, for each stage's median, only the
-bucket holding the middle rank instead of every exit of the period. ix_deals_funnel_deleted (partial:
-deleted deals only) lets the page list the funnel's deleted deals without scanning all its deals.
+bucket holding the middle rank instead of every exit of the period. daily_outcome_entries counts
+entries per day under the stage each deal's latest transition went to (the page's won entries).
+ix_deals_funnel_deleted (partial: deleted deals only) lets the page list the funnel's deleted deals
+without scanning all its deals.
 
 Revision ID: 0012
 Revises: 0011
@@ -44,6 +47,7 @@ TRANSITIONS = sa.table(
     sa.column("to_stage_id", sa.Integer()),
     sa.column("at", sa.DateTime(timezone=True)),
     sa.column("from_stage_entered_at", sa.DateTime(timezone=True)),
+    sa.column("deal_id", sa.Integer()),
 )
 STAGES = sa.table("stages", sa.column("id", sa.Integer()))
 DEALS = sa.table("deals", sa.column("funnel_id", sa.Integer()), sa.column("deleted_at", sa.DateTime()))
@@ -72,6 +76,27 @@ def upgrade() -> None:
         unique=False,
     )
     _split_durations(durations)
+    outcomes = op.create_table(
+        "daily_outcome_entries",
+        sa.Column("outcome_stage_id", sa.Integer(), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("stage_id", sa.Integer(), nullable=False),
+        sa.Column("entries", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["outcome_stage_id"],
+            ["stages.id"],
+            name=op.f("fk_daily_outcome_entries_outcome_stage_id_stages"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["stage_id"],
+            ["stages.id"],
+            name=op.f("fk_daily_outcome_entries_stage_id_stages"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("outcome_stage_id", "day", "stage_id", name=op.f("pk_daily_outcome_entries")),
+    )
+    _count_outcomes(outcomes)
     with op.batch_alter_table("daily_stage_exits", schema=None) as batch_op:
         batch_op.drop_column("durations")
     deleted = DEALS.c.deleted_at.is_not(None)
@@ -82,6 +107,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_deals_funnel_deleted", table_name="deals")
+    op.drop_table("daily_outcome_entries")
     with op.batch_alter_table("daily_stage_exits", schema=None) as batch_op:
         batch_op.add_column(sa.Column("durations", sa.Text(), nullable=False, server_default=""))
     with op.batch_alter_table("daily_stage_exits", schema=None) as batch_op:
@@ -156,7 +182,9 @@ def _day(at: datetime) -> date:
 
 def _batches(bind: sa.Connection) -> Iterator[list[sa.Row[Any]]]:
     t = TRANSITIONS
-    query = sa.select(t.c.id, t.c.from_stage_id, t.c.to_stage_id, t.c.at, t.c.from_stage_entered_at)
+    query = sa.select(
+        t.c.id, t.c.from_stage_id, t.c.to_stage_id, t.c.at, t.c.from_stage_entered_at, t.c.deal_id
+    )
     last_id = 0
     while rows := list(bind.execute(query.where(t.c.id > last_id).order_by(t.c.id).limit(BATCH))):
         yield rows
@@ -192,3 +220,30 @@ def _durations_per_target() -> None:
     ]
     for start in range(0, len(rows), INSERT_BATCH):
         bind.execute(statement, rows[start : start + INSERT_BATCH])
+
+
+def _count_outcomes(outcomes: sa.Table) -> None:
+    """Each deal's entries under the stage its latest transition (highest id) went to, as
+    app.analytics.daily_counts keeps them; none for a deal whose latest transition went to an
+    unmapped (or since deleted) stage, and none into such a stage."""
+    bind = op.get_bind()
+    stages = set(bind.scalars(sa.select(STAGES.c.id)))
+    histories: dict[int, list[tuple[int, int | None, datetime]]] = {}
+    for rows in _batches(bind):
+        for row in rows:
+            to_stage = row.to_stage_id if row.to_stage_id in stages else None
+            histories.setdefault(row.deal_id, []).append((row.id, to_stage, row.at))
+    counted: dict[tuple[int, date, int], int] = {}
+    for moves in histories.values():
+        outcome = max(moves)[1]
+        if outcome is None:
+            continue
+        for _, to_stage, at in moves:
+            if to_stage is not None:
+                key = (outcome, _day(at), to_stage)
+                counted[key] = counted.get(key, 0) + 1
+    _insert(
+        bind,
+        outcomes,
+        [{"outcome_stage_id": o, "day": d, "stage_id": s, "entries": n} for (o, d, s), n in counted.items()],
+    )

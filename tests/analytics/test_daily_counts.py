@@ -17,14 +17,20 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.analytics import daily_counts, transitions
+from app.analytics import daily_counts, daily_won, transitions
 from app.analytics.daily_counts import duration_bucket
 from app.analytics.daily_flow import middle_buckets, middle_value, split_period, stage_flow
 from app.analytics.flow import build_flow, flow_buckets, won_entries
 from app.analytics.funnels import FunnelContext, load_funnel
-from app.analytics.models import DailyStageDurations, DailyStageEntries, DailyStageExits
+from app.analytics.models import (
+    DailyOutcomeEntries,
+    DailyStageDurations,
+    DailyStageEntries,
+    DailyStageExits,
+)
 from app.analytics.schemas import Period
 from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
+from app.funnels.models import Funnel, FunnelStage
 from connectors.base import DealSnapshot
 from tests.support.db import add_funnel, open_sessions
 
@@ -54,19 +60,50 @@ def _histories(rng: random.Random, deals: int) -> dict[str, list[tuple[str, date
             at += timedelta(seconds=rng.randrange(30, 3 * 86_400))
             code = rng.choice([c for c in CODES if c != code])  # back, forward, won or lost
             moves.append((code, at))
+        if number % 9 == 0:  # then to another funnel's stage, or to a CRM stage no funnel maps
+            at += timedelta(seconds=rng.randrange(30, 86_400))
+            moves.append((OTHER if number % 2 else UNMAPPED, at))
+            if number % 4 == 0:  # and some come back, won
+                moves.append(("WON", at + timedelta(hours=1)))
         histories[str(number)] = moves
     return histories
 
 
+OTHER, UNMAPPED = "OTHER", "ZZZ"  # a stage of pipeline 6's funnel; a stage of pipeline 5 none maps
+
+
 def _snapshot(deal: str, code: str, at: datetime) -> DealSnapshot:
-    return DealSnapshot(id=deal, pipeline_id="5", stage_id=f"C5:{code}", title=deal, updated_at=at)
+    pipeline = "6" if code == OTHER else "5"
+    return DealSnapshot(
+        id=deal, pipeline_id=pipeline, stage_id=f"C{pipeline}:{code}", title=deal, updated_at=at
+    )
 
 
 async def _seed(sessions: async_sessionmaker[AsyncSession]) -> FunnelContext:
     rng = random.Random(14)
     async with sessions.begin() as session:
         connection, funnel = await add_funnel(session, STAGES, template_key="hand.built", name="Daily")
+        other = Funnel(
+            connection_id=connection.id, template_key="hand.other", name="Other", crm_pipeline_id="6"
+        )
+        session.add(other)
+        await session.flush()
+        session.add(
+            FunnelStage(
+                funnel_id=other.id,
+                code=OTHER,
+                name=OTHER,
+                sort=0,
+                semantics="process",
+                crm_stage_id="C6:OTHER",
+            )
+        )
     histories = _histories(rng, 160)
+    # Not vacuous: won deals leave the won stage (for another stage, funnel or an unmapped stage),
+    # and some deleted deals are won.
+    assert {moves[-1][0] for moves in histories.values()} >= {"WON", OTHER, UNMAPPED}
+    assert any("WON" in [c for c, _ in moves[:-1]] and moves[-1][0] != "WON" for moves in histories.values())
+    assert any(moves[-1][0] == "WON" and int(deal) % 7 == 0 for deal, moves in histories.items())
     late = [deal for deal in histories if int(deal) % 5 == 0]  # their moves come last, in a backfill
     batches = [
         [_snapshot(deal, c, at)] for deal in histories if deal not in late for c, at in histories[deal]
@@ -119,11 +156,16 @@ async def _assert_the_page_numbers_are_the_same_both_ways(session: AsyncSession,
                 # SQLite's reference reads times through julianday(): exact to ~1e-4 s.
                 assert d_medians[stage_id] == (pytest.approx(value, abs=1e-3), samples)
             won = await won_entries(session, ctx, period)
+            stages = {s.id for s in ctx.stages}  # the reference also counts other funnels' stages
+            assert await daily_won.won_entries(session, ctx, period, deleted) == {
+                stage_id: n for stage_id, n in won.items() if stage_id in stages
+            }, period
             page = build_flow(ctx, flow_buckets(ctx, entries, exits), medians, won)
             assert build_flow(ctx, flow_buckets(ctx, d_entries, d_exits), d_medians, won) == page
     # Not vacuous: every stage was entered and left in the long period.
     entries, exits, _ = await stage_flow(session, ctx, PERIODS[0], listed)
     assert set(entries) == {s.id for s in ctx.stages} and len(exits) == len(ctx.stages)
+    assert len(await won_entries(session, ctx, PERIODS[0])) >= 4
 
 
 async def _assert_kept_counts_equal_a_fresh_count(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -153,6 +195,12 @@ async def _table(
                 select(DailyStageDurations.__table__).order_by("from_stage_id", "bucket", "day")
             )
         ).all()
+        outcomes = (
+            await session.execute(
+                select(DailyOutcomeEntries.__table__).order_by("outcome_stage_id", "day", "stage_id")
+            )
+        ).all()
+    assert outcomes and all(row.entries > 0 for row in outcomes)
     per_day: Counter[tuple[int, Any]] = Counter()
     for row in durations:
         values = list(daily_counts.decode_durations(row.durations))
@@ -163,7 +211,12 @@ async def _table(
     for row in exits:
         exited[(row.from_stage_id, row.day)] += row.exits
     assert per_day == exited  # every exit has its duration, once
-    return [tuple(r) for r in entries], [tuple(r) for r in exits], [tuple(r) for r in durations]
+    return (
+        [tuple(r) for r in entries],
+        [tuple(r) for r in exits],
+        [tuple(r) for r in durations],
+        [tuple(r) for r in outcomes],
+    )
 
 
 # --- pure parts ------------------------------------------------------------------------------------

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     # At shutdown (SIGTERM, Ctrl-C) no job starts any more and those running get this long to end;
     # one still running after it is cancelled, and what it had claimed is taken up after the restart.
     shutdown_grace_seconds: float = Field(default=25, ge=0)
+    # While the webhook receiver of this process is busy (a burst of deliveries), an inbox run waits
+    # up to this long for it to calm down, then mirrors one batch per connection and waits again
+    # (app.webhooks.intake). 0: the inbox never gives way.
+    inbox_yield_seconds: float = Field(default=5, ge=0)
     # Template automations' time-driven triggers (stalled, dates, delayed won/lost, recurrences) are
     # looked for this often; stage entries fire at ingest.
     automations_interval_seconds: float = Field(default=60, gt=0)

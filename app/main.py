@@ -86,6 +86,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         app.state.scheduler = None
         waker: Waker = NoWaker()
         runtime = Runtime(app.state.sessions, settings, app.state.connectors)
+        app.state.intake = runtime.intake  # the receiver counts deliveries, the inbox job reads it
         if settings.scheduler_enabled:
             app.state.scheduler = build_scheduler(runtime)
             app.state.scheduler.start()

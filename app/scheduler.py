@@ -29,6 +29,7 @@ from app.messages.delivery import run_message_delivery
 from app.outbox.delivery import DrainResult, RetrySettings, connections_with_work, drain_connection
 from app.rules.timers import run_timers
 from app.waker import INBOX_JOB, OUTBOX_JOB, NoWaker, Waker
+from app.webhooks.intake import Intake
 from app.webhooks.processor import ProcessResult, process_inbox
 from connectors.base import CRMError
 from connectors.events import parse_deal_events
@@ -53,6 +54,8 @@ class Runtime:
     # Jobs woken while they ran: they run again as soon as the current run ends.
     woken: set[str] = field(default_factory=set)
     waker: Waker = field(default_factory=NoWaker)
+    # This process's webhook deliveries in flight: the inbox job gives way to a busy receiver.
+    intake: Intake = field(default_factory=Intake)
 
     def tracked(
         self, job: Callable[[Runtime], Awaitable[Any]], job_id: str
@@ -93,8 +96,17 @@ class Runtime:
 
 
 async def run_inbox(runtime: Runtime) -> None:
+    """Mirror pending deliveries. While this process's receiver is busy, first wait for it to calm
+    down (at most inbox_yield_seconds), then give each connection one batch and end: the deliveries
+    arriving meanwhile wake the job again (app.webhooks.intake)."""
+    intake = runtime.intake
+    await intake.give_way(runtime.settings.inbox_yield_seconds)
     result = await process_inbox(
-        runtime.sessions, runtime.connectors.get, parse_deal_events, pool=runtime.pool(INBOX_JOB)
+        runtime.sessions,
+        runtime.connectors.get,
+        parse_deal_events,
+        pool=runtime.pool(INBOX_JOB),
+        keep_going=lambda: not intake.busy or runtime.settings.inbox_yield_seconds <= 0,
     )
     if result.processed or result.failed:
         log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)

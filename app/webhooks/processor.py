@@ -56,13 +56,15 @@ async def process_inbox(
     *,
     batch: int = BATCH,
     pool: ConnectionPool[int] | None = None,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> ProcessResult:
     """Process pending events of every connection that has some; returns totals.
 
     Connections are processed at once, a batch per turn, round robin (app.concurrency; without a
     `pool`, one connection at a time, waited for to the end). One connection's
     trouble never stops the others: whatever escapes a connection's turn is logged and its events
-    stay pending."""
+    stay pending. When `keep_going` says no after a turn, the connection gets no further turn in
+    this run (its events wait for the next)."""
     total = ProcessResult()
     async with sessions() as session:
         pending = exists().where(
@@ -86,7 +88,7 @@ async def process_inbox(
             log.exception("inbox: processing connection %s failed; its events stay pending", connection_id)
             return False
         _add(total, result)
-        return more
+        return more and keep_going()
 
     # A connection whose CRM calls are failing gets its turn outside the slots (app.concurrency).
     if pool is not None:
@@ -95,7 +97,6 @@ async def process_inbox(
     one_off = ConnectionPool[int](slots=1)
     await one_off.run(connection_ids, turn, failing=failing)
     await one_off.wait_idle()  # a direct call processes everything it can before it returns
-    return total
     return total
 
 

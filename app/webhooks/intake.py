@@ -1,0 +1,77 @@
+"""How busy this process's webhook receiver is, so the inbox job can give way to it.
+
+`serve` with the scheduler on receives deliveries and mirrors them in one process and one event
+loop. Under a burst both compete for the same CPU, and a CRM whose deliveries are answered late
+retries them or, past its limits, disables the hook; a mirror a few seconds behind costs nothing
+that is not made up once the burst ends. So while many deliveries are in flight, an inbox run
+first waits for the receiver to calm down (at most `FUNNELSYNC_INBOX_YIELD_SECONDS`) and then
+gives each connection a single batch before it ends and waits again: the mirror keeps moving, at a
+bounded pace, and the receiver gets the rest. With the receiver quiet, nothing changes.
+
+Only deliveries in this process count: a worker in a process of its own has its own CPU share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+from fastapi import Request
+
+# Deliveries in flight from which the receiver counts as busy. A steady flow of a few hundred a
+# minute has one or two in flight at a time; a CRM's burst (a bulk edit, a reconnect replaying its
+# queue) keeps dozens.
+BUSY_AT = 8
+
+
+class Intake:
+    """Deliveries in flight in this process (one per app; see app.state.intake)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.giving_way = 0  # inbox runs waiting for the receiver right now, for tests and metrics
+        self._calm: asyncio.Event | None = None  # made in the event loop on first use
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight >= BUSY_AT
+
+    def _event(self) -> asyncio.Event:
+        if self._calm is None:
+            self._calm = asyncio.Event()
+            if not self.busy:
+                self._calm.set()
+        return self._calm
+
+    @contextmanager
+    def delivery(self) -> Iterator[None]:
+        """Count one delivery in flight while the block runs."""
+        self.in_flight += 1
+        if self.busy:
+            self._event().clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if not self.busy:
+                self._event().set()
+
+    async def give_way(self, at_most: float) -> None:
+        """Return once the receiver is not busy, or after `at_most` seconds whatever it is."""
+        if not self.busy or at_most <= 0:
+            return
+        self.giving_way += 1
+        try:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._event().wait(), at_most)
+        finally:
+            self.giving_way -= 1
+
+
+def get_intake(request: Request) -> Intake:
+    """The app's Intake; an app whose lifespan has not run gets one of its own, counted by no one."""
+    intake: Intake | None = getattr(request.app.state, "intake", None)
+    if intake is None:
+        intake = request.app.state.intake = Intake()
+    return intake

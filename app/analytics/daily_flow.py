@@ -85,6 +85,41 @@ def split_period(period: Period) -> tuple[tuple[date, date] | None, list[Period]
     return (first, last), [edge for edge in edges if edge.start < edge.end]
 
 
+@dataclass
+class Plan:
+    """How a period is read: whole UTC days from the daily rows, plus the transitions of the
+    partial stretches in `add`, less those of the stretches in `subtract`."""
+
+    days: tuple[date, date] | None
+    add: list[Period]
+    subtract: list[Period]
+
+
+# A partial day longer than this is read as its whole day less the rest of it: the default 30-day
+# page ends at "now", and the rest of today holds no transitions yet, while the part before "now"
+# holds most of the day's.
+_COMPLEMENT_FROM = timedelta(hours=12)
+
+
+def plan_period(period: Period) -> Plan:
+    """split_period, with each partial day longer than _COMPLEMENT_FROM read as its whole day less
+    the rest of the day (when that day touches the whole days, so they stay one range)."""
+    days, edges = split_period(period)
+    plan = Plan(days, [], [])
+    for edge in edges:
+        day = edge.start.astimezone(UTC).date()
+        whole = Period(start=_midnight(day), end=_midnight(day + timedelta(days=1)))
+        adjacent = plan.days is None or day in (plan.days[0] - timedelta(days=1), plan.days[1])
+        if edge.end > whole.end or edge.end - edge.start <= _COMPLEMENT_FROM or not adjacent:
+            plan.add.append(edge)
+            continue
+        first, last = plan.days or (day, day + timedelta(days=1))
+        plan.days = (min(first, day), max(last, day + timedelta(days=1)))
+        rest = [Period(start=whole.start, end=edge.start), Period(start=edge.end, end=whole.end)]
+        plan.subtract.extend(part for part in rest if part.start < part.end)
+    return plan
+
+
 async def stage_flow(
     session: AsyncSession, ctx: FunnelContext, period: Period, deleted: DeletedDeals
 ) -> tuple[dict[int, int], Exits, Medians]:
@@ -94,15 +129,17 @@ async def stage_flow(
         return {}, {}, {}
     ids = [s.id for s in ctx.stages]
     flow = _Flow()
-    days, edges = split_period(period)
-    if days is not None:
-        await _read_days(session, ids, days, flow)
-    for edge in edges:
-        await _read_edge(session, ids, edge, flow)
+    plan = plan_period(period)
+    if plan.days is not None:
+        await _read_days(session, ids, plan.days, flow)
+    for edge in plan.add:
+        await _read_edge(session, ids, edge, flow, 1)
+    for rest in plan.subtract:
+        await _read_edge(session, ids, rest, flow, -1)
     gone = Deleted(ctx, deleted)
     if gone:
         await _subtract_deleted(session, ids, period, gone, flow)
-    return _entries(flow), _exits(ctx, flow), await _medians(session, days, flow)
+    return _entries(flow), _exits(ctx, flow), await _medians(session, plan.days, flow)
 
 
 async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date, date], flow: _Flow) -> None:
@@ -130,7 +167,9 @@ async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date
         flow.buckets.setdefault(stage_id, Counter())[bucket] += int(n)
 
 
-async def _read_edge(session: AsyncSession, ids: Sequence[int], edge: Period, flow: _Flow) -> None:
+async def _read_edge(session: AsyncSession, ids: Sequence[int], edge: Period, flow: _Flow, sign: int) -> None:
+    """The stretch's entries and exits added to (sign 1) or taken out of (-1: the rest of a day
+    read whole) the flow."""
     t = StageTransition
     for stage_id, n in await session.execute(
         select(t.to_stage_id, func.count())
@@ -138,7 +177,7 @@ async def _read_edge(session: AsyncSession, ids: Sequence[int], edge: Period, fl
         .group_by(t.to_stage_id)
     ):
         if stage_id is not None:  # always, by the condition
-            flow.entries[stage_id] += int(n)
+            flow.entries[stage_id] += sign * int(n)
     # The times as the column type's implementation reads them: the app's UTCDateTime would attach
     # the time zone to each (two calls per row), which a difference does not need.
     entered, at = type_coerce(t.from_stage_entered_at, DateTime()), type_coerce(t.at, DateTime())
@@ -149,7 +188,7 @@ async def _read_edge(session: AsyncSession, ids: Sequence[int], edge: Period, fl
             t.from_stage_entered_at < edge.end,
         )
     )
-    flow.exited(rows, 1)
+    flow.exited(rows, sign)
 
 
 async def _subtract_deleted(

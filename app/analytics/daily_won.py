@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.daily_counts import Move, outcome_tally
-from app.analytics.daily_flow import split_period
+from app.analytics.daily_flow import plan_period
 from app.analytics.funnels import FunnelContext
 from app.analytics.models import DailyOutcomeEntries
 from app.analytics.schemas import Period
@@ -38,9 +38,9 @@ async def won_entries(
     if success is None:
         return {}
     won: Counter[int] = Counter()
-    days, edges = split_period(period)
-    if days is not None:
-        first, last = days
+    plan = plan_period(period)
+    if plan.days is not None:
+        first, last = days = plan.days
         x = DailyOutcomeEntries
         for stage_id, n in await session.execute(
             select(x.stage_id, func.sum(x.entries))
@@ -51,8 +51,12 @@ async def won_entries(
         gone = Deleted(ctx, deleted)
         if gone:
             await _subtract_deleted(session, gone, success.id, days, won)
-    for edge in edges:
+    # The rest of a day read whole: the live deals' entries there (the deleted deals' share of the
+    # whole day is out already).
+    for edge in plan.add:
         won.update(await _edge(session, ctx, success.id, edge))
+    for rest in plan.subtract:
+        won.subtract(await _edge(session, ctx, success.id, rest))
     stages = {s.id for s in ctx.stages}
     return {stage_id: n for stage_id, n in won.items() if n and stage_id in stages}
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.analytics import daily_counts, daily_won, transitions
 from app.analytics.daily_counts import duration_bucket
-from app.analytics.daily_flow import middle_buckets, middle_value, split_period, stage_flow
+from app.analytics.daily_flow import middle_buckets, middle_value, plan_period, split_period, stage_flow
 from app.analytics.flow import build_flow, flow_buckets, won_entries
 from app.analytics.funnels import FunnelContext, load_funnel
 from app.analytics.models import (
@@ -45,6 +45,10 @@ PERIODS = [
     Period(start=T0 + timedelta(days=3, hours=1), end=T0 + timedelta(days=3, hours=22)),  # inside one day
     Period(start=T0 + timedelta(hours=20), end=T0 + timedelta(days=1, hours=4)),  # two partial days
     Period(start=T0 - timedelta(days=30), end=T0 + timedelta(days=4)),  # starts before everything
+    # Short edges (read from the transitions) around whole days; the ones above over 12 hours are
+    # read as their whole day less the rest of it.
+    Period(start=T0 + timedelta(days=1, hours=18), end=T0 + timedelta(days=6, hours=5)),
+    Period(start=T0 + timedelta(days=4, hours=2), end=T0 + timedelta(days=8, hours=23, minutes=59)),
 ]
 
 
@@ -254,6 +258,37 @@ def test_duration_buckets_sort_as_their_durations() -> None:
     assert duration_bucket(0) == 0 and duration_bucket(-1) < 0 < duration_bucket(1)
     assert duration_bucket(2**20) < duration_bucket(3 * 2**19) < duration_bucket(2**21)
     assert duration_bucket(3 * 2**19 - 1) == duration_bucket(2**20) == duration_bucket(2**20 + 1)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "days", "add", "subtract"),
+    [
+        # a 30-day page at 17:55: the first partial day read as is (6 hours), today as its whole day
+        # less the rest of it
+        ("2026-03-01T17:55", "2026-03-31T17:55", ("2026-03-02", "2026-04-01"),
+         [("2026-03-01T17:55", "2026-03-02T00:00")], [("2026-03-31T17:55", "2026-04-01T00:00")]),
+        ("2026-03-01T05:00", "2026-03-03T06:00", ("2026-03-01", "2026-03-03"),
+         [("2026-03-03T00:00", "2026-03-03T06:00")], [("2026-03-01T00:00", "2026-03-01T05:00")]),
+        ("2026-03-01T06:00", "2026-03-01T23:00", ("2026-03-01", "2026-03-02"), [],
+         [("2026-03-01T00:00", "2026-03-01T06:00"), ("2026-03-01T23:00", "2026-03-02T00:00")]),
+        ("2026-03-01T06:00", "2026-03-01T07:00", None, [("2026-03-01T06:00", "2026-03-01T07:00")], []),
+        ("2026-03-01T06:00", "2026-03-02T07:00", None, [("2026-03-01T06:00", "2026-03-02T07:00")], []),
+    ],
+)  # fmt: skip
+def test_plan_period(
+    start: str,
+    end: str,
+    days: tuple[str, str] | None,
+    add: list[tuple[str, str]],
+    subtract: list[tuple[str, str]],
+) -> None:
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+    plan = plan_period(Period(start=at(start), end=at(end)))
+    assert (None if plan.days is None else tuple(d.isoformat() for d in plan.days)) == days
+    assert [(p.start, p.end) for p in plan.add] == [(at(a), at(b)) for a, b in add]
+    assert [(p.start, p.end) for p in plan.subtract] == [(at(a), at(b)) for a, b in subtract]
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 64, 2000, 2001, 30_000])

@@ -52,14 +52,17 @@ def microseconds(start: datetime, end: datetime) -> int:
 
 
 def duration_bucket(us: int) -> int:
-    """The bucket of a duration (microseconds): half an octave wide (2**k and 1.5 * 2**k start one),
-    so buckets sort as their durations do (negatives, from clocks out of step, mirror the positives
-    below zero). Integer arithmetic: the same on every machine and in every migration."""
+    """The bucket of a duration (microseconds): a quarter of an octave wide (2**k, 1.25, 1.5 and
+    1.75 * 2**k start one), so buckets sort as their durations do (negatives, from clocks out of
+    step, mirror the positives below zero). Integer arithmetic: the same on every machine and in
+    every migration. Why a quarter (100,000 deals, 180 days, SQLite): the page sums 49,000 rows
+    and reads 19,000 durations; half an octave, 29,000 rows in about the same time and 40,000
+    durations; an eighth, 75,000 rows in twice the time and 9,000 durations."""
     if us < 0:
         return -duration_bucket(-us) - 1
     bits = us.bit_length()
-    half = (us >> (bits - 2)) & 1 if bits >= 2 else 0
-    return 2 * bits + half
+    quarter = (us >> (bits - 3)) & 3 if bits >= 3 else 0
+    return 4 * bits + quarter
 
 
 @dataclass

@@ -49,8 +49,8 @@ class DailyStageDurations(Base):
     """The same exits' times in the stage, per stage, day of entry and duration bucket (whatever the
     stage moved to: the median is over all of a stage's exits).
 
-    A bucket is a range of durations (app.analytics.daily_counts.duration_bucket: half an octave of
-    microseconds), so buckets sort as their durations do. The page sums the counts per bucket (one
+    A bucket is a range of durations (app.analytics.daily_counts.duration_bucket: a quarter of an
+    octave of microseconds), so buckets sort as their durations do. The page sums the counts per bucket (one
     small row per stage, day and bucket, read from the covering index), finds the bucket(s) holding
     the middle rank, and reads only those durations: a few percent of them, instead of every exit
     of the period (about 300,000 over 180 days of 100,000 deals, 4.9 MB of text)."""

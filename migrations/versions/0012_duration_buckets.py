@@ -1,9 +1,9 @@
 """daily stage durations per duration bucket, entries per deal outcome, and an index of each
 funnel's deleted deals (issue #14)
 
-The exits' durations move out of daily_stage_exits into daily_stage_durations, keyed by stage, half
-an octave of duration and day: the analytics page then reads, for each stage's median, only the
-bucket holding the middle rank instead of every exit of the period. daily_outcome_entries counts
+The exits' durations move out of daily_stage_exits into daily_stage_durations, keyed by stage, a
+quarter of an octave of duration and day: the analytics page then reads, for each stage's median,
+only the bucket holding the middle rank instead of every exit of the period. daily_outcome_entries counts
 entries per day under the stage each deal's latest transition went to (the page's won entries).
 ix_deals_funnel_deleted (partial: deleted deals only) lets the page list the funnel's deleted deals
 without scanning all its deals.
@@ -125,8 +125,8 @@ def _bucket(us: int) -> int:
     if us < 0:
         return -_bucket(-us) - 1
     bits = us.bit_length()
-    half = (us >> (bits - 2)) & 1 if bits >= 2 else 0
-    return 2 * bits + half
+    quarter = (us >> (bits - 3)) & 3 if bits >= 3 else 0
+    return 4 * bits + quarter
 
 
 def _encoded(values: Sequence[float]) -> str:

@@ -249,15 +249,16 @@ def test_split_period(
 
 def test_duration_buckets_sort_as_their_durations() -> None:
     """The median's bucket search counts ranks bucket by bucket: buckets must never go down as
-    durations go up (negative durations included), and split each octave in two."""
+    durations go up (negative durations included), and split each octave in four."""
     values = sorted(
         {*range(-70, 70), *(s * 2**k + d for k in range(60) for s in (1, -1) for d in (-1, 0, 1))}
     )
     buckets = [duration_bucket(v) for v in values]
     assert buckets == sorted(buckets)
     assert duration_bucket(0) == 0 and duration_bucket(-1) < 0 < duration_bucket(1)
-    assert duration_bucket(2**20) < duration_bucket(3 * 2**19) < duration_bucket(2**21)
-    assert duration_bucket(3 * 2**19 - 1) == duration_bucket(2**20) == duration_bucket(2**20 + 1)
+    quarters = [duration_bucket(q * 2**18) for q in (4, 5, 6, 7, 8)]  # 2**20 .. 2**21
+    assert quarters == list(range(quarters[0], quarters[0] + 5))
+    assert duration_bucket(5 * 2**18 - 1) == duration_bucket(2**20) == duration_bucket(2**20 + 1)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ daily stage counts the mirror keeps beside them are then rebuilt from them
     .venv/bin/python bench/analytics.py                      # seed once into var/bench/, then measure
     .venv/bin/python bench/analytics.py --pg                 # also into a throwaway PostgreSQL
     .venv/bin/python bench/analytics.py --no-indexes         # without the proposed indexes
+    .venv/bin/python bench/analytics.py --parts              # also each part of the 180-day page alone
     FUNNELSYNC_BENCH_PG_URL=postgresql+asyncpg://u@127.0.0.1:5432/bench .venv/bin/python bench/analytics.py
 
 The proposed indexes (PROPOSED_INDEXES) are created here only because this script owns its database;
@@ -39,8 +40,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import migrate
-from app.analytics import daily_counts
+from app.analytics import daily_counts, service
+from app.analytics.daily_flow import stage_flow
+from app.analytics.daily_won import won_entries
+from app.analytics.funnels import load_funnel, parse_period
 from app.analytics.models import DailyStageEntries
+from app.analytics.transitions import deleted_deals
 from app.config import Settings
 from app.connections.models import Connection
 from app.db import create_engine, session_factory
@@ -285,6 +290,37 @@ async def measure(url: str, funnel_id: int, runs: int, data_dir: Path) -> None:
                 print(f"{name:<26} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f} {max(timings):>8.1f} {target:>12}")
 
 
+async def measure_parts(url: str, funnel_id: int, runs: int) -> None:
+    """Each part the 180-day page runs (app.analytics.service.funnel_analytics), alone on one
+    connection: where its time goes. The page runs them side by side (see funnel_analytics)."""
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    period = parse_period(str((NOW - SPAN).date()), str(NOW.date()), NOW)
+    try:
+        async with sessions() as session:
+            ctx = await load_funnel(session, funnel_id)
+            deleted = await deleted_deals(session, ctx)
+        parts: dict[str, Any] = {
+            "deleted-deal list": lambda s: deleted_deals(s, ctx),
+            "flow (entries, exits, medians)": lambda s: stage_flow(s, ctx, period, deleted),
+            "won entries": lambda s: won_entries(s, ctx, period, deleted),
+            "loss reasons": lambda s: service._loss_reasons(s, ctx, period),
+            "stage totals": lambda s: service.stage_totals(s, ctx.ref.id),
+        }
+        print(f"{'part of analytics (180 days)':<32} {'min ms':>8} {'p50 ms':>8}  ({runs} runs each, alone)")
+        for name, part in parts.items():
+            timings = []
+            for _ in range(runs + 1):
+                async with sessions() as session:
+                    started = time.perf_counter()
+                    await part(session)
+                    timings.append((time.perf_counter() - started) * 1000)
+            timings = timings[1:]  # the first warms the connection and the statement cache
+            print(f"{name:<32} {min(timings):>8.1f} {percentile(timings, 0.5):>8.1f}")
+    finally:
+        await engine.dispose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,6 +333,9 @@ async def main() -> None:
         "--pg", action="store_true", help="also seed and measure a throwaway PostgreSQL (seeded each run)"
     )
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite file")
+    parser.add_argument(
+        "--parts", action="store_true", help="then time each part of the 180-day page alone (7 runs each)"
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
         targets = [] if args.no_sqlite else [f"sqlite+aiosqlite:///{args.sqlite.as_posix()}"]
@@ -310,6 +349,8 @@ async def main() -> None:
         for url in targets:
             funnel_id = await prepare(url, args.deals, not args.no_indexes)
             await measure(url, funnel_id, args.runs, args.sqlite.parent)
+            if args.parts:
+                await measure_parts(url, funnel_id, 7)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Same definitions and numbers as app.analytics.transitions (which reads the transitions table, and is
 kept as the reference the tests compare with), at a fraction of the work on long periods: the whole
 UTC days inside the period come from the daily rows (a few per stage and day), and only the partial
-days at its edges from the transitions themselves (two index range scans each). Soft-deleted deals'
-transitions are read by deal id and taken out, as the reference does.
+days at its edges from the transitions themselves (two index range scans each; a partial day of
+more than 12 hours as its whole day less the transitions of the rest of it, see plan_period).
+Soft-deleted deals' transitions are read by deal id and taken out, as the reference does.
 
 Medians: the exits' counts per duration bucket (app.analytics.models.DailyStageDurations) place each
 stage's middle rank(s) in one bucket (or two adjacent ones); only those buckets' durations are read
@@ -39,19 +40,20 @@ _REMOVE_ONE_BY_ONE = 64
 @dataclass
 class _Flow:
     """What the period adds up to: entries per stage, exits per (stage, stage moved to), and per
-    stage the exits per duration bucket with the durations (microseconds) of those not in the daily
-    rows: the edges' exits, and the deleted deals' (subtracted)."""
+    stage the exits per duration bucket, with the durations (microseconds) of the exits read from
+    the transitions: those added (partial days) and those taken out (the rest of a day read whole,
+    the deleted deals'), which the daily rows read for the median still hold."""
 
     entries: Counter[int] = field(default_factory=Counter)
     exits: Counter[tuple[int, int | None]] = field(default_factory=Counter)
     buckets: dict[int, Counter[int]] = field(default_factory=dict)
-    loose: dict[int, list[int]] = field(default_factory=dict)  # edge exits' durations
-    removed: dict[int, list[int]] = field(default_factory=dict)  # deleted deals' durations
+    loose: dict[int, list[int]] = field(default_factory=dict)  # added exits' durations
+    removed: dict[int, list[int]] = field(default_factory=dict)  # taken out exits' durations
 
     def exited(self, rows: Iterable[tuple[int | None, int | None, datetime, datetime]], sign: int) -> None:
-        """Exits as (stage, stage moved to, entered, left): added (sign 1, the edges') or taken out
-        (-1, the deleted deals'). Counted a batch at a time (Counter.update counts in C): a 30-day
-        page's edges hold a day of exits, some 1,700."""
+        """Exits as (stage, stage moved to, entered, left): added (sign 1, a partial day's) or taken
+        out (-1, the rest of a day read whole, or the deleted deals'). Counted a batch at a time
+        (Counter.update counts in C): a partial day can hold a day of exits, some 1,700 here."""
         durations: dict[int, list[int]] = {}
         pairs: list[tuple[int, int | None]] = []
         for stage_id, to_stage_id, entered, at in rows:

@@ -3,8 +3,9 @@
 Same numbers as app.analytics.flow.won_entries (which reads the won deals' transitions, and is kept
 as the reference the tests compare with): the whole UTC days come from the rows of
 app.analytics.models.DailyOutcomeEntries whose outcome is the success stage, the partial days at the
-period's edges from the transitions of those few hours, and the deleted deals' share of the whole
-days is read by deal id and taken out, as in app.analytics.daily_flow. Only the funnel's stages are
+period's edges from their transitions (or as whole days less the rest of the day: plan_period), and
+the deleted deals' share of the whole days is read by deal id and taken out, as in
+app.analytics.daily_flow. Only the funnel's stages are
 reported (the reference also counts a won deal's entries into other funnels' stages, which no page
 shows).
 
@@ -51,8 +52,8 @@ async def won_entries(
         gone = Deleted(ctx, deleted)
         if gone:
             await _subtract_deleted(session, gone, success.id, days, won)
-    # The rest of a day read whole: the live deals' entries there (the deleted deals' share of the
-    # whole day is out already).
+    # Partial days; and the rest of a day read whole: the live deals' entries there (the deleted
+    # deals' share of the whole day is out already).
     for edge in plan.add:
         won.update(await _edge(session, ctx, success.id, edge))
     for rest in plan.subtract:

@@ -35,6 +35,7 @@ from app.messages.endpoints import router as messages_api_router
 from app.scheduler import Runtime, build_scheduler, stop_scheduler
 from app.security import api_token
 from app.waker import NoWaker, Waker
+from app.webhooks.intake import CountDeliveries, Intake
 from app.webhooks.receivers import router as webhooks_router
 from connectors.base import CRMError
 
@@ -54,6 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.api_token = api_token(settings)
+    # Webhook requests in flight, counted for the inbox job to give way to a burst (app.webhooks.intake).
+    app.state.intake = Intake()
+    app.add_middleware(CountDeliveries, intake=app.state.intake)
     app.add_exception_handler(NotFound, _not_found)  # type: ignore[arg-type]
     app.add_exception_handler(CRMError, _crm_failed)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -85,8 +89,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], AbstractAsyncContextMan
         app.state.connectors = ConnectorRegistry(app.state.sessions, settings)
         app.state.scheduler = None
         waker: Waker = NoWaker()
-        runtime = Runtime(app.state.sessions, settings, app.state.connectors)
-        app.state.intake = runtime.intake  # the receiver counts deliveries, the inbox job reads it
+        runtime = Runtime(app.state.sessions, settings, app.state.connectors, intake=app.state.intake)
         if settings.scheduler_enabled:
             app.state.scheduler = build_scheduler(runtime)
             app.state.scheduler.start()

@@ -28,7 +28,6 @@ from app.funnels.webhook_upkeep import note_webhook_seen
 from app.security import tokens_match
 from app.waker import INBOX_JOB, get_waker
 from app.webhooks.group_commit import Delivery, committer
-from app.webhooks.intake import get_intake
 from app.webhooks.known_connections import KnownConnection, StaleConnection, known_connections
 from app.webhooks.service import dedupe_key, strip_token
 from connectors.descriptor import BodyToken, CRMDescriptor, UnknownCRM, UrlSecret, descriptor_for
@@ -147,20 +146,18 @@ def _descriptor(crm: str, secret: str | None) -> CRMDescriptor:
 async def webhook(crm: str, name: str, request: Request) -> dict[str, str]:
     """A CRM whose events carry a token (Bitrix24: auth[application_token])."""
     descriptor = _descriptor(crm, None)
-    with get_intake(request).delivery():
-        return await _receive(
-            descriptor, name, None, request, get_sessions(request), get_settings_from_app(request)
-        )
+    return await _receive(
+        descriptor, name, None, request, get_sessions(request), get_settings_from_app(request)
+    )
 
 
 @router.post("/{crm}/{name}/{secret}")
 async def webhook_with_secret(crm: str, name: str, secret: str, request: Request) -> dict[str, str]:
     """A CRM that does not sign its webhooks (amoCRM): the secret in the URL proves the sender."""
     descriptor = _descriptor(crm, secret)
-    with get_intake(request).delivery():
-        return await _receive(
-            descriptor, name, secret, request, get_sessions(request), get_settings_from_app(request)
-        )
+    return await _receive(
+        descriptor, name, secret, request, get_sessions(request), get_settings_from_app(request)
+    )
 
 
 # A delivery is checked at most this many times: once against the kept row, then against rows read

@@ -7,17 +7,22 @@ from __future__ import annotations
 import asyncio
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import func, select
+from starlette.types import Receive, Scope, Send
 
+from app.main import create_app
 from app.scheduler import run_inbox
-from app.webhooks.intake import BUSY_AT, Intake
+from app.webhooks.intake import BUSY_AT, CountDeliveries, Intake
 from app.webhooks.models import EventStatus, InboxEvent
 from app.webhooks.processor import process_inbox
 from app.webhooks.service import store_event
 from connectors.events import parse_deal_events
 from tests.outbox.conftest import Outbox, open_outbox
 from tests.outbox.test_tenants_fairness import runtime_for
+from tests.support.crm import settings_for
 
 
 def _busy(intake: Intake, stack: ExitStack) -> None:
@@ -56,6 +61,28 @@ async def test_busy_means_deliveries_in_flight_and_giving_way_ends_when_they_do(
     # The deliveries ended: the wait ends (well before its hour).
     await waiting
     assert not intake.busy and intake.giving_way == 0
+
+
+async def test_webhook_requests_are_counted_while_in_flight_and_others_are_not(tmp_path: Path) -> None:
+    intake = Intake()
+    seen: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(intake.in_flight)
+        if scope["path"].endswith("/fails"):
+            raise RuntimeError("the endpoint failed")
+
+    counted = CountDeliveries(app, intake)
+    no_io: Any = None
+    await counted({"type": "http", "path": "/webhooks/amocrm/amo/secret"}, no_io, no_io)
+    await counted({"type": "http", "path": "/api/deals"}, no_io, no_io)
+    with pytest.raises(RuntimeError):
+        await counted({"type": "http", "path": "/webhooks/bitrix24/fails"}, no_io, no_io)
+    assert seen == [1, 0, 1] and intake.in_flight == 0  # a failed request is not counted forever
+    # The app counts into the Intake its scheduler's inbox job reads.
+    served = create_app(settings_for(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"))
+    assert isinstance(served.state.intake, Intake)
+    assert CountDeliveries in [m.cls for m in served.user_middleware]
 
 
 async def test_an_inbox_run_waits_for_a_busy_receiver_then_mirrors(database_url: str, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, select, tuple_, update
+from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.models import (
@@ -35,7 +35,7 @@ from app.analytics.models import (
     DailyStageEntries,
     DailyStageExits,
 )
-from app.db import dialect_insert
+from app.db import Base, dialect_insert
 from app.deals.models import StageTransition
 
 _UPSERT_CHUNK = 500  # rows per INSERT: 5 parameters a row, far below SQLite's limit
@@ -102,83 +102,63 @@ async def record(session: AsyncSession, transitions: Iterable[StageTransition]) 
 
 
 async def _upsert(session: AsyncSession, tally: Tally) -> None:
-    entries = [{"stage_id": s, "day": d, "entries": n} for (s, d), n in sorted(tally.entries.items())]
-    for start in range(0, len(entries), _UPSERT_CHUNK):
-        insert = dialect_insert(session, DailyStageEntries).values(entries[start : start + _UPSERT_CHUNK])
-        added = DailyStageEntries.entries + insert.excluded.entries
-        await session.execute(
-            insert.on_conflict_do_update(index_elements=["stage_id", "day"], set_={"entries": added})
-        )
-    exits = [
-        {"from_stage_id": s, "day": d, "to_stage_id": t, "exits": n}
-        for (s, d, t), n in sorted(tally.exits.items())
-    ]
-    for start in range(0, len(exits), _UPSERT_CHUNK):
-        insert = dialect_insert(session, DailyStageExits).values(exits[start : start + _UPSERT_CHUNK])
-        added = DailyStageExits.exits + insert.excluded.exits
-        await session.execute(
-            insert.on_conflict_do_update(
-                index_elements=["from_stage_id", "day", "to_stage_id"], set_={"exits": added}
-            )
-        )
-    keys = sorted(tally.durations)
-    for start in range(0, len(keys), _UPSERT_CHUNK):
-        chunk = keys[start : start + _UPSERT_CHUNK]
-        await _upsert_durations(session, {key: tally.durations[key] for key in chunk})
-
-
-async def _upsert_durations(session: AsyncSession, durations: dict[tuple[int, int, date], list[int]]) -> None:
-    """Add the durations, then sort those of every row that had some already: rows stay sorted, as a
-    fresh count writes them, so the page's merge of a bucket's rows is a merge of sorted runs (which
-    Python's sort does in about linear time). The upsert appends atomically and holds the row until
-    commit, so reading it back and rewriting it sorted cannot lose a concurrent writer's values."""
-    rows = [
-        {
-            "from_stage_id": s,
-            "bucket": b,
-            "day": d,
-            "exits": len(us),
-            "durations": encode_durations(sorted(us)),
-        }
-        for (s, b, d), us in durations.items()
-    ]
-    insert = dialect_insert(session, DailyStageDurations).values(rows)
-    columns: dict[str, Any] = {
-        "exits": DailyStageDurations.exits + insert.excluded.exits,
-        "durations": DailyStageDurations.durations + insert.excluded.durations,
-    }
-    await session.execute(
-        insert.on_conflict_do_update(index_elements=["from_stage_id", "bucket", "day"], set_=columns)
+    await _add_up(
+        session,
+        DailyStageEntries,
+        ["stage_id", "day"],
+        ["entries"],
+        [{"stage_id": s, "day": d, "entries": n} for (s, d), n in sorted(tally.entries.items())],
     )
-    table = DailyStageDurations.__table__
+    await _add_up(
+        session,
+        DailyStageExits,
+        ["from_stage_id", "day", "to_stage_id"],
+        ["exits"],
+        [
+            {"from_stage_id": s, "day": d, "to_stage_id": t, "exits": n}
+            for (s, d, t), n in sorted(tally.exits.items())
+        ],
+    )
+    # Each write's durations in ascending order; a row written twice holds two sorted runs, which the
+    # page sorts together with the rest of the bucket's rows anyway (Python's sort merges runs).
+    await _add_up(
+        session,
+        DailyStageDurations,
+        ["from_stage_id", "bucket", "day"],
+        ["exits", "durations"],
+        [
+            {
+                "from_stage_id": s,
+                "bucket": b,
+                "day": d,
+                "exits": len(us),
+                "durations": encode_durations(sorted(us)),
+            }
+            for (s, b, d), us in sorted(tally.durations.items())
+        ],
+    )
+
+
+def _table(model: type[Base]) -> Table:
+    table = model.__table__
     assert isinstance(table, Table)
-    x = table.c
-    rows_now = await session.execute(
-        select(x.from_stage_id, x.bucket, x.day, x.exits, x.durations).where(
-            tuple_(x.from_stage_id, x.bucket, x.day).in_(list(durations))
-        )
-    )
-    merged = [
-        {
-            "key_stage": s,
-            "key_bucket": b,
-            "key_day": d,
-            "merged": encode_durations(sorted(decode_durations(text))),
-        }
-        for s, b, d, n, text in rows_now
-        if n > len(durations[(s, b, d)])  # the row had exits before this transaction's
-    ]
-    if merged:
-        await session.execute(
-            update(table)
-            .where(
-                x.from_stage_id == bindparam("key_stage"),
-                x.bucket == bindparam("key_bucket"),
-                x.day == bindparam("key_day"),
-            )
-            .values(durations=bindparam("merged")),
-            merged,
-        )
+    return table
+
+
+async def _add_up(
+    session: AsyncSession, model: type[Base], keys: list[str], columns: list[str], rows: list[dict[str, Any]]
+) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET column = column + the new value (durations: ||),
+    for each row in order (sorted: two transactions on PostgreSQL lock shared rows in the same order).
+    Executed as one executemany: the statement is compiled once and cached, where a multi-row VALUES
+    list is compiled afresh for each size (about 60 ms for 500 rows, most of a mirror batch's added
+    time when they were)."""
+    if not rows:
+        return
+    table = _table(model)
+    insert = dialect_insert(session, table)
+    added = {column: table.c[column] + insert.excluded[column] for column in columns}
+    await session.execute(insert.on_conflict_do_update(index_elements=keys, set_=added), rows)
 
 
 # A deal's transitions as the outcome counts need them: (id, to_stage_id, at).
@@ -234,21 +214,23 @@ async def _upsert_outcomes(session: AsyncSession, tally: Counter[tuple[int, date
         for (o, d, s), n in sorted(tally.items())
         if n
     ]
-    x = DailyOutcomeEntries
-    for start in range(0, len(rows), _UPSERT_CHUNK):
-        chunk = rows[start : start + _UPSERT_CHUNK]
-        insert = dialect_insert(session, x).values(chunk)
+    await _add_up(session, DailyOutcomeEntries, ["outcome_stage_id", "day", "stage_id"], ["entries"], rows)
+    emptied = [
+        {"key_outcome": r["outcome_stage_id"], "key_day": r["day"], "key_stage": r["stage_id"]}
+        for r in rows
+        if r["entries"] < 0
+    ]
+    if emptied:
+        x = _table(DailyOutcomeEntries).c
         await session.execute(
-            insert.on_conflict_do_update(
-                index_elements=["outcome_stage_id", "day", "stage_id"],
-                set_={"entries": x.entries + insert.excluded.entries},
-            )
+            delete(_table(DailyOutcomeEntries)).where(
+                x.outcome_stage_id == bindparam("key_outcome"),
+                x.day == bindparam("key_day"),
+                x.stage_id == bindparam("key_stage"),
+                x.entries == 0,
+            ),
+            emptied,
         )
-        emptied = [(r["outcome_stage_id"], r["day"], r["stage_id"]) for r in chunk if r["entries"] < 0]
-        if emptied:
-            await session.execute(
-                delete(x).where(tuple_(x.outcome_stage_id, x.day, x.stage_id).in_(emptied), x.entries == 0)
-            )
 
 
 def encode_durations(values: Iterable[float]) -> str:

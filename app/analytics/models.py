@@ -64,8 +64,8 @@ class DailyStageDurations(Base):
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     exits: Mapped[int] = mapped_column(Integer)
-    # The exits' durations in microseconds, in ascending order: 16 hex digits each, the big-endian
-    # IEEE 754 double (app.analytics.daily_counts.encode_durations).
+    # The exits' durations in microseconds: 16 hex digits each, the big-endian IEEE 754 double
+    # (app.analytics.daily_counts.encode_durations); each write's in ascending order, appended.
     durations: Mapped[str] = mapped_column(Text)
 
 

@@ -25,7 +25,7 @@ from itertools import chain
 from sqlalchemy import DateTime, and_, func, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.analytics.daily_counts import decode_durations, duration_bucket, microseconds
+from app.analytics.daily_counts import ALL_BUCKETS, decode_durations, duration_bucket, microseconds
 from app.analytics.funnels import FunnelContext
 from app.analytics.models import DailyStageDurations, DailyStageEntries, DailyStageExits
 from app.analytics.schemas import Period
@@ -161,9 +161,12 @@ async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date
     ):
         flow.exits[(stage_id, to_stage_id)] += int(n)
     d = DailyStageDurations
+    # Every bucket a duration can have, listed: the index (stage, bucket, day) is then read as one
+    # range of days per stage and bucket (SQLite seeks past the absent ones), in GROUP BY order,
+    # however long the history before the period.
     for stage_id, bucket, n in await session.execute(
         select(d.from_stage_id, d.bucket, func.sum(d.exits))
-        .where(d.from_stage_id.in_(ids), d.day >= first, d.day < last)
+        .where(d.from_stage_id.in_(ids), d.bucket.in_(ALL_BUCKETS), d.day >= first, d.day < last)
         .group_by(d.from_stage_id, d.bucket)
     ):
         flow.buckets.setdefault(stage_id, Counter())[bucket] += int(n)

@@ -57,8 +57,10 @@ class DailyStageDurations(Base):
 
     __tablename__ = "daily_stage_durations"
     # The primary key serves the durations of one stage's bucket over a range of days; the index
-    # the counts per bucket over the period's days, without reading the rows' durations.
-    __table_args__ = (Index("ix_daily_stage_durations_stage_day", "from_stage_id", "day", "bucket", "exits"),)
+    # the counts per bucket over the period's days, without reading the rows' durations, in the
+    # order of the page's GROUP BY (stage, bucket): with the day first, SQLite sorted the 49,000
+    # rows of 180 days in a temporary B-tree (28 ms against 12).
+    __table_args__ = (Index("ix_daily_stage_durations_counts", "from_stage_id", "bucket", "day", "exits"),)
 
     from_stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -70,9 +70,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("from_stage_id", "bucket", "day", name=op.f("pk_daily_stage_durations")),
     )
     op.create_index(
-        "ix_daily_stage_durations_stage_day",
+        "ix_daily_stage_durations_counts",
         "daily_stage_durations",
-        ["from_stage_id", "day", "bucket", "exits"],
+        ["from_stage_id", "bucket", "day", "exits"],
         unique=False,
     )
     _split_durations(durations)
@@ -113,7 +113,7 @@ def downgrade() -> None:
     with op.batch_alter_table("daily_stage_exits", schema=None) as batch_op:
         batch_op.alter_column("durations", server_default=None)
     _durations_per_target()
-    op.drop_index("ix_daily_stage_durations_stage_day", table_name="daily_stage_durations")
+    op.drop_index("ix_daily_stage_durations_counts", table_name="daily_stage_durations")
     op.drop_table("daily_stage_durations")
 
 

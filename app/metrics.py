@@ -45,6 +45,16 @@ RATE_LIMIT_WAIT = Counter(
     "Time spent waiting on our own per-account rate limiter before calling the CRM",
     registry=REGISTRY,
 )
+WEBHOOKS_IN_FLIGHT = Gauge(
+    "funnelsync_webhook_requests_in_flight",
+    "Webhook requests being received now (headers read, answer not yet sent)",
+    registry=REGISTRY,
+)
+INBOX_GAVE_WAY = Counter(
+    "funnelsync_inbox_gave_way_seconds_total",
+    "Time inbox runs waited for this process's busy webhook receiver (app.webhooks.intake)",
+    registry=REGISTRY,
+)
 OUTBOX_DEPTH = Gauge("funnelsync_outbox_commands", "Outbox commands by status", ["status"], registry=REGISTRY)
 INBOX_DEPTH = Gauge("funnelsync_inbox_events", "Inbox events by status", ["status"], registry=REGISTRY)
 

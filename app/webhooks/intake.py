@@ -14,10 +14,13 @@ Only deliveries in this process count: a worker in a process of its own has its 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app import metrics
 
 # Deliveries in flight from which the receiver counts as busy. A steady flow of a few hundred a
 # minute has one or two in flight at a time; a CRM's burst (a bulk edit, a reconnect replaying its
@@ -48,12 +51,14 @@ class Intake:
     def delivery(self) -> Iterator[None]:
         """Count one delivery in flight while the block runs."""
         self.in_flight += 1
+        metrics.WEBHOOKS_IN_FLIGHT.inc()
         if self.busy:
             self._event().clear()
         try:
             yield
         finally:
             self.in_flight -= 1
+            metrics.WEBHOOKS_IN_FLIGHT.dec()
             if not self.busy:
                 self._event().set()
 
@@ -62,11 +67,13 @@ class Intake:
         if not self.busy or at_most <= 0:
             return
         self.giving_way += 1
+        started = time.monotonic()
         try:
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._event().wait(), at_most)
         finally:
             self.giving_way -= 1
+            metrics.INBOX_GAVE_WAY.inc(time.monotonic() - started)
 
 
 class CountDeliveries:

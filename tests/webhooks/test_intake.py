@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from starlette.types import Receive, Scope, Send
 
+from app import metrics
 from app.main import create_app
 from app.scheduler import run_inbox
 from app.webhooks.intake import BUSY_AT, CountDeliveries, Intake
@@ -23,6 +24,8 @@ from connectors.events import parse_deal_events
 from tests.outbox.conftest import Outbox, open_outbox
 from tests.outbox.test_tenants_fairness import runtime_for
 from tests.support.crm import settings_for
+
+GAVE_WAY = "funnelsync_inbox_gave_way_seconds_total"
 
 
 def _busy(intake: Intake, stack: ExitStack) -> None:
@@ -49,11 +52,17 @@ async def _pending(outbox: Outbox) -> int:
         return int(await session.scalar(query) or 0)
 
 
+def _metric(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+
 async def test_busy_means_deliveries_in_flight_and_giving_way_ends_when_they_do() -> None:
     intake = Intake()
+    in_flight, gave_way = _metric("funnelsync_webhook_requests_in_flight"), _metric(GAVE_WAY)
     with ExitStack() as stack:
         _busy(intake, stack)
         assert intake.busy and intake.in_flight == BUSY_AT
+        assert _metric("funnelsync_webhook_requests_in_flight") == in_flight + BUSY_AT
         await intake.give_way(0)  # no wait allowed: returns at once, busy or not
         waiting = asyncio.create_task(intake.give_way(3600))
         await asyncio.sleep(0)  # one loop turn: the task is now waiting
@@ -61,6 +70,8 @@ async def test_busy_means_deliveries_in_flight_and_giving_way_ends_when_they_do(
     # The deliveries ended: the wait ends (well before its hour).
     await waiting
     assert not intake.busy and intake.giving_way == 0
+    assert _metric("funnelsync_webhook_requests_in_flight") == in_flight
+    assert _metric(GAVE_WAY) > gave_way  # the wait is counted for ops to see
 
 
 async def test_webhook_requests_are_counted_while_in_flight_and_others_are_not(tmp_path: Path) -> None:

@@ -90,13 +90,15 @@ def _token_print(settings: Settings, record: Connection) -> str | None:
 
 async def note_webhook_seen(
     sessions: async_sessionmaker[AsyncSession], settings: Settings, record: Connection
-) -> None:
+) -> bool:
     """Record that an event carrying the connection's current token arrived (its token already
-    matched). Written once per token, so steady traffic costs no write."""
+    matched). Written once per token, so steady traffic costs no write. True when `record` did not
+    show it yet and the row was read (and written if need be): a copy of `record` kept by the
+    caller is then behind."""
     token = _token_print(settings, record)
     seen: dict[str, Any] = record.settings.get(WEBHOOK_SEEN) or {}
     if token is None or seen.get("token") == token:
-        return
+        return False
     async with sessions.begin() as session:
         current = await session.get(Connection, record.id, with_for_update=True)
         if current is not None and (current.settings.get(WEBHOOK_SEEN) or {}).get("token") != token:
@@ -104,6 +106,7 @@ async def note_webhook_seen(
                 **current.settings,
                 WEBHOOK_SEEN: {"token": token, "at": utcnow().isoformat()},
             }
+    return True
 
 
 def webhook_seen_at(settings: Settings, record: Connection) -> datetime | None:

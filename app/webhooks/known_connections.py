@@ -28,21 +28,37 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.connections import service as connections
 from app.connections.models import Connection
+from connectors.descriptor import descriptor_for
 
 
 @dataclass(frozen=True)
 class ConnectionStamp:
-    """What the receiver's decision depends on: the row's name, CRM, credentials and settings (the
-    account's address and id, the webhook token last seen). Any change makes a kept row stale."""
+    """What the receiver's decision depends on: the row's name, CRM, credentials, and the account's
+    address and id it compares with a body's claims. Any change to these makes a kept row stale.
+    Other settings are left out on purpose: jobs write them all the time (the webhook check's state,
+    token dates), and a stamp that moved with them sent deliveries round again and again (a burst
+    right after start-up ran out of checks)."""
 
     name: str
     crm: str
     credentials_encrypted: str
-    settings: dict[str, Any]
+    identity: tuple[str | None, ...]
 
     @classmethod
-    def of(cls, record: Connection) -> ConnectionStamp:
-        return cls(record.name, record.crm, record.credentials_encrypted, dict(record.settings or {}))
+    def of(
+        cls, name: str, crm: str, credentials_encrypted: str, settings: dict[str, Any] | None
+    ) -> ConnectionStamp:
+        descriptor = descriptor_for(crm)
+        values = settings or {}
+        identity = tuple(
+            None if values.get(key) is None else str(values[key])
+            for key in (descriptor.domain_setting, descriptor.account_id_setting)
+        )
+        return cls(name, crm, credentials_encrypted, identity)
+
+    @classmethod
+    def of_record(cls, record: Connection) -> ConnectionStamp:
+        return cls.of(record.name, record.crm, record.credentials_encrypted, record.settings)
 
 
 class StaleConnection(Exception):
@@ -80,11 +96,16 @@ class KnownConnections:
                 self._rows.pop(name, None)
                 return None
         known = KnownConnection(
-            record, connections.credentials(settings, record), ConnectionStamp.of(record), fresh=True
+            record, connections.credentials(settings, record), ConnectionStamp.of_record(record), fresh=True
         )
         # Kept as not fresh: the next delivery must not take it for a row read for it.
         self._rows[name] = KnownConnection(known.record, known.credentials, known.stamp, fresh=False)
         return known
+
+    def forget(self, name: str) -> None:
+        """Read the row again for the next delivery: this one changed something in it that the stamp
+        does not cover (the webhook token seen), or the kept copy is known to be behind."""
+        self._rows.pop(name, None)
 
 
 async def current_stamps(session: AsyncSession, connection_ids: Iterable[int]) -> dict[int, ConnectionStamp]:
@@ -101,8 +122,7 @@ async def current_stamps(session: AsyncSession, connection_ids: Iterable[int]) -
     ).where(Connection.id.in_(ids))
     rows = await session.execute(query)
     return {
-        row.id: ConnectionStamp(row.name, row.crm, row.credentials_encrypted, dict(row.settings or {}))
-        for row in rows
+        row.id: ConnectionStamp.of(row.name, row.crm, row.credentials_encrypted, row.settings) for row in rows
     }
 
 

@@ -28,7 +28,12 @@ from app.funnels.webhook_upkeep import note_webhook_seen
 from app.security import tokens_match
 from app.waker import INBOX_JOB, get_waker
 from app.webhooks.group_commit import Delivery, committer
-from app.webhooks.known_connections import KnownConnection, StaleConnection, known_connections
+from app.webhooks.known_connections import (
+    KnownConnection,
+    KnownConnections,
+    StaleConnection,
+    known_connections,
+)
 from app.webhooks.service import dedupe_key, strip_token
 from connectors.descriptor import BodyToken, CRMDescriptor, UnknownCRM, UrlSecret, descriptor_for
 from connectors.events import WebhookIdentity, WebhookParseError, parse_deal_events, read_identity
@@ -188,7 +193,7 @@ async def _receive(
                 _check_url_secret(descriptor.webhook_auth, secret, known, descriptor)
             if body is None:
                 body = await _read_body(request, settings.max_webhook_body)
-            return await _check_and_accept(descriptor, known, request, sessions, settings, body)
+            return await _check_and_accept(descriptor, known, rows, request, sessions, settings, body)
         except Refused:
             if known is None or known.fresh:
                 raise
@@ -212,6 +217,7 @@ def _check_url_secret(
 async def _check_and_accept(
     descriptor: CRMDescriptor,
     known: KnownConnection | None,
+    rows: KnownConnections,
     request: Request,
     sessions: Any,
     settings: Settings,
@@ -230,8 +236,10 @@ async def _check_and_accept(
         moved = _check_identity(descriptor, known.record, identity)
         if moved:
             await _record_move(sessions, known.record, moved)
-    if isinstance(auth, BodyToken):  # the token matched: a hook registered by hand is in place
-        await note_webhook_seen(sessions, settings, known.record)
+            rows.forget(known.record.name)  # this delivery's stamp is stale now: checked again
+    # The token matched: a hook registered by hand is in place.
+    if isinstance(auth, BodyToken) and await note_webhook_seen(sessions, settings, known.record):
+        rows.forget(known.record.name)
     return await _accept(request, sessions, known, body)
 
 

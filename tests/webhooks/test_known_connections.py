@@ -128,8 +128,8 @@ async def test_the_group_commit_hands_back_deliveries_checked_against_a_changed_
             record = Connection(name="b24", crm="bitrix24", base_url="http://x/", credentials_encrypted="v1")
             session.add(record)
             await session.flush()
-            current = ConnectionStamp.of(record)
-        outdated = ConnectionStamp(current.name, current.crm, "v0", current.settings)
+            current = ConnectionStamp.of_record(record)
+        outdated = ConnectionStamp(current.name, current.crm, "v0", current.identity)
         group = [
             Delivery(record.id, "fresh", b"body", "text/plain", stamp=current),
             Delivery(record.id, "stale", b"body", "text/plain", stamp=outdated),
@@ -142,3 +142,31 @@ async def test_the_group_commit_hands_back_deliveries_checked_against_a_changed_
         async with sessions() as session:
             keys = set(await session.scalars(select(InboxEvent.dedupe_key)))
         assert keys == {"fresh", "unchecked"}
+
+
+def test_settings_the_check_does_not_read_leave_the_kept_row_in_use(service: Service) -> None:
+    """Jobs write other settings all the time (the webhook check's state, token dates): the kept
+    row stays in use and the delivery is stored at once."""
+    assert (
+        web.post(amo_url(service, service.amo_secret), content=amo_body(1), headers=FORM).status_code == 200
+    )
+
+    async def note_check() -> None:
+        async with open_sessions(service.database_url) as sessions, sessions.begin() as session:
+            record = await connections.get_connection(session, "amo")
+            record.settings = {**record.settings, "webhook": {"state": "registered"}}
+
+    asyncio.run(note_check())
+    with lookups_by_name() as lookups:
+        second = web.post(amo_url(service, service.amo_secret), content=amo_body(2), headers=FORM)
+    assert second.json() == {"status": "accepted"} and lookups == []
+
+
+def test_a_bitrix24_token_seen_first_is_recorded_once_then_the_row_is_kept(service: Service) -> None:
+    url = f"{service.url}/webhooks/bitrix24/b24"
+    with lookups_by_name() as lookups:
+        for deal_id in (1, 2, 3, 4):
+            assert web.post(url, content=bitrix_body(deal_id), headers=FORM).json() == {"status": "accepted"}
+    # Read for the first delivery, which recorded the token as seen; read again once for the next
+    # (the kept copy did not show it); kept from then on.
+    assert len(lookups) == 2

@@ -185,9 +185,10 @@ async def _receive(
     rows = known_connections(sessions)
     body: bytes | None = None
     for attempt in range(_CHECKS):
-        known = await rows.get(settings, name, fresh=attempt > 0)
-        if known is not None and known.record.crm != descriptor.name:
-            known = None  # a connection of the other CRM: answered like a name that does not exist
+        kept = await rows.get(settings, name, fresh=attempt > 0)
+        read_now = kept is None or kept.fresh  # None: read now, and no connection has the name
+        # A connection of the other CRM is answered like a name that does not exist.
+        known = kept if kept is not None and kept.record.crm == descriptor.name else None
         try:
             if isinstance(descriptor.webhook_auth, UrlSecret):  # before reading the body
                 _check_url_secret(descriptor.webhook_auth, secret, known, descriptor)
@@ -195,7 +196,7 @@ async def _receive(
                 body = await _read_body(request, settings.max_webhook_body)
             return await _check_and_accept(descriptor, known, rows, request, sessions, settings, body)
         except Refused:
-            if known is None or known.fresh:
+            if read_now:
                 raise
         except StaleConnection:
             continue

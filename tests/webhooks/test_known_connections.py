@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import delete, event, select
 from sqlalchemy.engine import Engine
 
@@ -21,10 +22,19 @@ from app.connections.models import Connection
 from app.webhooks.group_commit import Delivery, GroupCommitter
 from app.webhooks.known_connections import ConnectionStamp, StaleConnection
 from app.webhooks.models import InboxEvent
+from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from tests.support import web
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
-from tests.webhooks.receiver_support import FORM, Service, amo_body, bitrix_body, served_receivers
+from tests.webhooks.receiver_support import (
+    APP_TOKEN,
+    DOMAIN,
+    FORM,
+    Service,
+    amo_body,
+    bitrix_body,
+    served_receivers,
+)
 
 
 @pytest.fixture
@@ -170,3 +180,32 @@ def test_a_bitrix24_token_seen_first_is_recorded_once_then_the_row_is_kept(servi
     # Read for the first delivery, which recorded the token as seen; read again once for the next
     # (the kept copy did not show it); kept from then on.
     assert len(lookups) == 2
+
+
+def test_a_name_taken_over_by_another_crm_elsewhere_is_read_again_before_a_refusal(
+    service: Service, tmp_path: Path
+) -> None:
+    """The kept row says amoCRM; meanwhile the name became a Bitrix24 connection. Its delivery is
+    not refused on the kept row's word."""
+    assert web.post(amo_url(service, "wrong-secret"), content=amo_body(1), headers=FORM).status_code == 401
+    settings = settings_for(tmp_path, service.database_url)
+    replacement = connections.build_record(
+        settings,
+        Bitrix24ConnectionCreate(
+            name="amo",
+            crm="bitrix24",
+            webhook_url=f"https://{DOMAIN}/rest/1/abc123/",
+            app_token=SecretStr(APP_TOKEN),
+        ),
+        None,
+    )
+
+    async def replace() -> None:
+        async with open_sessions(service.database_url) as sessions, sessions.begin() as session:
+            await session.execute(delete(Connection).where(Connection.name == "amo"))
+            session.add(replacement)
+
+    asyncio.run(replace())
+    response = web.post(f"{service.url}/webhooks/bitrix24/amo", content=bitrix_body(5), headers=FORM)
+    assert response.json() == {"status": "accepted"}
+    assert len(service.inbox()) == 1

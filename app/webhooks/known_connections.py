@@ -1,10 +1,10 @@
 """The connections the webhook receiver has looked up, kept between deliveries.
 
-Looking a connection up for every delivery (a session, a SELECT, decrypting its credentials) was a
-fifth of the receiver's time under a burst (bench/README.md, issue #14). Here a delivery is checked
+Looking a connection up for every delivery (a session, a SELECT, decrypting its credentials) cost
+each delivery a database round trip before its commit (bench/README.md, issue #14). Here a delivery is checked
 against the row as it was when last read, and that is never trusted on its own:
 
-- an accepted delivery is stored only if the row is still exactly what it was checked against: the
+- an accepted delivery is stored only if what its check read from the row is unchanged: the
   group commit reads the stamps of its deliveries' connections in the transaction that inserts them
   (`current_stamps`) and hands a delivery whose stamp changed back as `StaleConnection`, so the
   receiver checks it again against the row as it is now;
@@ -12,13 +12,14 @@ against the row as it was when last read, and that is never trusted on its own:
 
 So a credential rotated, a connection renamed or deleted, by this process or another (the CLI, a
 second worker), takes effect for the very next delivery, as it did with a lookup per delivery.
-Nothing here is invalidated by hand, so no path that changes a connection has to remember to.
+Correctness does not rest on invalidation, so no path that changes a connection has to remember to
+drop it; the receiver drops a kept row only where it knows its copy is behind, to spare a check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -99,7 +100,7 @@ class KnownConnections:
             record, connections.credentials(settings, record), ConnectionStamp.of_record(record), fresh=True
         )
         # Kept as not fresh: the next delivery must not take it for a row read for it.
-        self._rows[name] = KnownConnection(known.record, known.credentials, known.stamp, fresh=False)
+        self._rows[name] = replace(known, fresh=False)
         return known
 
     def forget(self, name: str) -> None:

@@ -219,8 +219,12 @@ def free_port() -> int:
     return pick()
 
 
-def service_env(data_dir: Path, database_url: str, scheduler: bool) -> dict[str, str]:
+def service_env(
+    data_dir: Path, database_url: str, scheduler: bool, inbox_yield: float | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FUNNELSYNC_")}
+    if inbox_yield is not None:
+        env["FUNNELSYNC_INBOX_YIELD_SECONDS"] = str(inbox_yield)
     env.update(
         FUNNELSYNC_DATA_DIR=str(data_dir),
         FUNNELSYNC_DATABASE_URL=database_url,
@@ -312,12 +316,18 @@ def measure_bare(n: int, concurrency: int) -> LoadResult:
 
 
 def measure_service(
-    label: str, database_url: str, data_dir: Path, n: int, concurrency: int, scheduler: bool
+    label: str,
+    database_url: str,
+    data_dir: Path,
+    n: int,
+    concurrency: int,
+    scheduler: bool,
+    inbox_yield: float | None = None,
 ) -> tuple[LoadResult, dict[str, int]]:
     import subprocess
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = service_env(data_dir, database_url, scheduler)
+    env = service_env(data_dir, database_url, scheduler, inbox_yield)
     if not database_url.startswith("sqlite"):
         # PostgreSQL is not migrated on start (auto_migrate is for the embedded SQLite only).
         subprocess.run(
@@ -348,6 +358,11 @@ def main() -> int:
     parser.add_argument(
         "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
     )
+    parser.add_argument(
+        "--inbox-yield-seconds",
+        type=float,
+        help="FUNNELSYNC_INBOX_YIELD_SECONDS for the server (default: the service's; 0: never give way)",
+    )
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
@@ -369,7 +384,13 @@ def main() -> int:
         for label, database_url in targets:
             bare = measure_bare(args.n, args.concurrency)
             service, inbox = measure_service(
-                label, database_url, Path(tmp) / label, args.n, args.concurrency, not args.no_scheduler
+                label,
+                database_url,
+                Path(tmp) / label,
+                args.n,
+                args.concurrency,
+                not args.no_scheduler,
+                args.inbox_yield_seconds,
             )
             stored = sum(inbox.values())
             for result in (bare, service):

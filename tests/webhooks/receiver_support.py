@@ -13,7 +13,9 @@ from urllib.parse import urlencode
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from app.config import Settings
 from app.connections import service as connections
+from app.connections.models import Connection
 from app.main import create_app
 from connectors.amocrm.descriptor import AmoCRMConnectionCreate
 from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
@@ -41,19 +43,24 @@ class Service:
         return asyncio.run(read())
 
 
-@contextmanager
-def served_receivers(database_url: str, tmp_path: Path) -> Iterator[Service]:
-    settings = settings_for(tmp_path, database_url)
-    b24 = connections.build_record(
+def bitrix24_record(settings: Settings, name: str) -> Connection:
+    """A Bitrix24 connection of the portal DOMAIN whose events carry APP_TOKEN."""
+    return connections.build_record(
         settings,
         Bitrix24ConnectionCreate(
-            name="b24",
+            name=name,
             crm="bitrix24",
             webhook_url=f"https://{DOMAIN}/rest/1/abc123/",
             app_token=SecretStr(APP_TOKEN),
         ),
         None,
     )
+
+
+@contextmanager
+def served_receivers(database_url: str, tmp_path: Path) -> Iterator[Service]:
+    settings = settings_for(tmp_path, database_url)
+    b24 = bitrix24_record(settings, "b24")
     amo = connections.build_record(
         settings,
         AmoCRMConnectionCreate(name="amo", crm="amocrm", subdomain="acme", token=SecretStr("t")),

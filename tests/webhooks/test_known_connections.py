@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-from pydantic import SecretStr
 from sqlalchemy import delete, event, select
 from sqlalchemy.engine import Engine
 
@@ -22,25 +20,10 @@ from app.connections.models import Connection
 from app.webhooks.group_commit import Delivery, GroupCommitter
 from app.webhooks.known_connections import ConnectionStamp, StaleConnection
 from app.webhooks.models import InboxEvent
-from connectors.bitrix24.descriptor import Bitrix24ConnectionCreate
 from tests.support import web
 from tests.support.crm import settings_for
 from tests.support.db import open_sessions
-from tests.webhooks.receiver_support import (
-    APP_TOKEN,
-    DOMAIN,
-    FORM,
-    Service,
-    amo_body,
-    bitrix_body,
-    served_receivers,
-)
-
-
-@pytest.fixture
-def service(database_url: str, tmp_path: Path) -> Iterator[Service]:
-    with served_receivers(database_url, tmp_path) as served:
-        yield served
+from tests.webhooks.receiver_support import FORM, Service, amo_body, bitrix24_record, bitrix_body
 
 
 @contextmanager
@@ -189,16 +172,7 @@ def test_a_name_taken_over_by_another_crm_elsewhere_is_read_again_before_a_refus
     not refused on the kept row's word."""
     assert web.post(amo_url(service, "wrong-secret"), content=amo_body(1), headers=FORM).status_code == 401
     settings = settings_for(tmp_path, service.database_url)
-    replacement = connections.build_record(
-        settings,
-        Bitrix24ConnectionCreate(
-            name="amo",
-            crm="bitrix24",
-            webhook_url=f"https://{DOMAIN}/rest/1/abc123/",
-            app_token=SecretStr(APP_TOKEN),
-        ),
-        None,
-    )
+    replacement = bitrix24_record(settings, "amo")
 
     async def replace() -> None:
         async with open_sessions(service.database_url) as sessions, sessions.begin() as session:

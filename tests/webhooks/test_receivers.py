@@ -3,9 +3,6 @@ parsed, recognise duplicates. Real HTTP, both databases."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.support import web
@@ -15,14 +12,7 @@ from tests.webhooks.receiver_support import (
     Service,
     amo_body,
     bitrix_body,
-    served_receivers,
 )
-
-
-@pytest.fixture
-def service(database_url: str, tmp_path: Path) -> Iterator[Service]:
-    with served_receivers(database_url, tmp_path) as served:
-        yield served
 
 
 def test_bitrix24_event_is_stored_once(service: Service) -> None:

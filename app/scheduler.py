@@ -99,14 +99,14 @@ async def run_inbox(runtime: Runtime) -> None:
     """Mirror pending deliveries. While this process's receiver is busy, first wait for it to calm
     down (at most inbox_yield_seconds), then give each connection one batch and end: the deliveries
     arriving meanwhile wake the job again (app.webhooks.intake)."""
-    intake = runtime.intake
-    await intake.give_way(runtime.settings.inbox_yield_seconds)
+    intake, at_most = runtime.intake, runtime.settings.inbox_yield_seconds
+    await intake.give_way(at_most)
     result = await process_inbox(
         runtime.sessions,
         runtime.connectors.get,
         parse_deal_events,
         pool=runtime.pool(INBOX_JOB),
-        keep_going=lambda: not intake.busy or runtime.settings.inbox_yield_seconds <= 0,
+        keep_going=lambda: not intake.holds_back(at_most),
     )
     if result.processed or result.failed:
         log.info("inbox: %s processed, %s failed, %s deals", result.processed, result.failed, result.deals)

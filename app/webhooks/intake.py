@@ -33,12 +33,17 @@ class Intake:
 
     def __init__(self) -> None:
         self.in_flight = 0
-        self.giving_way = 0  # inbox runs waiting for the receiver right now, for tests and metrics
+        self.giving_way = 0  # inbox runs waiting for the receiver right now (tests read it)
         self._calm: asyncio.Event | None = None  # made in the event loop on first use
 
     @property
     def busy(self) -> bool:
         return self.in_flight >= BUSY_AT
+
+    def holds_back(self, at_most: float) -> bool:
+        """Whether the inbox should hold back now, allowed to wait up to `at_most` seconds (0: it
+        never gives way)."""
+        return at_most > 0 and self.busy
 
     def _event(self) -> asyncio.Event:
         if self._calm is None:
@@ -64,7 +69,7 @@ class Intake:
 
     async def give_way(self, at_most: float) -> None:
         """Return once the receiver is not busy, or after `at_most` seconds whatever it is."""
-        if not self.busy or at_most <= 0:
+        if not self.holds_back(at_most):
             return
         self.giving_way += 1
         started = time.monotonic()

@@ -78,24 +78,32 @@ async def _note(
 WEBHOOK_SEEN = "webhook_seen"
 
 
-def _token_print(settings: Settings, record: Connection) -> str | None:
+def _token_print(
+    settings: Settings, record: Connection, credentials: dict[str, Any] | None = None
+) -> str | None:
     """The keyed fingerprint of the token the connection's events must carry; None for a CRM whose
-    events carry none (the secret is in our URL) or a connection without one stored yet."""
+    events carry none (the secret is in our URL) or a connection without one stored yet.
+    `credentials`: the record's, when the caller has decrypted them already."""
     auth = descriptor_for(record.crm).webhook_auth
     if not isinstance(auth, BodyToken):
         return None
-    token = service.credentials(settings, record).get(auth.credential)
+    values = service.credentials(settings, record) if credentials is None else credentials
+    token = values.get(auth.credential)
     return fingerprint(derived_key(settings, "webhook token"), str(token)) if token else None
 
 
 async def note_webhook_seen(
-    sessions: async_sessionmaker[AsyncSession], settings: Settings, record: Connection
+    sessions: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    record: Connection,
+    credentials: dict[str, Any] | None = None,
 ) -> bool:
     """Record that an event carrying the connection's current token arrived (its token already
     matched). Written once per token, so steady traffic costs no write. True when `record` did not
     show it yet and the row was read (and written if need be): a copy of `record` kept by the
-    caller is then behind."""
-    token = _token_print(settings, record)
+    caller is then behind. `credentials`: the record's, decrypted (the receiver has them already;
+    decrypting them again for every delivery is work on its hot path)."""
+    token = _token_print(settings, record, credentials)
     seen: dict[str, Any] = record.settings.get(WEBHOOK_SEEN) or {}
     if token is None or seen.get("token") == token:
         return False

@@ -239,7 +239,9 @@ async def _check_and_accept(
             await _record_move(sessions, known.record, moved)
             rows.forget(known.record.name)  # this delivery's stamp is stale now: checked again
     # The token matched: a hook registered by hand is in place.
-    if isinstance(auth, BodyToken) and await note_webhook_seen(sessions, settings, known.record):
+    if isinstance(auth, BodyToken) and await note_webhook_seen(
+        sessions, settings, known.record, known.credentials
+    ):
         rows.forget(known.record.name)
     return await _accept(request, sessions, known, body)
 

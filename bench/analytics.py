@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import migrate
-from app.analytics import daily_counts, service
+from app.analytics import daily_counts, live_deals, service
 from app.analytics.daily_flow import stage_flow
 from app.analytics.daily_won import won_entries
 from app.analytics.funnels import load_funnel, parse_period
@@ -305,7 +305,7 @@ async def measure_parts(url: str, funnel_id: int, runs: int) -> None:
             "flow (entries, exits, medians)": lambda s: stage_flow(s, ctx, period, deleted),
             "won entries": lambda s: won_entries(s, ctx, period, deleted),
             "loss reasons": lambda s: service._loss_reasons(s, ctx, period),
-            "stage totals": lambda s: service.stage_totals(s, ctx.ref.id),
+            "stage totals": lambda s: live_deals.stage_totals(s, ctx.ref.id),
         }
         print(f"{'part of analytics (180 days)':<32} {'min ms':>8} {'p50 ms':>8}  ({runs} runs each, alone)")
         for name, part in parts.items():

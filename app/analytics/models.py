@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import Date, ForeignKey, Index, Integer, Text
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -101,3 +101,35 @@ class DailyOutcomeEntries(Base):
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True)
     entries: Mapped[int] = mapped_column(Integer)
+
+
+# Key values standing for NULL in DailyLiveDeals (key columns cannot be NULL): a CRM stage the funnel
+# does not map (no stage has id 0), a deal with no stage entry time (no page's period reaches year 1),
+# a deal with no loss reason (app.deals.loss_reasons never derives an empty one).
+NO_STAGE = 0
+NO_DAY = date(1, 1, 1)
+NO_REASON = ""
+
+
+class DailyLiveDeals(Base):
+    """The funnels' live (not soft-deleted) deals per current stage, UTC day they entered it and loss
+    reason: how many, and their amounts in hundredths (exact on both databases; the column is
+    NUMERIC(18, 2)). The analytics page's stage totals and loss reasons read these few thousand rows
+    instead of every deal of the funnel (100,000 index entries; the loss reasons also sorted 40,000
+    of them for their GROUP BY).
+
+    Kept by triggers on `deals` (migration 0013), not by the application: every write path changes
+    them in the statement that changes the deal, including those no mirror code runs (the loss-reason
+    re-derivation's bulk UPDATE, ON DELETE SET NULL from a deleted funnel or stage, ON DELETE CASCADE
+    from a deleted connection, migrations). No foreign keys: a deleted funnel's rows are counted down
+    to zero by the SET NULL of its deals, which a cascade running first would turn into rows for a
+    funnel that no longer exists. Rows at zero stay (readers skip them)."""
+
+    __tablename__ = "daily_live_deals"
+
+    funnel_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stage_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # NO_STAGE: unmapped
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # NO_DAY: no entry time
+    loss_reason: Mapped[str] = mapped_column(String(255), primary_key=True)  # NO_REASON: none
+    deals: Mapped[int] = mapped_column(Integer)
+    amount_hundredths: Mapped[int] = mapped_column(BigInteger)

@@ -8,14 +8,13 @@ from decimal import Decimal
 from functools import partial
 from typing import TypeVar
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
 from app.analytics.daily_flow import stage_flow
 from app.analytics.daily_won import won_entries
 from app.analytics.flow import Buckets, build_flow, flow_buckets
 from app.analytics.funnels import FunnelContext
+from app.analytics.live_deals import lost_by_reason, stage_totals
 from app.analytics.loss_reasons import label_loss_reasons
 from app.analytics.schemas import (
     FunnelAnalytics,
@@ -24,20 +23,9 @@ from app.analytics.schemas import (
     TemperatureCount,
 )
 from app.analytics.transitions import Medians, deleted_deals
-from app.deals.models import Deal
 
 TEMPERATURES = ("cold", "warm", "hot")
 T = TypeVar("T")
-
-
-async def stage_totals(session: AsyncSession, funnel_id: int) -> dict[int | None, tuple[int, Decimal]]:
-    """Live deals per current stage (None: a CRM stage the funnel does not map) with amount sums."""
-    rows = await session.execute(
-        select(Deal.stage_id, func.count(), func.coalesce(func.sum(Deal.amount), 0))
-        .where(Deal.funnel_id == funnel_id, Deal.deleted_at.is_(None))
-        .group_by(Deal.stage_id)
-    )
-    return {stage_id: (int(n), Decimal(total or 0)) for stage_id, n, total in rows}
 
 
 def temperature_split(
@@ -63,18 +51,7 @@ async def _loss_reasons(
     failure_ids = [s.id for s in ctx.stages if s.semantics == "failure"]
     if not failure_ids:
         return [], 0
-    lost: list[ColumnElement[bool]] = [
-        Deal.funnel_id == ctx.ref.id,
-        Deal.stage_id.in_(failure_ids),
-        Deal.deleted_at.is_(None),
-        Deal.stage_entered_at >= period.start,
-        Deal.stage_entered_at < period.end,
-    ]
-    # The reason is a column the mirror keeps (app/deals/loss_reasons.py), in the covering index
-    # ix_deals_funnel_stage_entered: the count reads the index alone, no deal row.
-    reason = Deal.loss_reason
-    rows = await session.execute(select(reason, func.count()).where(*lost).group_by(reason))
-    counts = [(None if value is None else str(value), int(n)) for value, n in rows]
+    counts = await lost_by_reason(session, ctx.ref.id, failure_ids, period)
     labelled = await label_loss_reasons(session, ctx, counts)
     return labelled, sum(n for _, n in counts)
 

@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.funnels import FunnelContext
+from app.analytics.live_deals import stage_currency_totals
 from app.analytics.loss_reasons import label_loss_reasons, option_ids_of
 from app.analytics.schemas import Board, BoardColumn, BoardDeal, DealCommand, StageInfo
 from app.db import utcnow
@@ -108,7 +109,11 @@ def _live(ctx: FunnelContext, responsible: str | None) -> list[ColumnElement[boo
 async def _totals(
     session: AsyncSession, ctx: FunnelContext, responsible: str | None
 ) -> dict[int | None, dict[str | None, tuple[int, Decimal]]]:
-    """stage id -> currency -> (deals, amount); None stage: a CRM stage the funnel does not map."""
+    """stage id -> currency -> (deals, amount); None stage: a CRM stage the funnel does not map.
+    Unfiltered, from the live-deal counts (a few thousand rows); for one responsible, from that
+    responsible's deal rows."""
+    if responsible is None:
+        return await stage_currency_totals(session, ctx.ref.id)
     rows = await session.execute(
         select(Deal.stage_id, Deal.currency, func.count(), func.coalesce(func.sum(Deal.amount), 0))
         .where(*_live(ctx, responsible))

@@ -1,4 +1,5 @@
-"""Stage totals and lost deals per reason, from the live-deal counts the triggers on `deals` keep.
+"""Stage totals (per currency too) and lost deals per reason, from the live-deal counts the
+triggers on `deals` keep (app.analytics.models.DailyLiveDeals).
 
 Same numbers as a count over the deals themselves (tests/analytics/test_live_deals.py compares
 them): the stage totals sum every day's row of the funnel; the loss reasons sum the rows of the
@@ -16,24 +17,49 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.daily_flow import plan_period
-from app.analytics.models import NO_REASON, NO_STAGE, DailyLiveDeals
+from app.analytics.models import NO_CURRENCY, NO_REASON, NO_STAGE, DailyLiveDeals
 from app.analytics.schemas import Period
 from app.deals.models import Deal
 
 
 async def stage_totals(session: AsyncSession, funnel_id: int) -> dict[int | None, tuple[int, Decimal]]:
     """Live deals per current stage (None: a CRM stage the funnel does not map) with amount sums."""
+    totals: dict[int | None, tuple[int, Decimal]] = {}
+    for stage_id, by_currency in (await _hundredths(session, funnel_id)).items():
+        hundredths = sum(h for _, h in by_currency.values())
+        totals[stage_id] = (sum(n for n, _ in by_currency.values()), _amount(hundredths))
+    return totals
+
+
+async def stage_currency_totals(
+    session: AsyncSession, funnel_id: int
+) -> dict[int | None, dict[str | None, tuple[int, Decimal]]]:
+    """Live deals per current stage (None: unmapped) and currency (None: none), with amount sums."""
+    return {
+        stage_id: {currency: (n, _amount(hundredths)) for currency, (n, hundredths) in by_currency.items()}
+        for stage_id, by_currency in (await _hundredths(session, funnel_id)).items()
+    }
+
+
+async def _hundredths(
+    session: AsyncSession, funnel_id: int
+) -> dict[int | None, dict[str | None, tuple[int, int]]]:
+    """stage -> currency -> (deals, amount in hundredths), for those with deals."""
     x = DailyLiveDeals
     rows = await session.execute(
-        select(x.stage_id, func.sum(x.deals), func.sum(x.amount_hundredths))
+        select(x.stage_id, x.currency, func.sum(x.deals), func.sum(x.amount_hundredths))
         .where(x.funnel_id == funnel_id)
-        .group_by(x.stage_id)
+        .group_by(x.stage_id, x.currency)
     )
-    return {
-        (None if stage_id == NO_STAGE else stage_id): (int(n), _amount(int(hundredths)))
-        for stage_id, n, hundredths in rows
-        if n  # a stage all of whose deals left: its rows are at zero
-    }
+    totals: dict[int | None, dict[str | None, tuple[int, int]]] = {}
+    for stage_id, currency, n, hundredths in rows:
+        if n:  # all of whose deals left: their rows are at zero
+            key = None if stage_id == NO_STAGE else stage_id
+            totals.setdefault(key, {})[None if currency == NO_CURRENCY else currency] = (
+                int(n),
+                int(hundredths),
+            )
+    return totals
 
 
 def _amount(hundredths: int) -> Decimal:

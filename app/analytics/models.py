@@ -105,18 +105,21 @@ class DailyOutcomeEntries(Base):
 
 # Key values standing for NULL in DailyLiveDeals (key columns cannot be NULL): a CRM stage the funnel
 # does not map (no stage has id 0), a deal with no stage entry time (no page's period reaches year 1),
-# a deal with no loss reason (app.deals.loss_reasons never derives an empty one).
+# a deal with no loss reason (app.deals.loss_reasons never derives an empty one), a deal with no
+# currency (the connectors read an empty one as None).
 NO_STAGE = 0
 NO_DAY = date(1, 1, 1)
 NO_REASON = ""
+NO_CURRENCY = ""
 
 
 class DailyLiveDeals(Base):
-    """The funnels' live (not soft-deleted) deals per current stage, UTC day they entered it and loss
-    reason: how many, and their amounts in hundredths (exact on both databases; the column is
-    NUMERIC(18, 2)). The analytics page's stage totals and loss reasons read these few thousand rows
-    instead of every deal of the funnel (100,000 index entries; the loss reasons also sorted 40,000
-    of them for their GROUP BY).
+    """The funnels' live (not soft-deleted) deals per current stage, UTC day they entered it, loss
+    reason and currency: how many, and their amounts in hundredths (exact on both databases; the
+    column is NUMERIC(18, 2)). The analytics page's stage totals and loss reasons, the board's totals
+    per stage and currency and the overview's deals per funnel read these few thousand rows instead
+    of every deal of the funnel (100,000 index entries or, for the board's currencies, deal rows;
+    the loss reasons also sorted 40,000 of them for their GROUP BY).
 
     Kept by triggers on `deals` (migration 0013), not by the application: every write path changes
     them in the statement that changes the deal, including those no mirror code runs (the loss-reason
@@ -131,5 +134,17 @@ class DailyLiveDeals(Base):
     stage_id: Mapped[int] = mapped_column(Integer, primary_key=True)  # NO_STAGE: unmapped
     day: Mapped[date] = mapped_column(Date, primary_key=True)  # NO_DAY: no entry time
     loss_reason: Mapped[str] = mapped_column(String(255), primary_key=True)  # NO_REASON: none
+    currency: Mapped[str] = mapped_column(String(8), primary_key=True)  # NO_CURRENCY: none
     deals: Mapped[int] = mapped_column(Integer)
     amount_hundredths: Mapped[int] = mapped_column(BigInteger)
+
+
+# The board's list of who is responsible for the funnel's live deals (app.analytics.board): from the
+# index alone, where the GROUP BY read every deal row of the funnel (55 ms at 100,000 deals, SQLite).
+Index(
+    "ix_deals_funnel_responsible",
+    Deal.funnel_id,
+    Deal.responsible_id,
+    sqlite_where=Deal.deleted_at.is_(None),
+    postgresql_where=Deal.deleted_at.is_(None),
+)

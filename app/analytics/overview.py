@@ -12,6 +12,7 @@ from sqlalchemy import LargeBinary, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analytics.funnels import load_funnel
+from app.analytics.models import DailyLiveDeals
 from app.analytics.schemas import (
     ConnectionOverview,
     FailedCommand,
@@ -45,10 +46,16 @@ async def overview(session: AsyncSession, now: datetime | None = None) -> Overvi
     )
     for connection_id, status, count in rows:
         outbox.setdefault(connection_id, {})[status] = count
+    # Live deals per funnel from the counts the triggers on deals keep (rows per stage and day),
+    # not by reading every deal.
+    live = (
+        select(DailyLiveDeals.funnel_id, func.sum(DailyLiveDeals.deals).label("deals"))
+        .group_by(DailyLiveDeals.funnel_id)
+        .subquery()
+    )
     funnel_rows = await session.execute(
-        select(Funnel, func.count(Deal.id))
-        .join(Deal, (Deal.funnel_id == Funnel.id) & Deal.deleted_at.is_(None), isouter=True)
-        .group_by(Funnel.id)
+        select(Funnel, func.coalesce(live.c.deals, 0))
+        .join(live, live.c.funnel_id == Funnel.id, isouter=True)
         .order_by(Funnel.name, Funnel.id)
     )
     funnels: dict[int, list[FunnelSummary]] = {}
@@ -60,7 +67,7 @@ async def overview(session: AsyncSession, now: datetime | None = None) -> Overvi
                 name=funnel.name,
                 template_key=funnel.template_key,
                 connection=names.get(funnel.connection_id, "?"),
-                deals=deals,
+                deals=int(deals),
             )
         )
     connections = [

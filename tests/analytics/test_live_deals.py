@@ -15,8 +15,8 @@ from decimal import Decimal
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.analytics.live_deals import lost_by_reason, stage_totals
-from app.analytics.models import NO_DAY, NO_REASON, NO_STAGE, DailyLiveDeals
+from app.analytics.live_deals import lost_by_reason, stage_currency_totals, stage_totals
+from app.analytics.models import NO_CURRENCY, NO_DAY, NO_REASON, NO_STAGE, DailyLiveDeals
 from app.analytics.schemas import Period
 from app.connections.models import Connection
 from app.deals.loss_reasons import refresh_loss_reasons
@@ -44,6 +44,7 @@ def _snapshot(deal: int, code: str, at: datetime, rng: random.Random, pipeline: 
     """Amounts with kopecks (0.10 + 0.20 is not 0.30 in binary floating point), some without."""
     amount = None if deal % 6 == 0 else Decimal(rng.randrange(0, 10_000_000)) / 100
     reason = rng.choice(REASONS) if code in ("LOST", "SPAM") else None
+    currency = rng.choice([None, "RUB", "RUB", "USD"])
     return DealSnapshot(
         id=str(deal),
         pipeline_id=pipeline,
@@ -51,6 +52,7 @@ def _snapshot(deal: int, code: str, at: datetime, rng: random.Random, pipeline: 
         title=str(deal),
         updated_at=at,
         amount=amount,
+        currency=currency,
         fields={LOSS_REASON_FIELD: reason} if reason else {},
     )
 
@@ -107,22 +109,23 @@ def replace_stage(snapshot: DealSnapshot, stage_id: str, at: datetime) -> DealSn
     )
 
 
-Key = tuple[int, int, date, str]  # funnel, stage, day entered, loss reason
+Key = tuple[int, int, date, str, str]  # funnel, stage, day entered, loss reason, currency
 
 
 async def _kept(session: AsyncSession) -> dict[Key, tuple[int, int]]:
     """The rows the triggers kept, but those at zero (of deals that all left)."""
     x = DailyLiveDeals
     rows = await session.execute(
-        select(x.funnel_id, x.stage_id, x.day, x.loss_reason, x.deals, x.amount_hundredths)
+        select(x.funnel_id, x.stage_id, x.day, x.loss_reason, x.currency, x.deals, x.amount_hundredths)
     )
     kept: dict[Key, tuple[int, int]] = {}
-    for funnel_id, stage_id, day, reason, deals, hundredths in rows:
-        assert deals >= 0, (funnel_id, stage_id, day, reason)
+    for funnel_id, stage_id, day, reason, currency, deals, hundredths in rows:
+        key = (funnel_id, stage_id, day, reason, currency)
+        assert deals >= 0, key
         if deals:
-            kept[(funnel_id, stage_id, day, reason)] = (deals, hundredths)
+            kept[key] = (deals, hundredths)
         else:
-            assert hundredths == 0, (funnel_id, stage_id, day, reason)
+            assert hundredths == 0, key
     return kept
 
 
@@ -130,16 +133,17 @@ async def _counted(session: AsyncSession) -> dict[Key, tuple[int, int]]:
     """The same rows, counted over the deals in Python."""
     counted: dict[Key, tuple[int, int]] = {}
     rows = await session.execute(
-        select(Deal.funnel_id, Deal.stage_id, Deal.stage_entered_at, Deal.loss_reason, Deal.amount).where(
-            Deal.funnel_id.is_not(None), Deal.deleted_at.is_(None)
-        )
+        select(
+            Deal.funnel_id, Deal.stage_id, Deal.stage_entered_at, Deal.loss_reason, Deal.currency, Deal.amount
+        ).where(Deal.funnel_id.is_not(None), Deal.deleted_at.is_(None))
     )
-    for funnel_id, stage_id, entered, reason, amount in rows:
+    for funnel_id, stage_id, entered, reason, currency, amount in rows:
         key = (
             funnel_id,
             NO_STAGE if stage_id is None else stage_id,
             NO_DAY if entered is None else entered.astimezone(UTC).date(),
             NO_REASON if reason is None else reason,
+            NO_CURRENCY if currency is None else currency,
         )
         deals, hundredths = counted.get(key, (0, 0))
         counted[key] = (deals + 1, hundredths + (0 if amount is None else int(Decimal(amount) * 100)))
@@ -167,6 +171,18 @@ async def _assert_page_numbers(sessions: async_sessionmaker[AsyncSession], funne
         }
         assert await stage_totals(session, funnel_id) == expected
         assert None in expected  # the unmapped stage's deals
+        by_currency: dict[int | None, dict[str | None, tuple[int, Decimal]]] = {}
+        for stage_id, currency, n, total in await session.execute(
+            select(Deal.stage_id, Deal.currency, func.count(), func.sum(Deal.amount))
+            .where(Deal.funnel_id == funnel_id, Deal.deleted_at.is_(None))
+            .group_by(Deal.stage_id, Deal.currency)
+        ):
+            by_currency.setdefault(stage_id, {})[currency] = (
+                n,
+                Decimal(total or 0).quantize(Decimal("0.01")),
+            )
+        assert await stage_currency_totals(session, funnel_id) == by_currency
+        assert {None, "RUB", "USD"} <= {c for currencies in by_currency.values() for c in currencies}
         lost_somewhere = 0
         for period in PERIODS:
             lost = await session.execute(

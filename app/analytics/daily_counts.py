@@ -65,10 +65,6 @@ def duration_bucket(us: int) -> int:
     return 4 * bits + quarter
 
 
-# Every bucket of a duration below 2**63 microseconds either way (bit lengths up to 63).
-ALL_BUCKETS = tuple(range(-256, 256))
-
-
 @dataclass
 class Tally:
     """Entries per (stage, day), exits per (stage, day, stage moved to), and the exits' durations per

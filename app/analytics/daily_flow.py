@@ -2,8 +2,9 @@
 
 Same definitions and numbers as app.analytics.transitions (which reads the transitions table, and is
 kept as the reference the tests compare with), at a fraction of the work on long periods: the whole
-UTC days inside the period come from the daily rows (a few per stage and day), and only the partial
-days at its edges from the transitions themselves (two index range scans each; a partial day of
+UTC days inside the period come from the daily rows (a few per stage and day), those of its whole
+calendar months from their monthly sums (app.analytics.models.MonthlyStageEntries and the others),
+and only the partial days at its edges from the transitions themselves (two index range scans each; a partial day of
 more than 12 hours as its whole day less the transitions of the rest of it, see plan_period).
 Soft-deleted deals' transitions are read by deal id and taken out, as the reference does.
 
@@ -17,17 +18,25 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import chain
+from typing import Any
 
-from sqlalchemy import DateTime, and_, func, or_, select, type_coerce
+from sqlalchemy import DateTime, and_, func, or_, select, type_coerce, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.analytics.daily_counts import ALL_BUCKETS, decode_durations, duration_bucket, microseconds
+from app.analytics.daily_counts import decode_durations, duration_bucket, microseconds
 from app.analytics.funnels import FunnelContext
-from app.analytics.models import DailyStageDurations, DailyStageEntries, DailyStageExits
+from app.analytics.models import (
+    DailyStageDurations,
+    DailyStageEntries,
+    DailyStageExits,
+    MonthlyStageDurations,
+    MonthlyStageEntries,
+    MonthlyStageExits,
+)
 from app.analytics.schemas import Period
 from app.analytics.transitions import Deleted, DeletedDeals, Exits, Medians
 from app.deals.models import StageTransition
@@ -148,35 +157,87 @@ async def stage_flow(
     return _entries(flow), _exits(ctx, flow), await _medians(session, plan.days, flow)
 
 
-async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date, date], flow: _Flow) -> None:
+@dataclass(frozen=True)
+class _Counts:
+    """Where whole days' counts are read: the daily tables, or their monthly sums."""
+
+    entries: type[DailyStageEntries | MonthlyStageEntries]
+    exits: type[DailyStageExits | MonthlyStageExits]
+    durations: type[DailyStageDurations | MonthlyStageDurations]
+    at: str  # the key column of the day or month
+
+
+_DAILY = _Counts(DailyStageEntries, DailyStageExits, DailyStageDurations, "day")
+_MONTHLY = _Counts(MonthlyStageEntries, MonthlyStageExits, MonthlyStageDurations, "month")
+
+
+def split_months(days: tuple[date, date]) -> tuple[tuple[date, date] | None, list[tuple[date, date]]]:
+    """The whole calendar months inside the days [first, last) as (first day of the first, first day
+    after the last), or None, and the ranges of days around them."""
     first, last = days
-    e = DailyStageEntries
-    for stage_id, n in await session.execute(
-        select(e.stage_id, func.sum(e.entries))
-        .where(e.stage_id.in_(ids), e.day >= first, e.day < last)
-        .group_by(e.stage_id)
+    months_from = first if first.day == 1 else (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    months_to = last.replace(day=1)
+    if months_from >= months_to:
+        return None, [days]
+    around = [(first, months_from), (months_to, last)]
+    return (months_from, months_to), [(start, end) for start, end in around if start < end]
+
+
+# What one sum reads from a _Counts: the table, the key columns, the count, and conditions.
+_Pick = Callable[[_Counts], tuple[Any, list[Any], Any, list[Any]]]
+
+
+async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date, date], flow: _Flow) -> None:
+    """The whole days' entries, exits and exits per duration bucket: their whole calendar months from
+    the monthly sums, the days around those from the daily rows (180 days: about 5 months and 30 days
+    instead of 180 days), each sum one statement over both."""
+    months, around = split_months(days)
+    reads = [(_DAILY, start, end) for start, end in around]
+    if months is not None:
+        reads.append((_MONTHLY, *months))
+    for stage_id, n in await _summed(
+        session,
+        reads,
+        lambda c: (c.entries, [c.entries.stage_id], c.entries.entries, [c.entries.stage_id.in_(ids)]),
     ):
         flow.entries[stage_id] += int(n)
-    x = DailyStageExits
-    for stage_id, to_stage_id, n in await session.execute(
-        select(x.from_stage_id, x.to_stage_id, func.sum(x.exits))
-        .where(x.from_stage_id.in_(ids), x.day >= first, x.day < last)
-        .group_by(x.from_stage_id, x.to_stage_id)
+    for stage_id, to_stage_id, n in await _summed(
+        session,
+        reads,
+        lambda c: (
+            c.exits,
+            [c.exits.from_stage_id, c.exits.to_stage_id],
+            c.exits.exits,
+            [c.exits.from_stage_id.in_(ids)],
+        ),
     ):
         flow.exits[(stage_id, to_stage_id)] += int(n)
-    d = DailyStageDurations
-    counts = select(d.from_stage_id, d.bucket, func.sum(d.exits)).where(
-        d.from_stage_id.in_(ids), d.day >= first, d.day < last
-    )
-    if _dialect(session) == "sqlite":
-        # Every bucket a duration can have, listed: the index (stage, bucket, day) is then read as
-        # one range of days per stage and bucket (SQLite seeks past the absent ones), in GROUP BY
-        # order, however long the history before the period. Not on PostgreSQL: after five runs
-        # of a prepared statement it may plan for any parameters, and with 512 of them that
-        # generic plan took 450-650 ms instead of 30 (it reads the same index in order anyway).
-        counts = counts.where(d.bucket.in_(ALL_BUCKETS))
-    for stage_id, bucket, n in await session.execute(counts.group_by(d.from_stage_id, d.bucket)):
+    for stage_id, bucket, n in await _summed(
+        session,
+        reads,
+        lambda c: (
+            c.durations,
+            [c.durations.from_stage_id, c.durations.bucket],
+            c.durations.exits,
+            [c.durations.from_stage_id.in_(ids)],
+        ),
+    ):
         flow.buckets.setdefault(stage_id, Counter())[bucket] += int(n)
+
+
+async def _summed(
+    session: AsyncSession, reads: Sequence[tuple[_Counts, date, date]], pick: _Pick
+) -> Sequence[Any]:
+    """The count summed per key over each (table, first day or month, end) read: one statement."""
+    parts = []
+    for counts, start, end in reads:
+        model, keys, count, where = pick(counts)
+        at = getattr(model, counts.at)
+        keyed = [key.label(f"key{i}") for i, key in enumerate(keys)]
+        parts.append(select(*keyed, count.label("n")).where(*where, at >= start, at < end))
+    both = union_all(*parts).subquery()
+    keys = [column for column in both.c if column.key != "n"]
+    return (await session.execute(select(*keys, func.sum(both.c.n)).group_by(*keys))).all()
 
 
 async def _read_edge(session: AsyncSession, ids: Sequence[int], edge: Period, flow: _Flow, sign: int) -> None:

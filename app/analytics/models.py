@@ -56,11 +56,13 @@ class DailyStageDurations(Base):
     of the period (about 300,000 over 180 days of 100,000 deals, 4.9 MB of text)."""
 
     __tablename__ = "daily_stage_durations"
-    # The primary key serves the durations of one stage's bucket over a range of days; the index
-    # the counts per bucket over the period's days, without reading the rows' durations, in the
-    # order of the page's GROUP BY (stage, bucket): with the day first, SQLite sorted the 49,000
-    # rows of 180 days in a temporary B-tree (28 ms against 12).
-    __table_args__ = (Index("ix_daily_stage_durations_counts", "from_stage_id", "bucket", "day", "exits"),)
+    # The primary key serves the durations of one stage's bucket over a range of days (the medians);
+    # the index the counts per bucket over the days around a period's whole months (at most about 60
+    # days; the months come from MonthlyStageDurations), without reading the rows' durations. Day
+    # before bucket: a range per stage, whose few thousand rows are sorted for the GROUP BY. (Bucket
+    # first, the whole period read from this table, SQLite needed every bucket listed to seek
+    # 512 ranges per stage, 12 ms for 180 days.)
+    __table_args__ = (Index("ix_daily_stage_durations_counts", "from_stage_id", "day", "bucket", "exits"),)
 
     from_stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -148,3 +150,41 @@ Index(
     sqlite_where=Deal.deleted_at.is_(None),
     postgresql_where=Deal.deleted_at.is_(None),
 )
+
+
+class MonthlyStageEntries(Base):
+    """DailyStageEntries summed per calendar month (`month`: its first day). The rollups are kept by
+    triggers on the daily tables (migration 0014), in the statement that changes a daily row,
+    whatever changes it; a period's whole months are read from them and the days around those from
+    the daily rows (app.analytics.daily_flow). No foreign keys, as DailyLiveDeals. A migration that
+    rebuilds a daily table (SQLite's batch ALTER) drops its triggers and must create them again."""
+
+    __tablename__ = "monthly_stage_entries"
+
+    stage_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    entries: Mapped[int] = mapped_column(Integer)
+
+
+class MonthlyStageExits(Base):
+    """DailyStageExits summed per calendar month (see MonthlyStageEntries)."""
+
+    __tablename__ = "monthly_stage_exits"
+
+    from_stage_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    to_stage_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exits: Mapped[int] = mapped_column(Integer)
+
+
+class MonthlyStageDurations(Base):
+    """DailyStageDurations' counts summed per calendar month (see MonthlyStageEntries); the durations
+    themselves stay in the daily rows, which the medians read for one bucket. Month before bucket:
+    a period's months are one range per stage."""
+
+    __tablename__ = "monthly_stage_durations"
+
+    from_stage_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    exits: Mapped[int] = mapped_column(Integer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import statistics
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.analytics import daily_counts, daily_won, transitions
 from app.analytics.daily_counts import duration_bucket
-from app.analytics.daily_flow import middle_buckets, middle_value, plan_period, split_period, stage_flow
+from app.analytics.daily_flow import (
+    middle_buckets,
+    middle_value,
+    plan_period,
+    split_months,
+    split_period,
+    stage_flow,
+)
 from app.analytics.flow import build_flow, flow_buckets, won_entries
 from app.analytics.funnels import FunnelContext, load_funnel
 from app.analytics.models import (
@@ -27,6 +34,9 @@ from app.analytics.models import (
     DailyStageDurations,
     DailyStageEntries,
     DailyStageExits,
+    MonthlyStageDurations,
+    MonthlyStageEntries,
+    MonthlyStageExits,
 )
 from app.analytics.schemas import Period
 from app.deals.mirror import load_stage_index, mirror_snapshots, tombstone
@@ -49,6 +59,10 @@ PERIODS = [
     # read as their whole day less the rest of it.
     Period(start=T0 + timedelta(days=1, hours=18), end=T0 + timedelta(days=6, hours=5)),
     Period(start=T0 + timedelta(days=4, hours=2), end=T0 + timedelta(days=8, hours=23, minutes=59)),
+    # Whole calendar months (read from the monthly sums) with and without days around them.
+    Period(start=datetime(2026, 1, 1, tzinfo=UTC), end=datetime(2026, 5, 1, tzinfo=UTC)),
+    Period(start=datetime(2026, 2, 10, 7, tzinfo=UTC), end=datetime(2026, 4, 10, 3, tzinfo=UTC)),
+    Period(start=datetime(2026, 3, 8, tzinfo=UTC), end=datetime(2026, 5, 20, tzinfo=UTC)),
 ]
 
 
@@ -174,12 +188,33 @@ async def _assert_the_page_numbers_are_the_same_both_ways(session: AsyncSession,
 
 async def _assert_kept_counts_equal_a_fresh_count(sessions: async_sessionmaker[AsyncSession]) -> None:
     """What the mirror kept transaction by transaction (out of order included) is what counting
-    all the transitions at once gives: the same durations, row by row."""
+    all the transitions at once gives: the same durations, row by row. The monthly sums the
+    triggers keep are the daily rows' sums, before the rebuild and after it."""
     kept = await _table(sessions)
+    await _assert_months_sum_the_days(sessions)
     async with sessions.begin() as session:
         await daily_counts.rebuild(session)
     assert await _table(sessions) == kept
     assert kept[0] and kept[1]
+    await _assert_months_sum_the_days(sessions)
+
+
+async def _assert_months_sum_the_days(sessions: async_sessionmaker[AsyncSession]) -> None:
+    pairs = [
+        (DailyStageEntries, MonthlyStageEntries, ["stage_id"], "entries"),
+        (DailyStageExits, MonthlyStageExits, ["from_stage_id", "to_stage_id"], "exits"),
+        (DailyStageDurations, MonthlyStageDurations, ["from_stage_id", "bucket"], "exits"),
+    ]
+    async with sessions() as session:
+        for daily, monthly, keys, count in pairs:
+            summed: Counter[tuple[Any, ...]] = Counter()
+            for row in (await session.execute(select(daily.__table__))).mappings():
+                summed[(*(row[k] for k in keys), row["day"].replace(day=1))] += row[count]
+            months: Counter[tuple[Any, ...]] = Counter()
+            for row in (await session.execute(select(monthly.__table__))).mappings():
+                months[(*(row[k] for k in keys), row["month"])] += row[count]
+            assert +months == +summed, monthly.__tablename__  # rows at zero aside
+            assert summed and all(n >= 0 for n in months.values())
 
 
 async def _table(
@@ -248,6 +283,26 @@ def test_split_period(
     whole, parts = split_period(Period(start=at(start), end=at(end)))
     assert (None if whole is None else tuple(d.isoformat() for d in whole)) == days
     assert [(p.start, p.end) for p in parts] == [(at(a), at(b)) for a, b in edges]
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "months", "around"),
+    [
+        ("2026-03-01", "2026-05-01", ("2026-03-01", "2026-05-01"), []),
+        ("2026-02-10", "2026-04-10", ("2026-03-01", "2026-04-01"), [("2026-02-10", "2026-03-01"), ("2026-04-01", "2026-04-10")]),
+        ("2026-06-06", "2026-12-04", ("2026-07-01", "2026-12-01"), [("2026-06-06", "2026-07-01"), ("2026-12-01", "2026-12-04")]),
+        ("2026-12-15", "2027-02-01", ("2027-01-01", "2027-02-01"), [("2026-12-15", "2027-01-01")]),
+        ("2026-03-02", "2026-03-31", None, [("2026-03-02", "2026-03-31")]),
+        ("2026-03-02", "2026-04-30", None, [("2026-03-02", "2026-04-30")]),
+        ("2026-01-31", "2026-03-01", ("2026-02-01", "2026-03-01"), [("2026-01-31", "2026-02-01")]),
+    ],
+)  # fmt: skip
+def test_split_months(
+    first: str, last: str, months: tuple[str, str] | None, around: list[tuple[str, str]]
+) -> None:
+    found, days = split_months((date.fromisoformat(first), date.fromisoformat(last)))
+    assert (None if found is None else tuple(d.isoformat() for d in found)) == months
+    assert [(a.isoformat(), b.isoformat()) for a, b in days] == around
 
 
 def test_duration_buckets_sort_as_their_durations() -> None:

@@ -151,17 +151,36 @@ async def _listed(
     offset: int,
     cap: int,
 ) -> list[Deal]:
-    # Longest in the stage first: the deals past the SLA lead, the most overdue on top. Deals
-    # with no entry time go last (NULLs sort first on SQLite and last on PostgreSQL otherwise).
-    return list(
+    """Longest in the stage first (the deals past the SLA lead, the most overdue on top), then the
+    deals with no entry time, by id. Two reads, each in the order of ix_deals_funnel_stage_entered,
+    so the database stops after the page's rows instead of sorting the whole column (a stage of
+    10,000 deals took 10-38 ms a column on PostgreSQL): the deals with an entry time, then, on the
+    page where those end, the ones without."""
+    live = [*_live(ctx, responsible), Deal.stage_id == stage.id]
+    timed = list(
         await session.scalars(
             select(Deal)
-            .where(*_live(ctx, responsible), Deal.stage_id == stage.id)
-            .order_by(Deal.stage_entered_at.is_(None), Deal.stage_entered_at, Deal.id)
+            .where(*live, Deal.stage_entered_at.is_not(None))
+            .order_by(Deal.stage_entered_at, Deal.id)
             .offset(offset)
             .limit(cap)
         )
     )
+    if len(timed) == cap:
+        return timed
+    # The timed deals end on this page (or before it): how many untimed ones the offset skips.
+    skipped = 0
+    if not timed and offset:
+        counted = select(func.count()).where(*live, Deal.stage_entered_at.is_not(None))
+        skipped = max(offset - (await session.scalar(counted) or 0), 0)
+    untimed = await session.scalars(
+        select(Deal)
+        .where(*live, Deal.stage_entered_at.is_(None))
+        .order_by(Deal.id)
+        .offset(skipped)
+        .limit(cap - len(timed))
+    )
+    return [*timed, *untimed]
 
 
 def _pages(deals: int, cap: int, asked: int) -> tuple[int, int]:

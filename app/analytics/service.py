@@ -60,13 +60,11 @@ async def funnel_analytics(
     sessions: async_sessionmaker[AsyncSession], ctx: FunnelContext, period: Period
 ) -> FunnelAnalytics:
     """Up to four connections at once, so the page waits for the slowest part rather than the sum:
-    the entries, exits and medians (from the daily stage counts), the won entries (from the outcome
-    counts; both after the short read of the deleted deals they subtract), the loss reasons, and the
-    stage totals (aiosqlite and asyncpg both execute off the event loop, and SQLite releases the GIL
-    while it reads). The totals read every live deal of the funnel (on PostgreSQL the longest part
-    once the rest reads daily rows), so they no longer wait behind the loss reasons on one
-    connection. Each part is a consistent read; together they may straddle a write, which a
-    dashboard can live with."""
+    the entries, exits and medians (from the daily stage counts and their monthly sums), the won
+    entries (from the outcome counts; both after the short read of the deleted deals they
+    subtract), the loss reasons, and the stage totals (both from the live-deal counts; aiosqlite and
+    asyncpg execute off the event loop, and SQLite releases the GIL while it reads). Each part is a
+    consistent read; together they may straddle a write, which a dashboard can live with."""
 
     async def read(query: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with sessions() as session:

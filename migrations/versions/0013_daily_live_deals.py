@@ -26,7 +26,7 @@ down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Frozen copies of app.analytics.models.NO_STAGE, NO_DAY and NO_REASON.
+# Frozen copies of app.analytics.models.NO_STAGE, NO_DAY, NO_REASON and NO_CURRENCY.
 NO_STAGE = "0"
 NO_DAY = "'0001-01-01'"
 NO_REASON = "''"

@@ -4,8 +4,9 @@ Same definitions and numbers as app.analytics.transitions (which reads the trans
 kept as the reference the tests compare with), at a fraction of the work on long periods: the whole
 UTC days inside the period come from the daily rows (a few per stage and day), those of its whole
 calendar months from their monthly sums (app.analytics.models.MonthlyStageEntries and the others),
-and only the partial days at its edges from the transitions themselves (two index range scans each; a partial day of
-more than 12 hours as its whole day less the transitions of the rest of it, see plan_period).
+and only the partial days at its edges from the transitions themselves (two index range scans each;
+a partial day of more than 12 hours as its whole day less the transitions of the rest of it, see
+plan_period).
 Soft-deleted deals' transitions are read by deal id and taken out, as the reference does.
 
 Medians: the exits' counts per duration bucket (app.analytics.models.DailyStageDurations) place each
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import chain
@@ -183,10 +184,6 @@ def split_months(days: tuple[date, date]) -> tuple[tuple[date, date] | None, lis
     return (months_from, months_to), [(start, end) for start, end in around if start < end]
 
 
-# What one sum reads from a _Counts: the table, the key columns, the count, and conditions.
-_Pick = Callable[[_Counts], tuple[Any, list[Any], Any, list[Any]]]
-
-
 async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date, date], flow: _Flow) -> None:
     """The whole days' entries, exits and exits per duration bucket: their whole calendar months from
     the monthly sums, the days around those from the daily rows (180 days: about 5 months and 30 days
@@ -195,49 +192,40 @@ async def _read_days(session: AsyncSession, ids: Sequence[int], days: tuple[date
     reads = [(_DAILY, start, end) for start, end in around]
     if months is not None:
         reads.append((_MONTHLY, *months))
-    for stage_id, n in await _summed(
-        session,
-        reads,
-        lambda c: (c.entries, [c.entries.stage_id], c.entries.entries, [c.entries.stage_id.in_(ids)]),
-    ):
+    for stage_id, n in await _summed(session, reads, "entries", ["stage_id"], "entries", ids):
         flow.entries[stage_id] += int(n)
     for stage_id, to_stage_id, n in await _summed(
-        session,
-        reads,
-        lambda c: (
-            c.exits,
-            [c.exits.from_stage_id, c.exits.to_stage_id],
-            c.exits.exits,
-            [c.exits.from_stage_id.in_(ids)],
-        ),
+        session, reads, "exits", ["from_stage_id", "to_stage_id"], "exits", ids
     ):
         flow.exits[(stage_id, to_stage_id)] += int(n)
     for stage_id, bucket, n in await _summed(
-        session,
-        reads,
-        lambda c: (
-            c.durations,
-            [c.durations.from_stage_id, c.durations.bucket],
-            c.durations.exits,
-            [c.durations.from_stage_id.in_(ids)],
-        ),
+        session, reads, "durations", ["from_stage_id", "bucket"], "exits", ids
     ):
         flow.buckets.setdefault(stage_id, Counter())[bucket] += int(n)
 
 
 async def _summed(
-    session: AsyncSession, reads: Sequence[tuple[_Counts, date, date]], pick: _Pick
+    session: AsyncSession,
+    reads: Sequence[tuple[_Counts, date, date]],
+    table: str,
+    keys: list[str],
+    count: str,
+    ids: Sequence[int],
 ) -> Sequence[Any]:
-    """The count summed per key over each (table, first day or month, end) read: one statement."""
+    """`count` summed per `keys` (the first a stage, one of `ids`) over the rows of `table` (an
+    attribute of _Counts) in each (counts, first day or month, end) read: one statement."""
     parts = []
     for counts, start, end in reads:
-        model, keys, count, where = pick(counts)
+        model = getattr(counts, table)
         at = getattr(model, counts.at)
-        keyed = [key.label(f"key{i}") for i, key in enumerate(keys)]
-        parts.append(select(*keyed, count.label("n")).where(*where, at >= start, at < end))
+        keyed = [getattr(model, key).label(key) for key in keys]
+        stage = getattr(model, keys[0])
+        parts.append(
+            select(*keyed, getattr(model, count).label("n")).where(stage.in_(ids), at >= start, at < end)
+        )
     both = union_all(*parts).subquery()
-    keys = [column for column in both.c if column.key != "n"]
-    return (await session.execute(select(*keys, func.sum(both.c.n)).group_by(*keys))).all()
+    grouped = [both.c[key] for key in keys]
+    return (await session.execute(select(*grouped, func.sum(both.c.n)).group_by(*grouped))).all()
 
 
 async def _read_edge(session: AsyncSession, ids: Sequence[int], edge: Period, flow: _Flow, sign: int) -> None:
